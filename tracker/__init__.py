@@ -1,0 +1,32 @@
+"""Real-time semantic point tracking with the DistillDIFT student.
+
+Public API::
+
+    from tracker import PointTracker, Queries, create_featurizer, open_video
+"""
+
+from tracker.errors import TrackerError, WeightsUnavailable
+from tracker.featurizers import Featurizer, SiftFeaturizer, ViTFeaturizer, create_featurizer, resolve_model
+from tracker.geometry import GridGeometry, SizeSpec
+from tracker.matching import MatchConfig
+from tracker.tracking import PointTracker, Queries, TrackResult, TrackState
+from tracker.video import VideoInfo, open_video
+
+__all__ = [
+    "Featurizer",
+    "GridGeometry",
+    "MatchConfig",
+    "PointTracker",
+    "Queries",
+    "SiftFeaturizer",
+    "SizeSpec",
+    "TrackResult",
+    "TrackState",
+    "TrackerError",
+    "VideoInfo",
+    "ViTFeaturizer",
+    "WeightsUnavailable",
+    "create_featurizer",
+    "open_video",
+    "resolve_model",
+]

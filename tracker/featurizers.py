@@ -1,0 +1,204 @@
+"""Featurizers: frames in, an L2-normalised feature grid ``[B, C, h, w]`` out.
+
+Every featurizer is a pure ``frames -> features`` function with a fixed input size per video. Frames are
+``[B, H, W, 3]`` uint8 RGB tensors on any device; resize and normalisation happen on the featurizer's device.
+``geometry(frame_h, frame_w)`` gives the exact cell <-> pixel mapping (see :mod:`tracker.geometry`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tracker.errors import TrackerError
+from tracker.geometry import GridGeometry
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Featurizer(nn.Module):
+    """Interface shared by all featurizers.
+
+    Attributes:
+        name: model name as in the weights table (``distilldift``, ``dinov2-s``, ``sift`` ...).
+        input_hw: ``(height, width)`` the frames are resized to.
+        stride: input pixels per grid cell.
+    """
+
+    name: str
+    input_hw: tuple[int, int]
+    stride: int
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        """``(h, w)`` of the feature grid."""
+        return self.input_hw[0] // self.stride, self.input_hw[1] // self.stride
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def geometry(self, frame_h: int, frame_w: int) -> GridGeometry:
+        """The cell <-> pixel mapping for frames of ``frame_h x frame_w`` pixels."""
+        h, w = self.grid_hw
+        return GridGeometry(frame_h=frame_h, frame_w=frame_w, grid_h=h, grid_w=w)
+
+    def forward(self, frames: Tensor) -> Tensor:  # pragma: no cover - interface
+        """``[B, H, W, 3]`` uint8 RGB -> ``[B, C, h, w]`` float32, unit L2 norm along C."""
+        raise NotImplementedError
+
+
+class ViTFeaturizer(Featurizer):
+    """DINOv2-with-registers ViT (optionally with DistillDIFT LoRA merged): final normed patch tokens.
+
+    Args:
+        model: a timm ``VisionTransformer`` built at ``input_hw`` (position embedding already sized for it).
+        name: model name for messages and outputs.
+        input_hw: ``(height, width)``, multiples of the patch size.
+    """
+
+    def __init__(self, model: nn.Module, name: str, input_hw: tuple[int, int]):
+        super().__init__()
+        self.model = model.eval()
+        self.name = name
+        self.input_hw = input_hw
+        self.stride = int(model.patch_embed.patch_size[0])
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def preprocess(self, frames: Tensor) -> Tensor:
+        """``[B, H, W, 3]`` uint8 -> ``[B, 3, h_in, w_in]`` ImageNet-normalised float32 on the model's device."""
+        x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        if tuple(x.shape[-2:]) != self.input_hw:
+            x = F.interpolate(x, size=self.input_hw, mode="bilinear", align_corners=False, antialias=True)
+        return (x - self.mean) / self.std
+
+    def features(self, x: Tensor) -> Tensor:
+        """Pre-processed ``[B, 3, h_in, w_in]`` -> ``[B, C, h, w]`` L2-normalised (normalisation in fp32)."""
+        tokens = self.model.forward_features(x)  # final norm applied
+        patches = tokens[:, self.model.num_prefix_tokens :]
+        b, _, c = patches.shape
+        h, w = self.grid_hw
+        grid = patches.transpose(1, 2).reshape(b, c, h, w)
+        return F.normalize(grid.float(), dim=1)
+
+    @torch.inference_mode()
+    def forward(self, frames: Tensor) -> Tensor:
+        return self.features(self.preprocess(frames))
+
+
+class SiftFeaturizer(Featurizer):
+    """Weight-free dense RootSIFT (kornia's ``DenseSIFTDescriptor``), batched and on any device.
+
+    One 128-d descriptor (4x4 spatial bins of ``bin_size`` pixels, 8 orientations, fixed orientation:
+    tracking wants translation, not rotation invariance) per ``stride x stride`` block of the resized grey
+    frame. kornia centres output ``j`` at input ``x = j * stride - padding + 5.5`` (4 bins of 4 pixels);
+    ``padding = 4`` puts it at ``stride * (j + 0.5) - 0.5`` for ``stride = 4``, the project's grid convention.
+    (OpenCV's SIFT ``compute`` on a dense keypoint grid gave the same kind of descriptor at 40x the cost.)
+
+    Args:
+        input_hw: ``(height, width)`` the frame is resized to; multiples of ``stride``.
+    """
+
+    stride = 4
+
+    def __init__(self, input_hw: tuple[int, int]):
+        super().__init__()
+        from kornia.feature import DenseSIFTDescriptor
+
+        self.name = "sift"
+        self.input_hw = input_hw
+        self.sift = DenseSIFTDescriptor(
+            num_ang_bins=8, num_spatial_bins=4, spatial_bin_size=4, rootsift=True, stride=self.stride, padding=4
+        )
+        self.register_buffer("luma", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1) / 255, persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.luma.device
+
+    @torch.inference_mode()
+    def forward(self, frames: Tensor) -> Tensor:
+        x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        gray = (x * self.luma).sum(1, keepdim=True)
+        if tuple(gray.shape[-2:]) != self.input_hw:
+            gray = F.interpolate(gray, size=self.input_hw, mode="bilinear", align_corners=False, antialias=True)
+        desc = self.sift(gray)
+        h, w = self.grid_hw
+        assert desc.shape[-2:] == (h, w), (desc.shape, (h, w))
+        return F.normalize(desc.float(), dim=1)
+
+
+# --------------------------------------------------------------------------- construction
+
+VIT_MODELS = ("distilldift", "distilldift-ws", "distilldift-s", "dinov2-b", "dinov2-s")
+MODEL_NAMES = ("auto", *VIT_MODELS, "sift")
+DEFAULT_SIZE = {"vit": "434", "sift": "240"}  # ViT: the paper's 434x434 (31x31); SIFT: short side 240, stride 4
+
+
+def resolve_model(name: str, weights: str | None) -> tuple[str, str | None]:
+    """Turn ``auto`` into a concrete model name without downloading anything big twice.
+
+    ``auto`` is ``distilldift`` when its weights are given, cached or downloadable, else ``sift``.
+
+    Returns:
+        ``(model name, warning)``: the warning (one line) says why ``auto`` fell back and how to fix it.
+    """
+    from tracker import weights as W
+
+    if name not in MODEL_NAMES:
+        raise TrackerError(f"unknown model {name!r}; choose from: {', '.join(MODEL_NAMES)}")
+    if name != "auto":
+        return name, None
+    if weights:
+        return "distilldift", None
+    spec = W.get_spec("distilldift")
+    try:
+        for source in (spec.base, spec.lora):
+            W.fetch(source)
+    except W.WeightsUnavailable as exc:
+        return "sift", f"--model auto: DistillDIFT weights unavailable ({exc}); using sift. To fix: {W.how_to_get(spec)}"
+    return "distilldift", None
+
+
+def create_featurizer(
+    name: str,
+    frame_hw: tuple[int, int],
+    size: str | None = None,
+    keep_aspect: bool = False,
+    weights: str | None = None,
+    device: str | torch.device = "cpu",
+    **overrides,
+) -> Featurizer:
+    """Build a featurizer for frames of ``frame_hw``.
+
+    Args:
+        name: a concrete model name (see :func:`resolve_model` for ``auto``).
+        frame_hw: ``(height, width)`` of the video.
+        size: ``"N"`` (square, or short side with ``keep_aspect``) or ``"WxH"``; None for the model's default.
+        keep_aspect: preserve the frame's aspect ratio.
+        weights: None (table sources), ``"random"``, or local file(s); see :func:`tracker.weights.load_model`.
+        device: where the featurizer runs.
+        **overrides: timm architecture overrides (tiny models in tests).
+
+    Raises:
+        TrackerError: unknown model, bad size, weights unavailable or not fitting.
+    """
+    from tracker import weights as W
+    from tracker.geometry import SizeSpec
+
+    if name == "sift":
+        if weights:
+            raise TrackerError("--weights does not apply to sift (it has no weights)")
+        spec = SizeSpec.parse(size or DEFAULT_SIZE["sift"], keep_aspect=keep_aspect or size is None)
+        return SiftFeaturizer(spec.resolve(*frame_hw, multiple=SiftFeaturizer.stride)).to(device)
+    model_spec = W.get_spec(name)
+    input_hw = SizeSpec.parse(size or DEFAULT_SIZE["vit"], keep_aspect=keep_aspect).resolve(*frame_hw, multiple=14)
+    model = W.load_model(model_spec, input_hw, weights, **overrides)
+    return ViTFeaturizer(model, name, input_hw).to(device)
