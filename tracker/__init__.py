@@ -6,7 +6,14 @@ Public API::
 """
 
 from tracker.errors import TrackerError, WeightsUnavailable
-from tracker.featurizers import Featurizer, SiftFeaturizer, ViTFeaturizer, create_featurizer, resolve_model
+from tracker.featurizers import (
+    Featurizer,
+    SiftFeaturizer,
+    ViTFeaturizer,
+    create_featurizer,
+    default_match_config,
+    resolve_model,
+)
 from tracker.geometry import GridGeometry, SizeSpec
 from tracker.matching import MatchConfig
 from tracker.tracking import PointTracker, Queries, TrackResult, TrackState
@@ -27,6 +34,7 @@ __all__ = [
     "ViTFeaturizer",
     "WeightsUnavailable",
     "create_featurizer",
+    "default_match_config",
     "open_video",
     "resolve_model",
 ]

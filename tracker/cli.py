@@ -27,9 +27,6 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from tracker.featurizers import MODEL_NAMES
-    from tracker.matching import MatchConfig
-
-    defaults = MatchConfig()
     p = _Parser(
         prog="track",
         description="Track query points through a video with DistillDIFT (or DINOv2 / dense SIFT) features.",
@@ -46,10 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-aspect", action="store_true", help="preserve the frame's aspect ratio")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch", type=int, default=8, help="frames per featurizer batch (default 8)")
-    p.add_argument("--window-radius", type=int, default=defaults.window_radius, help="soft-argmax window radius, cells")
-    p.add_argument("--temperature", type=float, default=defaults.temperature, help="soft-argmax temperature")
-    p.add_argument("--min-score", type=float, default=defaults.min_score, help="visibility: minimum cosine similarity")
-    p.add_argument("--fb-tolerance", type=float, default=defaults.fb_tolerance, help="visibility: forward-backward tolerance, cells")
+    m = p.add_argument_group("matching (defaults per model: see tracker.matching.MatchConfig)")
+    m.add_argument("--window-radius", type=int, help="soft-argmax window radius, grid cells (2)")
+    m.add_argument("--temperature", type=float, help="soft-argmax temperature (0.05)")
+    m.add_argument("--min-score", type=float, help="visibility: minimum cosine similarity (0.5)")
+    m.add_argument("--fb-tolerance", type=float, help="visibility: forward-backward tolerance, grid cells (1.5)")
+    m.add_argument("--search-radius", type=float, help="search only this many cells around the previous estimate")
+    m.add_argument("--update", type=float, help="descriptor update rate in [0, 1] (0: always the query's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -109,18 +109,13 @@ def track_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from tracker.drawing import TrackOverlay
-    from tracker.featurizers import create_featurizer, resolve_model
+    from tracker.featurizers import create_featurizer, default_match_config, resolve_model
     from tracker.formats import TRACK_SUFFIXES, TrackLog, read_points, write_tracks
-    from tracker.matching import MatchConfig
     from tracker.tracking import PointTracker
     from tracker.video import AtomicVideoWriter, open_video
 
     if args.batch < 1:
         raise TrackerError("--batch must be at least 1")
-    try:
-        config = MatchConfig(args.window_radius, args.temperature, args.min_score, args.fb_tolerance)
-    except ValueError as exc:
-        raise TrackerError(str(exc)) from None
     device = _pick_device(args.device)
     queries = read_points(args.points)
     stem = Path(args.video.rstrip("/")).name.rsplit(".", 1)[0]
@@ -140,6 +135,13 @@ def track_command(args: argparse.Namespace) -> int:
     if last_query >= info.num_frames:
         raise TrackerError(f"a point is on frame {last_query}, but {args.video} has {info.num_frames} frames")
     model, warning = resolve_model(args.model, args.weights)
+    try:
+        config = default_match_config(
+            model, window_radius=args.window_radius, temperature=args.temperature, min_score=args.min_score,
+            fb_tolerance=args.fb_tolerance, search_radius=args.search_radius, update=args.update,
+        )
+    except ValueError as exc:
+        raise TrackerError(str(exc)) from None
     if warning:
         print(f"track: warning: {warning}", file=sys.stderr)
     featurizer = create_featurizer(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from tracker.errors import TrackerError
@@ -81,6 +82,9 @@ class TrackState:
         queries: all query points, also those whose query frame is still ahead.
         descriptors: ``[N, C]`` unit query descriptors (zeros until a point's query frame is reached).
         query_features: query frame index -> its ``[C, h, w]`` grid (for the forward-backward check).
+        query_descriptors: ``[N, C]`` descriptors sampled on the query frames (``descriptors`` drifts from
+            them only with ``MatchConfig.update``).
+        last_uv: ``[N, 2]`` last visible grid position of each point (the search prior).
         latest: the result for frame ``next_frame - 1``.
     """
 
@@ -89,6 +93,8 @@ class TrackState:
     queries: Queries
     descriptors: Tensor
     query_features: dict[int, Tensor] = field(default_factory=dict)
+    query_descriptors: Tensor | None = None
+    last_uv: Tensor | None = None
     latest: TrackResult | None = None
 
     @property
@@ -144,10 +150,7 @@ class PointTracker:
             raise TrackerError(
                 f"point ({float(x[i]):g}, {float(y[i]):g}) is outside the {g.frame_w}x{g.frame_h} frame"
             )
-        c = state.descriptors.shape[1]
-        pad = torch.zeros(len(queries), c, dtype=state.descriptors.dtype, device=state.descriptors.device)
-        return replace(state, queries=state.queries.concat(queries),
-                       descriptors=torch.cat([state.descriptors, pad]))
+        return replace(state, queries=state.queries.concat(queries))
 
     def track(
         self,
@@ -200,13 +203,23 @@ class PointTracker:
         n = len(q)
         descriptors = state.descriptors
         query_features = state.query_features
-        if descriptors.shape[1] != features.shape[0]:  # first features seen: size the descriptor table
-            descriptors = torch.zeros(n, features.shape[0], dtype=features.dtype, device=features.device)
+        query_descriptors = state.query_descriptors
+        last_uv = state.last_uv
+        if query_descriptors is None or query_descriptors.shape[0] != n:  # new points: grow the tables
+            grow = n - (0 if query_descriptors is None else query_descriptors.shape[0])
+            zeros = features.new_zeros(grow, features.shape[0])
+            descriptors = zeros if query_descriptors is None else torch.cat([descriptors, zeros])
+            query_descriptors = zeros if query_descriptors is None else torch.cat([query_descriptors, zeros])
+            pad_uv = features.new_zeros(grow, 2)
+            last_uv = pad_uv if last_uv is None else torch.cat([last_uv, pad_uv])
         starting = q.frame == t
         if starting.any():
             query_uv = g.pixel_to_grid(q.xy[starting].to(features.device))
-            descriptors = descriptors.clone()
-            descriptors[starting] = sample_descriptors(features, query_uv)
+            sampled = sample_descriptors(features, query_uv)
+            descriptors, query_descriptors, last_uv = descriptors.clone(), query_descriptors.clone(), last_uv.clone()
+            descriptors[starting] = sampled
+            query_descriptors[starting] = sampled
+            last_uv[starting] = query_uv
             query_features = {**query_features, t: features}
 
         xy = torch.full((n, 2), float("nan"))
@@ -214,12 +227,22 @@ class PointTracker:
         visible = torch.zeros(n, dtype=torch.bool)
         active = (q.frame < t).nonzero().flatten()
         if len(active):
-            found = match(descriptors[active], features, self.config)
+            found = match(descriptors[active], features, self.config, prior_uv=last_uv[active])
             ok = found.score >= self.config.min_score
             for qf in q.frame[active].unique().tolist():  # forward-backward, per query frame
                 sel = (q.frame[active] == qf).nonzero().flatten().to(features.device)
                 query_uv = g.pixel_to_grid(q.xy[active[sel.cpu()]].to(features.device))
                 ok[sel] &= forward_backward_ok(found.uv[sel], features, query_features[qf], query_uv, self.config)
+            last_uv = last_uv.clone()
+            last_uv[active] = found.uv  # the prior follows every estimate
+            confident = found.score >= self.config.min_score
+            if self.config.update > 0 and confident.any():
+                seen = active[confident.cpu()]
+                current = sample_descriptors(features, found.uv[confident])
+                descriptors = descriptors.clone()
+                descriptors[seen] = F.normalize(
+                    (1 - self.config.update) * query_descriptors[seen] + self.config.update * current, dim=1
+                )
             xy[active] = g.grid_to_pixel(found.uv).cpu().float()
             score[active] = found.score.cpu().float()
             visible[active] = ok.cpu()
@@ -228,4 +251,4 @@ class PointTracker:
         visible[starting] = True
         result = TrackResult(frame_index=t, xy=xy, visible=visible, score=score)
         return replace(state, next_frame=t + 1, descriptors=descriptors, query_features=query_features,
-                       latest=result)
+                       query_descriptors=query_descriptors, last_uv=last_uv, latest=result)

@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from tracker.geometry import GridGeometry, SizeSpec
+from tracker.matching import MatchConfig, match, sample_descriptors, window_soft_argmax
+from tracker.errors import TrackerError
+
+
+def quadratic_peak(h: int, w: int, u0: float, v0: float, curvature: float = 0.05) -> torch.Tensor:
+    v, u = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    return (1 - curvature * ((u - u0) ** 2 + (v - v0) ** 2))[None]
+
+
+@pytest.mark.parametrize("u0,v0", [(7.3, 4.6), (10.0, 3.0), (5.75, 8.2)])
+def test_window_soft_argmax_recovers_subpixel_peak(u0, v0):
+    uv, peak = window_soft_argmax(quadratic_peak(12, 16, u0, v0), radius=2, temperature=0.05)
+    assert torch.allclose(uv[0], torch.tensor([u0, v0], dtype=torch.float64), atol=0.03)
+    assert peak[0] == pytest.approx(float(quadratic_peak(12, 16, u0, v0).max()))
+
+
+def test_window_soft_argmax_radius_zero_is_argmax_and_border_stays_inside():
+    sim = quadratic_peak(6, 6, 0.2, 5.1)
+    uv, _ = window_soft_argmax(sim, radius=0, temperature=0.05)
+    assert uv[0].tolist() == [0.0, 5.0]
+    uv, _ = window_soft_argmax(sim, radius=2, temperature=0.05)
+    assert 0 <= uv[0, 0] <= 0.5 and 4.5 <= uv[0, 1] <= 5.0
+
+
+def test_sample_and_match_find_the_sampled_cell():
+    torch.manual_seed(0)
+    features = torch.nn.functional.normalize(torch.randn(32, 9, 11), dim=0)
+    uv = torch.tensor([[3.0, 4.0], [10.0, 0.0], [0.0, 8.0]])
+    descriptors = sample_descriptors(features, uv)
+    assert torch.allclose(descriptors, features[:, [4, 0, 8], [3, 10, 0]].T, atol=1e-6)
+    found = match(descriptors, features, MatchConfig(window_radius=0))
+    assert torch.equal(found.uv, uv) and torch.allclose(found.score, torch.ones(3), atol=1e-6)
+
+
+def test_search_radius_restricts_to_the_prior():
+    torch.manual_seed(1)
+    features = torch.nn.functional.normalize(torch.randn(16, 10, 10), dim=0)
+    features[:, 8, 8] = features[:, 1, 1]  # the same descriptor twice
+    d = features[:, 1, 1][None]
+    near_far = match(d, features, MatchConfig(window_radius=0, search_radius=2), prior_uv=torch.tensor([[7.0, 7.0]]))
+    assert near_far.uv[0].tolist() == [8.0, 8.0]
+
+
+def test_geometry_round_trip_and_cell_centres():
+    g = GridGeometry(frame_h=480, frame_w=854, grid_h=31, grid_w=31)
+    xy = torch.tensor([[0.0, 0.0], [853.0, 479.0], [100.25, 200.5]])
+    assert torch.allclose(g.grid_to_pixel(g.pixel_to_grid(xy)), xy, atol=1e-4)
+    # the frame's outer edges map to the grid's outer edges
+    assert torch.allclose(g.pixel_to_grid(torch.tensor([[-0.5, -0.5]])), torch.tensor([[-0.5, -0.5]]))
+    # cell 0 centre = centre of the first 854/31 pixels
+    assert g.grid_to_pixel(torch.tensor([[0.0, 0.0]]))[0, 0] == pytest.approx(854 / 31 / 2 - 0.5)
+
+
+def test_size_spec():
+    assert SizeSpec.parse("434").resolve(480, 854, 14) == (434, 434)
+    assert SizeSpec.parse("448x252").resolve(480, 854, 14) == (252, 448)
+    assert SizeSpec.parse("434", keep_aspect=True).resolve(480, 854, 14) == (434, 770)
+    assert SizeSpec.parse("434", keep_aspect=True).resolve(854, 480, 14) == (770, 434)
+    with pytest.raises(TrackerError, match="multiples of 14"):
+        SizeSpec.parse("100").resolve(480, 854, 14)
+    with pytest.raises(TrackerError):
+        SizeSpec.parse("big")
