@@ -1,13 +1,15 @@
 import pytest
 import torch
 
-from tracker.geometry import GridGeometry, SizeSpec
-from tracker.matching import MatchConfig, match, sample_descriptors, window_soft_argmax
 from tracker.errors import TrackerError
+from tracker.geometry import GridGeometry, SizeSpec
+from tracker.matching import MatchConfig, match, sample_descriptors, similarity, window_soft_argmax
 
 
 def quadratic_peak(h: int, w: int, u0: float, v0: float, curvature: float = 0.05) -> torch.Tensor:
-    v, u = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    v, u = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+    )
     return (1 - curvature * ((u - u0) ** 2 + (v - v0) ** 2))[None]
 
 
@@ -41,7 +43,9 @@ def test_search_radius_restricts_to_the_prior():
     features = torch.nn.functional.normalize(torch.randn(16, 10, 10), dim=0)
     features[:, 8, 8] = features[:, 1, 1]  # the same descriptor twice
     d = features[:, 1, 1][None]
-    near_far = match(d, features, MatchConfig(window_radius=0, search_radius=2), prior_uv=torch.tensor([[7.0, 7.0]]))
+    near_far = match(
+        d, features, MatchConfig(window_radius=0, search_radius=2), prior_uv=torch.tensor([[7.0, 7.0]])
+    )
     assert near_far.uv[0].tolist() == [8.0, 8.0]
 
 
@@ -64,3 +68,17 @@ def test_size_spec():
         SizeSpec.parse("100").resolve(480, 854, 14)
     with pytest.raises(TrackerError):
         SizeSpec.parse("big")
+
+
+def test_local_search_equals_whole_map_search_restricted_to_the_disk():
+    torch.manual_seed(0)
+    features = torch.nn.functional.normalize(torch.randn(16, 12, 17), dim=0)
+    descriptors = torch.nn.functional.normalize(torch.randn(40, 16), dim=1)
+    prior = torch.rand(40, 2) * torch.tensor([16.0, 11.0])
+    prior[:3] = torch.tensor([[0.0, 0.0], [16.0, 11.0], [-0.4, 5.0]])  # corners and edges
+    v = torch.arange(12.0).view(1, 12, 1)
+    u = torch.arange(17.0).view(1, 1, 17)
+    disk = (u - prior[:, 0, None, None]) ** 2 + (v - prior[:, 1, None, None]) ** 2 <= 2.5**2
+    ref_uv, ref_peak = window_soft_argmax(similarity(descriptors, features), 2, 0.05, eligible=disk)
+    found = match(descriptors, features, MatchConfig(search_radius=2.5), prior_uv=prior)
+    assert torch.allclose(found.uv, ref_uv, atol=1e-4) and torch.allclose(found.score, ref_peak, atol=1e-5)

@@ -118,10 +118,32 @@ def test_tiny_random_vit_end_to_end_through_the_command_line(tmp_path, video, ob
     write_video(str(tmp_path / "clip.mp4"), video.frames[:6])
     (tmp_path / "points.json").write_text(json.dumps([[float(x), float(y)] for x, y in object_points[:4]]))
     proc = subprocess.run(
-        [sys.executable, "-m", "tracker.cli", "clip.mp4", "--points", "points.json", "--model", "dinov2-s",
-         "--weights", "random", "--size", "112", "--keep-aspect", "--out-tracks", "t.npz", "--out-video", "o.mp4",
-         "--batch", "4", "--no-progress"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "tracker.cli",
+            "clip.mp4",
+            "--points",
+            "points.json",
+            "--model",
+            "dinov2-s",
+            "--weights",
+            "random",
+            "--size",
+            "112",
+            "--keep-aspect",
+            "--out-tracks",
+            "t.npz",
+            "--out-video",
+            "o.mp4",
+            "--batch",
+            "4",
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "dinov2-s on cpu" in proc.stderr

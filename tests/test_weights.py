@@ -30,18 +30,32 @@ def meta_state(seed: int = 0, grid: int = 6, c: int = 32, depth: int = 2) -> dic
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g) * 0.1  # noqa: E731
     state = {
-        "cls_token": r(1, 1, c), "pos_embed": r(1, 1 + grid * grid, c), "register_tokens": r(1, 4, c),
-        "mask_token": r(1, c), "patch_embed.proj.weight": r(c, 3, 14, 14), "patch_embed.proj.bias": r(c),
-        "norm.weight": 1 + r(c), "norm.bias": r(c),
+        "cls_token": r(1, 1, c),
+        "pos_embed": r(1, 1 + grid * grid, c),
+        "register_tokens": r(1, 4, c),
+        "mask_token": r(1, c),
+        "patch_embed.proj.weight": r(c, 3, 14, 14),
+        "patch_embed.proj.bias": r(c),
+        "norm.weight": 1 + r(c),
+        "norm.bias": r(c),
     }
     for i in range(depth):
         p = f"blocks.{i}."
         state |= {
-            p + "norm1.weight": 1 + r(c), p + "norm1.bias": r(c), p + "attn.qkv.weight": r(3 * c, c),
-            p + "attn.qkv.bias": r(3 * c), p + "attn.proj.weight": r(c, c), p + "attn.proj.bias": r(c),
-            p + "ls1.gamma": r(c).abs(), p + "norm2.weight": 1 + r(c), p + "norm2.bias": r(c),
-            p + "mlp.fc1.weight": r(4 * c, c), p + "mlp.fc1.bias": r(4 * c), p + "mlp.fc2.weight": r(c, 4 * c),
-            p + "mlp.fc2.bias": r(c), p + "ls2.gamma": r(c).abs(),
+            p + "norm1.weight": 1 + r(c),
+            p + "norm1.bias": r(c),
+            p + "attn.qkv.weight": r(3 * c, c),
+            p + "attn.qkv.bias": r(3 * c),
+            p + "attn.proj.weight": r(c, c),
+            p + "attn.proj.bias": r(c),
+            p + "ls1.gamma": r(c).abs(),
+            p + "norm2.weight": 1 + r(c),
+            p + "norm2.bias": r(c),
+            p + "mlp.fc1.weight": r(4 * c, c),
+            p + "mlp.fc1.bias": r(4 * c),
+            p + "mlp.fc2.weight": r(c, 4 * c),
+            p + "mlp.fc2.bias": r(c),
+            p + "ls2.gamma": r(c).abs(),
         }
     return state
 
@@ -149,7 +163,9 @@ def test_load_model_from_local_files_in_real_formats(tmp_path):
     reference = tiny_vit(hw=HW)
     W.load_base_into(reference, meta_state())
     c = 32
-    assert torch.equal(model.blocks[0].attn.qkv.weight[c : 2 * c], reference.blocks[0].attn.qkv.weight[c : 2 * c])
+    assert torch.equal(
+        model.blocks[0].attn.qkv.weight[c : 2 * c], reference.blocks[0].attn.qkv.weight[c : 2 * c]
+    )
     assert not torch.equal(model.blocks[0].attn.qkv.weight[:c], reference.blocks[0].attn.qkv.weight[:c])
     # a timm-format safetensors base loads too, and a LoRA for a plain DINOv2 model is refused
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, tmp_path / "model.safetensors")

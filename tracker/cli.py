@@ -27,6 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from tracker.featurizers import MODEL_NAMES
+
     p = _Parser(
         prog="track",
         description="Track query points through a video with DistillDIFT (or DINOv2 / dense SIFT) features.",
@@ -38,8 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-video", help="overlay video .mp4 (default: <video>_overlay.mp4)")
     p.add_argument("--no-video", action="store_true", help="do not write the overlay video")
     p.add_argument("--model", default="auto", help=f"one of {', '.join(MODEL_NAMES)} (default: auto)")
-    p.add_argument("--weights", help="'random' (architecture only, no download) or local weights file(s), comma-separated")
-    p.add_argument("--size", help="input size: N (square; ViT default 434) or WxH; with --keep-aspect N is the short side")
+    p.add_argument(
+        "--weights",
+        help="'random' (architecture only, no download) or local weights file(s), comma-separated",
+    )
+    p.add_argument(
+        "--size",
+        help="input size: N (square; ViT default 434) or WxH; with --keep-aspect N is the short side",
+    )
     p.add_argument("--keep-aspect", action="store_true", help="preserve the frame's aspect ratio")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch", type=int, default=8, help="frames per featurizer batch (default 8)")
@@ -47,15 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--window-radius", type=int, help="soft-argmax window radius, grid cells (2)")
     m.add_argument("--temperature", type=float, help="soft-argmax temperature (0.05)")
     m.add_argument("--min-score", type=float, help="visibility: minimum cosine similarity (0.5)")
-    m.add_argument("--fb-tolerance", type=float, help="visibility: forward-backward tolerance, grid cells (1.5)")
-    m.add_argument("--search-radius", type=float, help="search only this many cells around the previous estimate")
+    m.add_argument(
+        "--fb-tolerance", type=float, help="visibility: forward-backward tolerance, grid cells (1.5)"
+    )
+    m.add_argument(
+        "--search-radius", type=float, help="search only this many cells around the previous estimate"
+    )
     m.add_argument("--update", type=float, help="descriptor update rate in [0, 1] (0: always the query's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
 def build_weights_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="track weights", description="Model weights: list the table, download, verify the cache.")
+    p = _Parser(
+        prog="track weights", description="Model weights: list the table, download, verify the cache."
+    )
     sub = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
     sub.add_parser("list", help="models, their sources and what is cached")
     d = sub.add_parser("download", help="download a model's weights into the cache")
@@ -137,16 +150,25 @@ def track_command(args: argparse.Namespace) -> int:
     model, warning = resolve_model(args.model, args.weights)
     try:
         config = default_match_config(
-            model, window_radius=args.window_radius, temperature=args.temperature, min_score=args.min_score,
-            fb_tolerance=args.fb_tolerance, search_radius=args.search_radius, update=args.update,
+            model,
+            window_radius=args.window_radius,
+            temperature=args.temperature,
+            min_score=args.min_score,
+            fb_tolerance=args.fb_tolerance,
+            search_radius=args.search_radius,
+            update=args.update,
         )
     except ValueError as exc:
         raise TrackerError(str(exc)) from None
     if warning:
         print(f"track: warning: {warning}", file=sys.stderr)
     featurizer = create_featurizer(
-        model, (info.height, info.width), size=args.size, keep_aspect=args.keep_aspect,
-        weights=args.weights, device=device,
+        model,
+        (info.height, info.width),
+        size=args.size,
+        keep_aspect=args.keep_aspect,
+        weights=args.weights,
+        device=device,
     )
     tracker = PointTracker(featurizer, config)
     state = tracker.add_queries(tracker.empty_state(info.height, info.width), queries)  # validates positions
@@ -155,15 +177,24 @@ def track_command(args: argparse.Namespace) -> int:
     overlay = TrackOverlay()
     writer = AtomicVideoWriter(out_video, info.fps, (info.width, info.height)) if out_video else None
     meta = {
-        "video": str(args.video), "width": info.width, "height": info.height, "fps": info.fps,
-        "model": model, "weights": args.weights or "table", "input_size": list(featurizer.input_hw[::-1]),
-        "grid_size": list(featurizer.grid_hw[::-1]), "device": device, "match": vars(config),
+        "video": str(args.video),
+        "width": info.width,
+        "height": info.height,
+        "fps": info.fps,
+        "model": model,
+        "weights": args.weights or "table",
+        "input_size": list(featurizer.input_hw[::-1]),
+        "grid_size": list(featurizer.grid_hw[::-1]),
+        "device": device,
+        "match": vars(config),
         "coordinates": "pixels of the original frame, centre of the top-left pixel at (0, 0)",
     }
     frames = _tee(video, writer is not None)
     status, error = "done", None
     start = time.perf_counter()
-    bar = tqdm(total=info.num_frames, unit="frame", disable=args.no_progress, dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(
+        total=info.num_frames, unit="frame", disable=args.no_progress, dynamic_ncols=True, file=sys.stderr
+    )
     try:
         with torch.inference_mode():
             for result in tracker.track(frames, queries, batch_size=args.batch, state=state):
@@ -180,7 +211,10 @@ def track_command(args: argparse.Namespace) -> int:
         video.close()
     elapsed = time.perf_counter() - start
     if len(log) <= last_query and status == "done":
-        error, status = TrackerError(f"the video ended after {len(log)} frames, before a point's frame {last_query}"), "failed"
+        error, status = (
+            TrackerError(f"the video ended after {len(log)} frames, before a point's frame {last_query}"),
+            "failed",
+        )
     meta["status"] = status
     written = []
     if len(log):
@@ -194,7 +228,8 @@ def track_command(args: argparse.Namespace) -> int:
     visible = float(torch.tensor(log.arrays()["visible"]).float().mean()) if len(log) else 0.0
     print(
         f"track: {status}: {len(queries)} points through {len(log)} frames in {elapsed:.1f} s "
-        f"({fps:.1f} frames/s, {model} on {device}, {100 * visible:.0f}% visible) -> {', '.join(written) or 'nothing written'}",
+        f"({fps:.1f} frames/s, {model} on {device}, {100 * visible:.0f}% visible) "
+        f"-> {', '.join(written) or 'nothing written'}",
         file=sys.stderr,
     )
     if error is not None:
@@ -233,7 +268,10 @@ def weights_command(args: argparse.Namespace) -> int:
             print(f"{spec.name:15s} {state:10s} {spec.description}")
             for role, source in (("base", spec.base), ("lora", spec.lora)):
                 if source is not None:
-                    where = " | ".join(filter(None, [source.hub_id and f"hub:{source.hub_id}", source.url])) or "local file only"
+                    where = (
+                        " | ".join(filter(None, [source.hub_id and f"hub:{source.hub_id}", source.url]))
+                        or "local file only"
+                    )
                     print(f"{'':15s} {role}: {where}")
         print(f"{'sift':15s} {'built in':10s} dense RootSIFT (kornia), no weights")
         return 0

@@ -44,7 +44,14 @@ class TrackOverlay:
         for i, colour in enumerate(colours[: len(xy)]):
             c = tuple(int(v) for v in colour)
             for (a, va), (b, vb) in zip(past[:-1], past[1:], strict=False):
-                if i < len(a) and i < len(b) and va[i] and vb[i] and np.isfinite(a[i]).all() and np.isfinite(b[i]).all():
+                if (
+                    i < len(a)
+                    and i < len(b)
+                    and va[i]
+                    and vb[i]
+                    and np.isfinite(a[i]).all()
+                    and np.isfinite(b[i]).all()
+                ):
                     cv2.line(out, fixed(a[i]), fixed(b[i]), c, thick, cv2.LINE_AA, shift)
             if not np.isfinite(xy[i]).all():
                 continue
@@ -55,6 +62,22 @@ class TrackOverlay:
             else:  # invisible: a hollow ring with a cross, where the matcher last put it
                 cv2.circle(out, centre, r << shift, c, thick, cv2.LINE_AA, shift)
                 d = int(r * 0.7) << shift
-                cv2.line(out, (centre[0] - d, centre[1] - d), (centre[0] + d, centre[1] + d), c, thick, cv2.LINE_AA, shift)
-                cv2.line(out, (centre[0] - d, centre[1] + d), (centre[0] + d, centre[1] - d), c, thick, cv2.LINE_AA, shift)
+                cv2.line(
+                    out,
+                    (centre[0] - d, centre[1] - d),
+                    (centre[0] + d, centre[1] + d),
+                    c,
+                    thick,
+                    cv2.LINE_AA,
+                    shift,
+                )
+                cv2.line(
+                    out,
+                    (centre[0] - d, centre[1] + d),
+                    (centre[0] + d, centre[1] - d),
+                    c,
+                    thick,
+                    cv2.LINE_AA,
+                    shift,
+                )
         return out

@@ -69,7 +69,9 @@ def load_badja(json_path: str | Path, davis_root: str | Path) -> BadjaSequence:
     )
 
 
-def pck(pred: np.ndarray, truth: np.ndarray, visible: np.ndarray, area: np.ndarray, alpha: float = 0.2) -> float:
+def pck(
+    pred: np.ndarray, truth: np.ndarray, visible: np.ndarray, area: np.ndarray, alpha: float = 0.2
+) -> float:
     """Fraction of visible ground-truth joints predicted within ``alpha * sqrt(area)``.
 
     Args:

@@ -74,7 +74,7 @@ class ViTFeaturizer(Featurizer):
         return self.mean.device
 
     def preprocess(self, frames: Tensor) -> Tensor:
-        """``[B, H, W, 3]`` uint8 -> ``[B, 3, h_in, w_in]`` ImageNet-normalised float32 on the model's device."""
+        """``[B, H, W, 3]`` uint8 -> ``[B, 3, h_in, w_in]`` ImageNet-normalised float32 on device."""
         x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         if tuple(x.shape[-2:]) != self.input_hw:
             x = F.interpolate(x, size=self.input_hw, mode="bilinear", align_corners=False, antialias=True)
@@ -116,9 +116,16 @@ class SiftFeaturizer(Featurizer):
         self.name = "sift"
         self.input_hw = input_hw
         self.sift = DenseSIFTDescriptor(
-            num_ang_bins=8, num_spatial_bins=4, spatial_bin_size=4, rootsift=True, stride=self.stride, padding=4
+            num_ang_bins=8,
+            num_spatial_bins=4,
+            spatial_bin_size=4,
+            rootsift=True,
+            stride=self.stride,
+            padding=4,
         )
-        self.register_buffer("luma", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1) / 255, persistent=False)
+        self.register_buffer(
+            "luma", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1) / 255, persistent=False
+        )
 
     @property
     def device(self) -> torch.device:
@@ -129,7 +136,9 @@ class SiftFeaturizer(Featurizer):
         x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         gray = (x * self.luma).sum(1, keepdim=True)
         if tuple(gray.shape[-2:]) != self.input_hw:
-            gray = F.interpolate(gray, size=self.input_hw, mode="bilinear", align_corners=False, antialias=True)
+            gray = F.interpolate(
+                gray, size=self.input_hw, mode="bilinear", align_corners=False, antialias=True
+            )
         desc = self.sift(gray)
         h, w = self.grid_hw
         assert desc.shape[-2:] == (h, w), (desc.shape, (h, w))
@@ -140,7 +149,10 @@ class SiftFeaturizer(Featurizer):
 
 VIT_MODELS = ("distilldift", "distilldift-ws", "distilldift-s", "dinov2-b", "dinov2-s")
 MODEL_NAMES = ("auto", *VIT_MODELS, "sift")
-DEFAULT_SIZE = {"vit": "434", "sift": "240"}  # ViT: the paper's 434x434 (31x31); SIFT: short side 240, stride 4
+DEFAULT_SIZE = {
+    "vit": "434",
+    "sift": "240",
+}  # ViT: the paper's 434x434 (31x31); SIFT: short side 240, stride 4
 
 
 def default_match_config(name: str, **overrides) -> MatchConfig:
@@ -178,7 +190,11 @@ def resolve_model(name: str, weights: str | None) -> tuple[str, str | None]:
         for source in (spec.base, spec.lora):
             W.fetch(source)
     except W.WeightsUnavailable as exc:
-        return "sift", f"--model auto: DistillDIFT weights unavailable ({exc}); using sift. To fix: {W.how_to_get(spec)}"
+        return (
+            "sift",
+            f"--model auto: DistillDIFT weights unavailable ({exc}); using sift. "
+            f"To fix: {W.how_to_get(spec)}",
+        )
     return "distilldift", None
 
 
@@ -214,6 +230,8 @@ def create_featurizer(
         spec = SizeSpec.parse(size or DEFAULT_SIZE["sift"], keep_aspect=keep_aspect or size is None)
         return SiftFeaturizer(spec.resolve(*frame_hw, multiple=SiftFeaturizer.stride)).to(device)
     model_spec = W.get_spec(name)
-    input_hw = SizeSpec.parse(size or DEFAULT_SIZE["vit"], keep_aspect=keep_aspect).resolve(*frame_hw, multiple=14)
+    input_hw = SizeSpec.parse(size or DEFAULT_SIZE["vit"], keep_aspect=keep_aspect).resolve(
+        *frame_hw, multiple=14
+    )
     model = W.load_model(model_spec, input_hw, weights, **overrides)
     return ViTFeaturizer(model, name, input_hw).to(device)

@@ -54,7 +54,9 @@ def read_points(path: str | Path) -> Queries:
         jsonschema.validate(data, points_schema())
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "top level"
-        raise TrackerError(f"points file {path} does not match the schema at {where}: {_short(exc)}") from None
+        raise TrackerError(
+            f"points file {path} does not match the schema at {where}: {_short(exc)}"
+        ) from None
     items = data["points"] if isinstance(data, dict) else data
     xy, frames, labels = [], [], []
     for item in items:
@@ -133,8 +135,12 @@ def write_tracks(path: str | Path, log: TrackLog, meta: dict) -> None:
             **meta,
             "num_frames_tracked": len(log),
             "points": _points_meta(log.queries),
-            "fields": {"x": "[frame][point] pixels", "y": "[frame][point] pixels",
-                       "visible": "[frame][point]", "score": "[frame][point] cosine similarity"},
+            "fields": {
+                "x": "[frame][point] pixels",
+                "y": "[frame][point] pixels",
+                "visible": "[frame][point]",
+                "score": "[frame][point] cosine similarity",
+            },
             "frame": arrays["frame"].tolist(),
             "point": arrays["point"].tolist(),
             "x": _nested(arrays["x"]),
@@ -161,7 +167,9 @@ def write_tracks(path: str | Path, log: TrackLog, meta: dict) -> None:
 def _points_meta(queries: Queries) -> list[dict]:
     return [
         {"point": i, "label": label, "frame": int(f), "x": float(xy[0]), "y": float(xy[1])}
-        for i, (label, f, xy) in enumerate(zip(queries.labels, queries.frame.tolist(), queries.xy.tolist(), strict=True))
+        for i, (label, f, xy) in enumerate(
+            zip(queries.labels, queries.frame.tolist(), queries.xy.tolist(), strict=True)
+        )
     ]
 
 
@@ -203,8 +211,14 @@ def read_tracks(path: str | Path) -> dict[str, np.ndarray]:
     if suffix == ".json":
         doc = json.loads(path.read_text())
         as_float = lambda rows: np.array([[np.nan if v is None else v for v in r] for r in rows], np.float32)  # noqa: E731
-        return {"frame": np.array(doc["frame"]), "point": np.array(doc["point"]), "x": as_float(doc["x"]),
-                "y": as_float(doc["y"]), "visible": np.array(doc["visible"], bool), "score": as_float(doc["score"])}
+        return {
+            "frame": np.array(doc["frame"]),
+            "point": np.array(doc["point"]),
+            "x": as_float(doc["x"]),
+            "y": as_float(doc["y"]),
+            "visible": np.array(doc["visible"], bool),
+            "score": as_float(doc["score"]),
+        }
     rows = list(csv.DictReader(path.open()))
     frames = sorted({int(r["frame"]) for r in rows})
     points = sorted({int(r["point"]) for r in rows})

@@ -101,12 +101,14 @@ class SizeSpec:
         short = self.width
         if short % multiple:
             raise TrackerError(f"--size {short}: the short side must be a multiple of {multiple}")
-        long_side = max(multiple, round(short * max(frame_h, frame_w) / min(frame_h, frame_w) / multiple) * multiple)
+        long_side = max(
+            multiple, round(short * max(frame_h, frame_w) / min(frame_h, frame_w) / multiple) * multiple
+        )
         return (short, long_side) if frame_h <= frame_w else (long_side, short)
 
 
 def frames_to_tensor(frames: list | Tensor) -> Tensor:
-    """A list of ``[H, W, 3]`` uint8 RGB arrays (or a tensor) -> ``[B, H, W, 3]`` uint8 tensor (no copy when possible)."""
+    """A list of ``[H, W, 3]`` uint8 RGB arrays (or a tensor) -> a ``[B, H, W, 3]`` uint8 tensor."""
     if isinstance(frames, Tensor):
         return frames if frames.dim() == 4 else frames.unsqueeze(0)
     import numpy as np

@@ -6,6 +6,7 @@ upsample whole similarity maps: refinement reads a ``(2r+1)^2`` window around ea
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -74,20 +75,25 @@ def similarity(descriptors: Tensor, features: Tensor) -> Tensor:
     return (descriptors @ features.reshape(c, h * w)).view(-1, h, w)
 
 
-def window_soft_argmax(sim: Tensor, radius: int, temperature: float) -> tuple[Tensor, Tensor]:
+def window_soft_argmax(
+    sim: Tensor, radius: int, temperature: float, eligible: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Argmax of each similarity map refined by a soft-argmax over the window around it.
 
     Args:
-        sim: ``[N, h, w]`` similarity maps.
+        sim: ``[N, h, w]`` similarity maps (``-inf`` where there is no cell).
         radius: window radius in cells; 0 returns the plain argmax.
         temperature: softmax temperature.
+        eligible: optional ``[N, h, w]`` bool, where the argmax may lie (the window may reach beyond).
 
     Returns:
         ``uv``: ``[N, 2]`` refined grid coordinates; ``peak``: ``[N]`` similarity at the argmax.
     """
     n, h, w = sim.shape
     flat = sim.reshape(n, h * w)
-    peak, index = flat.max(dim=1)
+    peak, index = (
+        flat if eligible is None else flat.masked_fill(~eligible.reshape(n, h * w), float("-inf"))
+    ).max(1)
     v0 = torch.div(index, w, rounding_mode="floor")
     u0 = index - v0 * w
     if radius == 0 or n == 0:
@@ -118,22 +124,42 @@ class Match:
     score: Tensor
 
 
-def match(descriptors: Tensor, features: Tensor, config: MatchConfig, prior_uv: Tensor | None = None) -> Match:
+def match(
+    descriptors: Tensor, features: Tensor, config: MatchConfig, prior_uv: Tensor | None = None
+) -> Match:
     """Find each unit descriptor ``[N, C]`` in a unit grid ``[C, h, w]``.
 
     Args:
         prior_uv: ``[N, 2]`` previous estimates; with ``config.search_radius`` only cells within that radius
-            of them are searched.
+            of them are searched, and only the local windows are scored (no whole similarity maps).
     """
-    sim = similarity(descriptors, features)
     if prior_uv is not None and config.search_radius is not None:
-        _, h, w = features.shape
-        v = torch.arange(h, device=sim.device, dtype=sim.dtype).view(1, h, 1)
-        u = torch.arange(w, device=sim.device, dtype=sim.dtype).view(1, 1, w)
-        d2 = (u - prior_uv[:, 0, None, None]) ** 2 + (v - prior_uv[:, 1, None, None]) ** 2
-        sim = sim.masked_fill(d2 > config.search_radius**2, -2.0)
-    uv, peak = window_soft_argmax(sim, config.window_radius, config.temperature)
+        return _match_local(descriptors, features, config, prior_uv)
+    uv, peak = window_soft_argmax(similarity(descriptors, features), config.window_radius, config.temperature)
     return Match(uv=uv, score=peak)
+
+
+def _match_local(descriptors: Tensor, features: Tensor, config: MatchConfig, prior_uv: Tensor) -> Match:
+    """Score a ``(2P+1)^2`` patch around each prior, ``P = ceil(search_radius) + window_radius``."""
+    c, h, w = features.shape
+    reach = math.ceil(config.search_radius)
+    p = reach + config.window_radius
+    centre = prior_uv.round().long()
+    centre[:, 0].clamp_(0, w - 1)
+    centre[:, 1].clamp_(0, h - 1)
+    offsets = torch.arange(-p, p + 1, device=features.device)
+    uu = centre[:, 0, None, None] + offsets.view(1, 1, -1)  # [N, 1, K]
+    vv = centre[:, 1, None, None] + offsets.view(1, -1, 1)  # [N, K, 1]
+    inside = (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)  # [N, K, K]
+    index = (vv.clamp(0, h - 1) * w + uu.clamp(0, w - 1)).reshape(len(centre), -1)  # [N, K*K]
+    patches = features.reshape(c, h * w)[:, index]  # [C, N, K*K]
+    sim = torch.einsum("nc,cnk->nk", descriptors, patches).view(-1, 2 * p + 1, 2 * p + 1)
+    sim = sim.masked_fill(~inside, float("-inf"))
+    d2 = (uu - prior_uv[:, 0, None, None]) ** 2 + (vv - prior_uv[:, 1, None, None]) ** 2
+    local_uv, peak = window_soft_argmax(
+        sim, config.window_radius, config.temperature, eligible=inside & (d2 <= config.search_radius**2)
+    )
+    return Match(uv=local_uv + (centre - p).to(local_uv.dtype), score=peak)
 
 
 def forward_backward_ok(

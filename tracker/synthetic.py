@@ -73,7 +73,7 @@ def moving_objects(
         shape = np.zeros((oh, ow), np.float32)
         cv2.rectangle(shape, (3, 3), (ow - 4, oh - 4), 1.0, -1)
         shape = cv2.GaussianBlur(shape, (0, 0), 1.0)
-        speed = np.array([[1.37 + 0.5 * k, 0.61 - 0.9 * k]])
+        speed = np.array([[1.37 - 2.2 * k, 0.61 - 0.9 * k]])  # object 1 moves left: both stay in frame
         wobble = np.concatenate([4.3 * np.sin(t / 5.0 + k), 3.1 * np.sin(t / 7.0 + 2 * k)], 1)
         offsets.append(speed * t + wobble - wobble[0])
         objects.append((tex, shape, x0, y0))
@@ -84,7 +84,9 @@ def moving_objects(
         for k, (tex, shape, x0, y0) in enumerate(objects):
             dx, dy = offsets_arr[i, k]
             m = np.float32([[1, 0, x0 + dx], [0, 1, y0 + dy]])
-            warped = cv2.warpAffine(tex, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT).astype(np.float32)
+            warped = cv2.warpAffine(
+                tex, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+            ).astype(np.float32)
             alpha = cv2.warpAffine(shape, m, (w, h), flags=cv2.INTER_LINEAR)[..., None]
             canvas = canvas * (1 - alpha) + warped * alpha
             masks[i][alpha[..., 0] > 0.5] = k + 1

@@ -39,20 +39,28 @@ class Queries:
     labels: tuple[str, ...]
 
     @classmethod
-    def create(cls, xy: Sequence[Sequence[float]] | np.ndarray | Tensor, frame: Sequence[int] | int = 0,
-               labels: Sequence[str] | None = None) -> Queries:
+    def create(
+        cls,
+        xy: Sequence[Sequence[float]] | np.ndarray | Tensor,
+        frame: Sequence[int] | int = 0,
+        labels: Sequence[str] | None = None,
+    ) -> Queries:
         xy_t = torch.as_tensor(np.asarray(xy, dtype=np.float32)).reshape(-1, 2)
         n = xy_t.shape[0]
-        frame_t = torch.full((n,), frame, dtype=torch.int64) if isinstance(frame, int) else torch.as_tensor(
-            np.asarray(frame, dtype=np.int64)).reshape(n)
+        frame_t = (
+            torch.full((n,), frame, dtype=torch.int64)
+            if isinstance(frame, int)
+            else torch.as_tensor(np.asarray(frame, dtype=np.int64)).reshape(n)
+        )
         return cls(xy=xy_t, frame=frame_t, labels=tuple(labels) if labels is not None else ("",) * n)
 
     def __len__(self) -> int:
         return int(self.xy.shape[0])
 
     def concat(self, other: Queries) -> Queries:
-        return Queries(torch.cat([self.xy, other.xy]), torch.cat([self.frame, other.frame]),
-                       self.labels + other.labels)
+        return Queries(
+            torch.cat([self.xy, other.xy]), torch.cat([self.frame, other.frame]), self.labels + other.labels
+        )
 
 
 @dataclass(frozen=True)
@@ -144,7 +152,13 @@ class PointTracker:
             )
         g = state.geometry
         x, y = queries.xy[:, 0], queries.xy[:, 1]
-        outside = (x < -0.5) | (x > g.frame_w - 0.5) | (y < -0.5) | (y > g.frame_h - 0.5) | ~torch.isfinite(queries.xy).all(1)
+        outside = (
+            (x < -0.5)
+            | (x > g.frame_w - 0.5)
+            | (y < -0.5)
+            | (y > g.frame_h - 0.5)
+            | ~torch.isfinite(queries.xy).all(1)
+        )
         if outside.any():
             i = int(outside.nonzero()[0])
             raise TrackerError(
@@ -216,7 +230,11 @@ class PointTracker:
         if starting.any():
             query_uv = g.pixel_to_grid(q.xy[starting].to(features.device))
             sampled = sample_descriptors(features, query_uv)
-            descriptors, query_descriptors, last_uv = descriptors.clone(), query_descriptors.clone(), last_uv.clone()
+            descriptors, query_descriptors, last_uv = (
+                descriptors.clone(),
+                query_descriptors.clone(),
+                last_uv.clone(),
+            )
             descriptors[starting] = sampled
             query_descriptors[starting] = sampled
             last_uv[starting] = query_uv
@@ -232,7 +250,9 @@ class PointTracker:
             for qf in q.frame[active].unique().tolist():  # forward-backward, per query frame
                 sel = (q.frame[active] == qf).nonzero().flatten().to(features.device)
                 query_uv = g.pixel_to_grid(q.xy[active[sel.cpu()]].to(features.device))
-                ok[sel] &= forward_backward_ok(found.uv[sel], features, query_features[qf], query_uv, self.config)
+                ok[sel] &= forward_backward_ok(
+                    found.uv[sel], features, query_features[qf], query_uv, self.config
+                )
             last_uv = last_uv.clone()
             last_uv[active] = found.uv  # the prior follows every estimate
             confident = found.score >= self.config.min_score
@@ -250,5 +270,12 @@ class PointTracker:
         score[starting] = 1.0
         visible[starting] = True
         result = TrackResult(frame_index=t, xy=xy, visible=visible, score=score)
-        return replace(state, next_frame=t + 1, descriptors=descriptors, query_features=query_features,
-                       query_descriptors=query_descriptors, last_uv=last_uv, latest=result)
+        return replace(
+            state,
+            next_frame=t + 1,
+            descriptors=descriptors,
+            query_features=query_features,
+            query_descriptors=query_descriptors,
+            last_uv=last_uv,
+            latest=result,
+        )

@@ -93,8 +93,12 @@ MODELS: dict[str, ModelSpec] = {
         Source(None, None, "distilldift_s.ckpt"),
         "DistillDIFT student, supervised (no public URL known: pass --weights PATH)",
     ),
-    "dinov2-b": ModelSpec("dinov2-b", "vit_base_patch14_reg4_dinov2", _DINOV2_B, None, "DINOv2 ViT-B/14 with 4 registers"),
-    "dinov2-s": ModelSpec("dinov2-s", "vit_small_patch14_reg4_dinov2", _DINOV2_S, None, "DINOv2 ViT-S/14 with 4 registers"),
+    "dinov2-b": ModelSpec(
+        "dinov2-b", "vit_base_patch14_reg4_dinov2", _DINOV2_B, None, "DINOv2 ViT-B/14 with 4 registers"
+    ),
+    "dinov2-s": ModelSpec(
+        "dinov2-s", "vit_small_patch14_reg4_dinov2", _DINOV2_S, None, "DINOv2 ViT-S/14 with 4 registers"
+    ),
 }
 
 
@@ -189,7 +193,9 @@ def fetch(source: Source, *, timeout: float = 20.0) -> Path:
         errors.append(f"{source.url.split('/')[2]} unreachable")
     elif source.url:
         try:
-            return _download_url(source.url, cache_dir() / "files" / Path(source.url).name, source.sha256, timeout)
+            return _download_url(
+                source.url, cache_dir() / "files" / Path(source.url).name, source.sha256, timeout
+            )
         except TrackerError:
             raise
         except Exception as exc:
@@ -230,7 +236,9 @@ def meta_to_timm(state: dict[str, Tensor]) -> dict[str, Tensor]:
     Meta adds ``pos_embed[:, 0]`` to the cls token and has no position embedding for registers; timm's
     no-embed-class model keeps only the patch positions, so the cls position is folded into ``cls_token``.
     """
-    out = {k: v for k, v in state.items() if k not in ("mask_token", "register_tokens", "cls_token", "pos_embed")}
+    out = {
+        k: v for k, v in state.items() if k not in ("mask_token", "register_tokens", "cls_token", "pos_embed")
+    }
     if "register_tokens" in state:
         out["reg_token"] = state["register_tokens"]
     if "cls_token" in state and "pos_embed" in state:
@@ -307,7 +315,9 @@ def parse_distilldift(state: dict[str, Tensor], depth: int = 12) -> DistillDiftC
     lora = {i: (p["aq"], p["bq"], p["av"], p["bv"]) for i, p in parts.items()}
     for i, (a_q, b_q, a_v, b_v) in lora.items():
         if a_q.shape[0] != b_q.shape[1] or a_v.shape[0] != b_v.shape[1] or a_q.shape[1] != b_q.shape[0]:
-            raise TrackerError(f"block {i}: LoRA factor shapes {tuple(a_q.shape)} / {tuple(b_q.shape)} do not chain")
+            raise TrackerError(
+                f"block {i}: LoRA factor shapes {tuple(a_q.shape)} / {tuple(b_q.shape)} do not chain"
+            )
     return DistillDiftCheckpoint(lora=lora, base=base or None)
 
 

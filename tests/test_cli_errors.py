@@ -1,0 +1,299 @@
+"""Bad input through the real command line, as a user runs it.
+
+Every case is ``python -m tracker.cli`` in a subprocess and must end with exit code 2 and exactly one line
+on stderr, ``track: error: ...``, naming the file or option at fault, and write nothing. Each case differs
+from a valid run (the positive control, exit 0) in one thing. Ctrl-C (SIGINT) during tracking must exit
+130 and keep the tracks of the frames already finished.
+
+The subprocesses of the error cases run a few at a time (each pays torch's import, about 2.5 s).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tracker.synthetic import moving_objects, write_video
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "tracker.cli"]
+NUM_FRAMES, SIZE = 6, (64, 96)  # (height, width)
+GOOD_POINTS = {"points": [{"x": 30.0, "y": 25.0, "label": "corner"}, {"x": 60.5, "y": 40.0, "frame": 2}]}
+TIMEOUT = 180
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+HAS_CUDA = torch.cuda.is_available()
+# Lines that decoders (FFmpeg inside OpenCV, decord) print straight to fd 2; see the corrupt-video case.
+DECODER_NOISE = re.compile(r"^\[mov,mp4|video_reader\.cc|moov atom|Invalid data found")
+
+
+def _env(cache: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["TRACKER_CACHE"] = str(cache)  # never touch the user's weights cache
+    env["HF_HUB_OFFLINE"] = "1"  # nothing here may download; fail rather than hang if it tries
+    return env
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def _corrupt(d: Path) -> None:
+    (d / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+
+
+def _empty(d: Path) -> None:
+    (d / "empty.mp4").write_bytes(b"")
+
+
+def _empty_folder(d: Path) -> None:
+    (d / "frames").mkdir()
+
+
+def _locked(d: Path) -> None:
+    shutil.copy(d / "clip.mp4", d / "locked.mp4")
+    (d / "locked.mp4").chmod(0)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad invocation: ``track VIDEO --points points.json --model MODEL --no-progress EXTRA``.
+
+    Attributes:
+        expect: substrings the error line must contain (what is at fault).
+        video: the VIDEO argument.
+        points: contents of points.json: JSON-able, a str written verbatim, or None for no file.
+        model: the --model value.
+        extra: further arguments.
+        setup: makes the bad input in the case's folder (which already holds clip.mp4).
+        skip: why the case cannot run here, or None.
+        known_noise: the case is hit by a known tracker bug that adds decoder lines before the error line.
+    """
+
+    expect: tuple[str, ...]
+    video: str = "clip.mp4"
+    points: object = field(default_factory=lambda: GOOD_POINTS)
+    model: str = "sift"
+    extra: tuple[str, ...] = ()
+    setup: Callable[[Path], None] | None = None
+    skip: str | None = None
+    known_noise: bool = False
+
+    def argv(self) -> list[str]:
+        return [*CLI, self.video, "--points", "points.json", "--model", self.model, "--no-progress",
+                *self.extra]
+
+
+CASES: dict[str, Case] = {
+    # videos
+    "missing-video": Case(("missing.mp4", "not found"), video="missing.mp4"),
+    "unreadable-video": Case(
+        ("locked.mp4",), video="locked.mp4", setup=_locked,
+        skip="running as root, which can read a chmod 000 file" if IS_ROOT else None,
+    ),
+    "corrupt-video": Case(("corrupt.mp4",), video="corrupt.mp4", setup=_corrupt, known_noise=True),
+    "empty-video": Case(("empty.mp4", "empty"), video="empty.mp4", setup=_empty),
+    "empty-folder": Case(("frames",), video="frames", setup=_empty_folder),
+    # points files
+    "points-not-json": Case(("points.json", "JSON"), points="not json {"),
+    "points-not-schema": Case(("points.json", "schema"), points={"points": [{"x": "a"}]}),
+    "points-empty-list": Case(("points.json", "no points"), points=[]),
+    "points-empty-object": Case(("points.json", "no points"), points={"points": []}),
+    "points-missing": Case(("points.json", "not found"), points=None),
+    # points that do not fit the video
+    "point-outside-frame": Case(("500", "outside"), points=[[500, 10]]),
+    "point-past-last-frame": Case(
+        (f"frame {NUM_FRAMES}", "clip.mp4"),
+        points={"points": [{"x": 10, "y": 10}, {"x": 10, "y": 10, "frame": NUM_FRAMES}]},
+    ),
+    # options
+    "unknown-model": Case(("nope",), model="nope"),
+    "cuda-unavailable": Case(
+        ("--device", "cuda"), extra=("--device", "cuda"), skip="a CUDA GPU is available" if HAS_CUDA else None
+    ),
+    "out-tracks-no-folder": Case(("--out-tracks", "missing"), extra=("--out-tracks", "missing/tracks.json")),
+    "out-tracks-bad-suffix": Case(("--out-tracks", "tracks.txt"), extra=("--out-tracks", "tracks.txt")),
+    "size-not-multiple-of-14": Case(
+        ("--size", "14"), model="dinov2-s", extra=("--weights", "random", "--size", "100")
+    ),
+}
+VALID = Case(())  # the positive control: the error cases each change one thing of it
+
+
+def _prepare(root: Path, name: str, case: Case) -> Path:
+    d = root / name
+    d.mkdir()
+    shutil.copy(root / "clip.mp4", d / "clip.mp4")
+    if isinstance(case.points, str):
+        (d / "points.json").write_text(case.points)
+    elif case.points is not None:
+        (d / "points.json").write_text(json.dumps(case.points))
+    if case.setup is not None:
+        case.setup(d)
+    return d
+
+
+@dataclass
+class Run:
+    folder: Path
+    returncode: int
+    stdout: str
+    stderr: str
+    before: set[str]
+    after: set[str]
+
+    def describe(self) -> str:
+        return f"exit {self.returncode}\n--- stdout\n{self.stdout}--- stderr\n{self.stderr}"
+
+
+def _run(folder: Path, case: Case, cache: Path) -> Run:
+    before = {p.name for p in folder.iterdir()}
+    proc = subprocess.run(
+        case.argv(), cwd=folder, env=_env(cache), capture_output=True, text=True, timeout=TIMEOUT
+    )
+    after = {p.name for p in folder.iterdir()}
+    return Run(folder, proc.returncode, proc.stdout, proc.stderr, before, after)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    """A folder holding clip.mp4: 6 frames of 64x96."""
+    root = tmp_path_factory.mktemp("cli")
+    write_video(str(root / "clip.mp4"), moving_objects(num_frames=NUM_FRAMES, size=SIZE).frames)
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(request, clips: Path, tmp_path_factory) -> dict[str, Run]:
+    """Runs the selected cases (and the positive control), a few at a time; each in its own folder."""
+    selected = {
+        item.callspec.params["name"]
+        for item in request.session.items
+        if item.module is request.module and "name" in getattr(getattr(item, "callspec", None), "params", {})
+    }
+    todo = {name: CASES[name] for name in sorted(selected) if CASES[name].skip is None}
+    todo["valid"] = VALID
+    folders = {name: _prepare(clips, name, case) for name, case in todo.items()}
+    cache = tmp_path_factory.mktemp("cache")
+    workers = max(2, min(8, 2 * (os.cpu_count() or 1)))
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            futures = {name: pool.submit(_run, folders[name], case, cache) for name, case in todo.items()}
+            return {name: future.result() for name, future in futures.items()}
+    finally:
+        for folder in folders.values():  # let tmp_path clean-up remove the chmod 000 file
+            for path in folder.iterdir():
+                path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.skip(reason=c.skip)) if c.skip else n for n, c in CASES.items()],
+)
+def test_bad_input_is_one_error_line_and_exit_2(name: str, runs: dict[str, Run]) -> None:
+    case, run = CASES[name], runs[name]
+    assert run.returncode == 2, run.describe()
+    assert "Traceback" not in run.stderr, run.describe()
+    lines = run.stderr.splitlines()
+    assert lines and lines[-1].startswith("track: error: "), run.describe()
+    message = lines[-1]
+    assert len(message) > len("track: error: ") + 5, run.describe()
+    for needle in case.expect:
+        assert needle in message, f"{needle!r} not in the error line\n{run.describe()}"
+    assert run.after == run.before, f"bad input wrote {sorted(run.after - run.before)}"
+    noise = lines[:-1]
+    if case.known_noise and noise and all(DECODER_NOISE.search(line) for line in noise):
+        pytest.xfail(
+            "known bug: FFmpeg (in OpenCV) and decord print to stderr while tracker/video.py:open_video "
+            f"probes a corrupt file, so the error line comes with {len(noise)} more: {noise}"
+        )
+    assert len(lines) == 1, f"stderr must be exactly one line\n{run.describe()}"
+
+
+def test_valid_input_tracks(runs: dict[str, Run]) -> None:
+    run = runs["valid"]
+    assert run.returncode == 0, run.describe()
+    assert "Traceback" not in run.stderr and "error" not in run.stderr, run.describe()
+    assert run.after - run.before == {"clip_tracks.json", "clip_overlay.mp4"}, run.describe()
+    doc = json.loads((run.folder / "clip_tracks.json").read_text())
+    assert doc["status"] == "done"
+    assert doc["num_frames_tracked"] == NUM_FRAMES
+    assert doc["frame"] == list(range(NUM_FRAMES))
+    assert np.asarray(doc["visible"]).shape == (NUM_FRAMES, len(GOOD_POINTS["points"]))
+    # point 1 is given on frame 2: no position before it, its own position on it
+    assert doc["x"][0][1] is None and doc["x"][2][1] == pytest.approx(60.5, abs=1e-3)
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+def _restore_sigint() -> None:
+    """Python only turns SIGINT into KeyboardInterrupt when it is not inherited as ignored (nohup, `&`)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_keeps_finished_frames(tmp_path: Path) -> None:
+    frames = 300
+    write_video(str(tmp_path / "long.mp4"), moving_objects(num_frames=frames, size=SIZE).frames)
+    (tmp_path / "points.json").write_text(json.dumps([[30.0, 25.0]]))
+    argv = [*CLI, "long.mp4", "--points", "points.json", "--model", "sift", "--batch", "1",
+            "--out-tracks", "t.csv", "--no-video"]  # with the progress bar: it tells when frames are done
+    proc = subprocess.Popen(
+        argv, cwd=tmp_path, env=_env(tmp_path / "cache"), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, preexec_fn=_restore_sigint,
+    )
+    chunks: list[bytes] = []
+    fd = proc.stderr.fileno()
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(fd, 4096), b"")))
+    reader.start()
+    try:
+        deadline, done = time.monotonic() + TIMEOUT, 0
+        while proc.poll() is None and time.monotonic() < deadline:
+            counts = re.findall(rb"(\d+)/%d \[" % frames, b"".join(chunks))
+            done = int(counts[-1]) if counts else 0
+            if done >= 1:
+                break
+            time.sleep(0.02)
+        progress = b"".join(chunks).decode(errors="replace")
+        assert proc.poll() is None, f"finished before the signal; make the clip longer\n{progress}"
+        assert done >= 1, "no frame tracked in time"
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join()
+        proc.stdout.close()
+        proc.stderr.close()
+    stderr = b"".join(chunks).decode(errors="replace")
+    assert code == 130, f"exit {code}\n{stderr}"
+    assert "Traceback" not in stderr, stderr
+    assert "track: interrupted" in stderr, stderr
+    with (tmp_path / "t.csv").open(newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["frame", "point", "x", "y", "visible", "score"]
+    data = rows[1:]
+    assert 1 <= len(data) < frames, f"{len(data)} rows"
+    assert [int(r[0]) for r in data] == list(range(len(data)))  # one point: one row per finished frame
+    assert all(r[1] == "0" and r[2] and r[3] for r in data)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")], "temporary file left"
