@@ -206,3 +206,31 @@ def test_random_weights_are_explicit_and_never_download(monkeypatch):
     monkeypatch.setattr(W, "_reachable", lambda url, timeout=5.0: pytest.fail("network touched"))
     featurizer = create_featurizer("dinov2-s", (100, 100), size="56", weights="random")
     assert featurizer(torch.zeros(1, 100, 100, 3, dtype=torch.uint8)).shape == (1, 384, 4, 4)
+
+
+def test_weights_commands_list_verify_download(monkeypatch, capsys):
+    from tracker.cli import main
+
+    monkeypatch.setattr(W, "_reachable", lambda url, timeout=5.0: False)
+    assert main(["weights", "list"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "distilldift" in out
+        and "not cached" in out
+        and "ommer-lab.com/files/distilldift/distilldift_us.ckpt" in out
+    )
+    assert main(["weights", "verify"]) == 1  # nothing cached
+    assert main(["weights", "download", "dinov2-s"]) == 2  # offline: one clear line
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("track: error: cannot get") and "unreachable" in err[0]
+    # a ViT-S checkpoint in Meta's real key format (37x37 positions at 518) verifies and loads strictly
+    files = W.cache_dir() / "files"
+    files.mkdir(parents=True)
+    torch.save(meta_state(grid=37, c=384, depth=12), files / "dinov2_vits14_reg4_pretrain.pth")
+    assert main(["weights", "verify", "dinov2-s"]) == 0
+    assert "dinov2-s: ok (loaded strictly)" in capsys.readouterr().out
+    torch.save(
+        meta_state(grid=37, c=384, depth=11), files / "dinov2_vits14_reg4_pretrain.pth"
+    )  # a block short
+    assert main(["weights", "verify", "dinov2-s"]) == 1
+    assert "FAILED" in capsys.readouterr().out

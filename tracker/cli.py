@@ -122,13 +122,15 @@ def track_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from tracker.drawing import TrackOverlay
-    from tracker.featurizers import create_featurizer, default_match_config, resolve_model
+    from tracker.featurizers import MODEL_NAMES, create_featurizer, default_match_config, resolve_model
     from tracker.formats import TRACK_SUFFIXES, TrackLog, read_points, write_tracks
     from tracker.tracking import PointTracker
     from tracker.video import AtomicVideoWriter, open_video
 
     if args.batch < 1:
         raise TrackerError("--batch must be at least 1")
+    if args.model not in MODEL_NAMES:
+        raise TrackerError(f"unknown model {args.model!r}; choose from: {', '.join(MODEL_NAMES)}")
     device = _pick_device(args.device)
     queries = read_points(args.points)
     stem = Path(args.video.rstrip("/")).name.rsplit(".", 1)[0]
@@ -226,14 +228,16 @@ def track_command(args: argparse.Namespace) -> int:
             written.append(str(out_video))
     fps = len(log) / elapsed if elapsed > 0 else float("inf")
     visible = float(torch.tensor(log.arrays()["visible"]).float().mean()) if len(log) else 0.0
+    if error is not None:
+        raise TrackerError(
+            f"{error} (kept {len(log)} finished frames: {', '.join(written) or 'nothing written'})"
+        )
     print(
         f"track: {status}: {len(queries)} points through {len(log)} frames in {elapsed:.1f} s "
         f"({fps:.1f} frames/s, {model} on {device}, {100 * visible:.0f}% visible) "
         f"-> {', '.join(written) or 'nothing written'}",
         file=sys.stderr,
     )
-    if error is not None:
-        raise error
     return EXIT_INTERRUPTED if status == "interrupted" else 0
 
 

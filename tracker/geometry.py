@@ -94,9 +94,8 @@ class SizeSpec:
         """
         if not self.keep_aspect:
             if self.width % multiple or self.height % multiple:
-                raise TrackerError(
-                    f"--size {self.width}x{self.height}: sides must be multiples of {multiple} for this model"
-                )
+                size = self.width if self.width == self.height else f"{self.width}x{self.height}"
+                raise TrackerError(f"--size {size}: sides must be multiples of {multiple} for this model")
             return self.height, self.width
         short = self.width
         if short % multiple:

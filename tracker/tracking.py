@@ -178,17 +178,25 @@ class PointTracker:
         Frames go through the featurizer ``batch_size`` at a time; memory stays flat in video length.
         """
         pending: list[np.ndarray] = []
-        for frame in frames:
+        source = iter(frames)
+        while True:
+            try:
+                frame = next(source)
+            except StopIteration:
+                break
+            except Exception:  # the source failed (e.g. a corrupt frame): track the frames already read
+                if pending:
+                    yield from self._run_batch(state, pending)[0]
+                raise
             if state is None:
                 state = self.add_queries(self.empty_state(*frame.shape[:2]), queries)
             pending.append(frame)
             if len(pending) == batch_size:
                 results, state = self._run_batch(state, pending)
-                yield from results
                 pending = []
+                yield from results
         if pending:
-            results, state = self._run_batch(state, pending)
-            yield from results
+            yield from self._run_batch(state, pending)[0]
 
     # ----------------------------------------------------------------- internals
 

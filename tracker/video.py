@@ -7,7 +7,9 @@ files OpenCV cannot open.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -146,6 +148,20 @@ class _Unreadable(Exception):
     pass
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence native decoders (FFmpeg, decord) that print to file descriptor 2 while probing a file."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def open_video(path: str | Path) -> VideoSource:
     """Open a video file or a folder of frames for streaming.
 
@@ -161,14 +177,16 @@ def open_video(path: str | Path) -> VideoSource:
         raise TrackerError(f"cannot read {path}: permission denied")
     if path.stat().st_size == 0:
         raise TrackerError(f"{path} is empty")
-    try:
-        return OpenCVVideo(path)
-    except _Unreadable:
-        pass
-    try:
-        return DecordVideo(path)
-    except (_Unreadable, ImportError):
-        raise TrackerError(f"cannot decode {path}: not a video, or corrupt, or no frames") from None
+    with _quiet_stderr():
+        try:
+            return OpenCVVideo(path)
+        except _Unreadable:
+            pass
+        try:
+            return DecordVideo(path)
+        except (_Unreadable, ImportError):
+            pass
+    raise TrackerError(f"cannot decode {path}: not a video, or corrupt, or no frames")
 
 
 class AtomicVideoWriter:
