@@ -33,8 +33,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Track query points through a video with DistillDIFT (or DINOv2 / dense SIFT) features.",
         epilog="Other commands: `track weights list|download|verify`.",
     )
-    p.add_argument("video", help="video file, or a DAVIS-style folder of JPEG frames")
-    p.add_argument("--points", required=True, help="points JSON (schema: tracker/schemas/points.schema.json)")
+    p.add_argument("video", nargs="?", help="video file, or a DAVIS-style folder of JPEG frames")
+    what = p.add_argument_group("what to carry through the video (one of)")
+    what.add_argument("--points", help="points JSON (schema: tracker/schemas/points.schema.json)")
+    what.add_argument("--mask", help="first-frame object mask: binary or palette PNG (ids 1..K)")
+    what.add_argument(
+        "--davis-root",
+        help="DAVIS layout root: frames and masks of --sequence (masks of frame 0 "
+        "and of frames where new objects appear)",
+    )
+    what.add_argument("--sequence", help="sequence name under --davis-root")
+    what.add_argument(
+        "--colormap",
+        nargs="?",
+        const="coords",
+        help="warp the first frame's coordinate colormap (or the given image) into every frame",
+    )
+    what.add_argument("--edit", help="RGBA PNG painted on the first frame, composited onto every frame")
+    p.add_argument("--out-masks", help="folder for predicted masks as DAVIS palette PNGs (00000.png ...)")
     p.add_argument("--out-tracks", help="tracks file: .json, .csv or .npz (default: <video>_tracks.json)")
     p.add_argument("--out-video", help="overlay video .mp4 (default: <video>_overlay.mp4)")
     p.add_argument("--no-video", action="store_true", help="do not write the overlay video")
@@ -61,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--search-radius", type=float, help="search only this many cells around the previous estimate"
     )
     m.add_argument("--update", type=float, help="descriptor update rate in [0, 1] (0: always the query's)")
+    d = p.add_argument_group("dense propagation (masks)")
+    d.add_argument("--context", type=int, help="also use the last N predicted frames as references (0)")
+    d.add_argument("--topk", type=int, help="neighbours per cell (5)")
+    d.add_argument("--radius", type=float, help="spatial radius in grid cells (sift: 12; ViT: whole frame)")
+    d.add_argument("--prop-temperature", type=float, help="softmax temperature over the top-k (0.1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -122,7 +143,7 @@ def track_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from tracker.drawing import TrackOverlay
-    from tracker.featurizers import MODEL_NAMES, create_featurizer, default_match_config, resolve_model
+    from tracker.featurizers import MODEL_NAMES
     from tracker.formats import TRACK_SUFFIXES, TrackLog, read_points, write_tracks
     from tracker.tracking import PointTracker
     from tracker.video import AtomicVideoWriter, open_video
@@ -131,6 +152,20 @@ def track_command(args: argparse.Namespace) -> int:
         raise TrackerError("--batch must be at least 1")
     if args.model not in MODEL_NAMES:
         raise TrackerError(f"unknown model {args.model!r}; choose from: {', '.join(MODEL_NAMES)}")
+    given = {
+        "--points": args.points,
+        "--mask": args.mask,
+        "--davis-root": args.davis_root,
+        "--colormap": args.colormap,
+        "--edit": args.edit,
+    }
+    modes = [name for name, value in given.items() if value]
+    if len(modes) != 1:
+        raise TrackerError(f"give exactly one of {', '.join(given)} (got {', '.join(modes) or 'none'})")
+    if modes[0] != "--davis-root" and not args.video:
+        raise TrackerError("the VIDEO argument is required (a video file or a folder of frames)")
+    if modes[0] != "--points":
+        return dense_command(args, modes[0])
     device = _pick_device(args.device)
     queries = read_points(args.points)
     stem = Path(args.video.rstrip("/")).name.rsplit(".", 1)[0]
@@ -149,29 +184,7 @@ def track_command(args: argparse.Namespace) -> int:
     last_query = int(queries.frame.max())
     if last_query >= info.num_frames:
         raise TrackerError(f"a point is on frame {last_query}, but {args.video} has {info.num_frames} frames")
-    model, warning = resolve_model(args.model, args.weights)
-    try:
-        config = default_match_config(
-            model,
-            window_radius=args.window_radius,
-            temperature=args.temperature,
-            min_score=args.min_score,
-            fb_tolerance=args.fb_tolerance,
-            search_radius=args.search_radius,
-            update=args.update,
-        )
-    except ValueError as exc:
-        raise TrackerError(str(exc)) from None
-    if warning:
-        print(f"track: warning: {warning}", file=sys.stderr)
-    featurizer = create_featurizer(
-        model,
-        (info.height, info.width),
-        size=args.size,
-        keep_aspect=args.keep_aspect,
-        weights=args.weights,
-        device=device,
-    )
+    model, featurizer, config = _featurizer_for(args, info, device)
     tracker = PointTracker(featurizer, config)
     state = tracker.add_queries(tracker.empty_state(info.height, info.width), queries)  # validates positions
 
@@ -239,6 +252,196 @@ def track_command(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_INTERRUPTED if status == "interrupted" else 0
+
+
+def _featurizer_for(args: argparse.Namespace, info, device: str):
+    """Resolve ``--model`` (printing auto's one warning line), build the featurizer and the matcher settings."""
+    from tracker.featurizers import create_featurizer, default_match_config, resolve_model
+
+    model, warning = resolve_model(args.model, args.weights)
+    try:
+        config = default_match_config(
+            model,
+            window_radius=args.window_radius,
+            temperature=args.temperature,
+            min_score=args.min_score,
+            fb_tolerance=args.fb_tolerance,
+            search_radius=args.search_radius,
+            update=args.update,
+        )
+    except ValueError as exc:
+        raise TrackerError(str(exc)) from None
+    if warning:
+        print(f"track: warning: {warning}", file=sys.stderr)
+    featurizer = create_featurizer(
+        model,
+        (info.height, info.width),
+        size=args.size,
+        keep_aspect=args.keep_aspect,
+        weights=args.weights,
+        device=device,
+    )
+    return model, featurizer, config
+
+
+def dense_command(args: argparse.Namespace, mode: str) -> int:
+    """Masks (``--mask`` / ``--davis-root``), ``--colormap`` or ``--edit`` carried through a video."""
+    import torch
+    from tqdm import tqdm
+
+    from tracker.evaluation import davis_sequence, given_masks
+    from tracker.formats import fit_mask, read_mask, write_mask
+    from tracker.drawing import draw_masks
+    from tracker.propagation import (
+        CorrespondenceField,
+        MaskPropagator,
+        composite_edit,
+        default_propagation_config,
+        coordinate_colormap,
+        render_colormap,
+    )
+    from tracker.video import AtomicVideoWriter, open_video
+
+    device = _pick_device(args.device)
+    if mode == "--davis-root":
+        frames_dir, masks_dir = davis_sequence(args.davis_root, args.sequence)
+        source, stem = frames_dir, args.sequence or Path(args.davis_root).name
+    else:
+        source, stem = args.video, Path(args.video.rstrip("/")).name.rsplit(".", 1)[0]
+    out_video = (
+        None if args.no_video else Path(args.out_video or f"{stem}_{mode.strip('-').split('-')[0]}.mp4")
+    )
+    out_masks = Path(args.out_masks) if args.out_masks else None
+    if mode in ("--colormap", "--edit") and out_masks is not None:
+        raise TrackerError("--out-masks goes with --mask or --davis-root")
+    if out_video is None and out_masks is None:
+        raise TrackerError("nothing to write: give --out-masks or drop --no-video")
+    if out_video is not None:
+        if out_video.suffix.lower() != ".mp4":
+            raise TrackerError(f"--out-video must end in .mp4, got {out_video.name}")
+        _check_writable(out_video, "--out-video")
+    if out_masks is not None:
+        if out_masks.exists() and not out_masks.is_dir():
+            raise TrackerError(f"--out-masks {out_masks} is a file, not a folder")
+        _check_writable(out_masks / "00000.png" if out_masks.is_dir() else out_masks, "--out-masks")
+
+    video = open_video(source)
+    info = video.info
+    frame_hw = (info.height, info.width)
+    given = {}
+    if mode == "--davis-root":
+        given = given_masks(masks_dir, frame_hw)
+    elif mode == "--mask":
+        given = {0: fit_mask(read_mask(args.mask), frame_hw, args.mask)}
+    if mode in ("--mask", "--davis-root") and not given[0].any():
+        raise TrackerError("the first frame's mask has no object (all zero)")
+    overlay_image = None
+    if mode == "--edit":
+        overlay_image = _read_rgba(args.edit, frame_hw)
+    elif mode == "--colormap":
+        overlay_image = (
+            coordinate_colormap(*frame_hw)
+            if args.colormap == "coords"
+            else _read_rgb(args.colormap, frame_hw)
+        )
+    model, featurizer, match_config = _featurizer_for(args, info, device)
+    try:
+        prop_config = default_propagation_config(
+            model, context=args.context, topk=args.topk, radius=args.radius, temperature=args.prop_temperature
+        )
+    except ValueError as exc:
+        raise TrackerError(str(exc)) from None
+    if out_masks is not None:
+        out_masks.mkdir(exist_ok=True)
+    writer = AtomicVideoWriter(out_video, info.fps, (info.width, info.height)) if out_video else None
+    frames = _tee(video, True)
+    done, status, error = 0, "done", None
+    start = time.perf_counter()
+    bar = tqdm(
+        total=info.num_frames, unit="frame", disable=args.no_progress, dynamic_ncols=True, file=sys.stderr
+    )
+    try:
+        with torch.inference_mode():
+            if mode in ("--mask", "--davis-root"):
+                for result in MaskPropagator(featurizer, prop_config).propagate(frames, given, args.batch):
+                    frame = frames.pop(result.frame_index)
+                    if out_masks is not None:
+                        write_mask(out_masks / f"{result.frame_index:05d}.png", result.labels)
+                    if writer is not None:
+                        writer.write(draw_masks(frame, result.labels))
+                    done += 1
+                    bar.update(1)
+            else:
+                for corr in CorrespondenceField(featurizer, match_config).fields(frames, args.batch):
+                    frame = frames.pop(corr.frame_index)
+                    if mode == "--edit":
+                        writer.write(composite_edit(frame, overlay_image, corr))
+                    else:
+                        writer.write(render_colormap(frame, overlay_image, corr))
+                    done += 1
+                    bar.update(1)
+    except KeyboardInterrupt:
+        status = "interrupted"
+    except TrackerError as exc:
+        status, error = "failed", exc
+    finally:
+        bar.close()
+        video.close()
+    elapsed = time.perf_counter() - start
+    written = []
+    if writer is not None:
+        writer.close()
+        if writer.frames:
+            written.append(str(out_video))
+    if out_masks is not None and done:
+        written.append(f"{out_masks}/ ({done} PNGs)")
+    if error is not None:
+        raise TrackerError(
+            f"{error} (kept {done} finished frames: {', '.join(written) or 'nothing written'})"
+        )
+    fps = done / elapsed if elapsed > 0 else float("inf")
+    print(
+        f"track: {status}: {mode.strip('-')} through {done} frames in {elapsed:.1f} s ({fps:.1f} frames/s, "
+        f"{model} on {device}) -> {', '.join(written) or 'nothing written'}",
+        file=sys.stderr,
+    )
+    return EXIT_INTERRUPTED if status == "interrupted" else 0
+
+
+def _read_image(path: str, flags: int):
+    import cv2
+
+    if not Path(path).is_file():
+        raise TrackerError(f"image not found: {path}")
+    image = cv2.imread(path, flags)
+    if image is None:
+        raise TrackerError(f"cannot read image {path}")
+    return image
+
+
+def _read_rgba(path: str, frame_hw: tuple[int, int]):
+    import cv2
+    import numpy as np
+
+    image = _read_image(path, cv2.IMREAD_UNCHANGED)
+    if image.ndim != 3 or image.shape[2] != 4:
+        raise TrackerError(f"--edit {path} must be an RGBA PNG (with an alpha channel)")
+    if image.shape[:2] != frame_hw:
+        raise TrackerError(
+            f"--edit {path} is {image.shape[1]}x{image.shape[0]}, the video {frame_hw[1]}x{frame_hw[0]}"
+        )
+    return np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA))
+
+
+def _read_rgb(path: str, frame_hw: tuple[int, int]):
+    import cv2
+
+    image = cv2.cvtColor(_read_image(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    return (
+        cv2.resize(image, frame_hw[::-1], interpolation=cv2.INTER_AREA)
+        if image.shape[:2] != frame_hw
+        else image
+    )
 
 
 class _tee:

@@ -81,3 +81,20 @@ class TrackOverlay:
                     shift,
                 )
         return out
+
+
+def draw_masks(frame: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """``frame`` with each object id tinted in its DAVIS palette colour and outlined."""
+    from tracker.formats import davis_palette
+
+    colours = davis_palette()
+    out = frame.astype(np.float32)
+    objects = labels > 0
+    out[objects] = (1 - alpha) * out[objects] + alpha * colours[labels[objects]]
+    out = out.astype(np.uint8)
+    for i in np.unique(labels[objects]):
+        contours, _ = cv2.findContours(
+            (labels == i).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+        )
+        cv2.drawContours(out, contours, -1, tuple(int(c) for c in colours[i]), 2, cv2.LINE_AA)
+    return out

@@ -69,6 +69,45 @@ def load_badja(json_path: str | Path, davis_root: str | Path) -> BadjaSequence:
     )
 
 
+def davis_sequence(root: str | Path, sequence: str | None) -> tuple[Path, Path]:
+    """Frames and masks folders of a DAVIS-layout sequence.
+
+    Tries ``root/{JPEGImages,Annotations}/480p/<sequence>``, then ``root/{JPEGImages,Annotations}/<sequence>``,
+    then (no sequence) ``root/{JPEGImages,Annotations}``.
+    """
+    root = Path(root)
+    candidates = [("480p", sequence), (sequence,)] if sequence else [()]
+    for parts in candidates:
+        frames, masks = root.joinpath("JPEGImages", *parts), root.joinpath("Annotations", *parts)
+        if frames.is_dir() and masks.is_dir():
+            return frames, masks
+    where = f"{root}/JPEGImages/[480p/]{sequence}" if sequence else f"{root}/JPEGImages"
+    raise TrackerError(f"no DAVIS sequence at {where} (with Annotations beside it)")
+
+
+def given_masks(masks_dir: Path, frame_hw: tuple[int, int]) -> dict[int, np.ndarray]:
+    """The masks a semi-supervised method is given: frame 0's, and those of frames where new objects appear.
+
+    Returns:
+        frame index -> ``[H, W]`` uint8 ids (DAVIS-2016 0/255 masks become 0/1).
+    """
+    from tracker.formats import fit_mask, read_mask
+
+    paths = sorted(masks_dir.glob("*.png"))
+    if not paths:
+        raise TrackerError(f"no masks in {masks_dir}")
+    given, seen = {}, set()
+    for path in paths:
+        labels = read_mask(path)
+        ids = set(np.unique(labels).tolist()) - {0}
+        if int(path.stem) == 0 or ids - seen:
+            given[int(path.stem)] = fit_mask(labels, frame_hw, str(path))
+            seen |= ids
+    if 0 not in given:
+        raise TrackerError(f"{masks_dir} has no mask for frame 0 (00000.png)")
+    return given
+
+
 def pck(
     pred: np.ndarray, truth: np.ndarray, visible: np.ndarray, area: np.ndarray, alpha: float = 0.2
 ) -> float:

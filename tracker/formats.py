@@ -230,3 +230,72 @@ def read_tracks(path: str | Path) -> dict[str, np.ndarray]:
             out[k][t, i] = float(r[k]) if r[k] else np.nan
         out["visible"][t, i] = r["visible"] == "1"
     return {"frame": np.array(frames), "point": np.array(points), **out}
+
+
+# --------------------------------------------------------------------------- masks (DAVIS palette PNGs)
+
+
+def davis_palette() -> np.ndarray:
+    """``[256, 3]`` uint8: the DAVIS / PASCAL VOC palette (id 1 dark red, 2 green, 3 olive, ...)."""
+    palette = np.zeros((256, 3), np.uint8)
+    for i in range(256):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette[i] = (r, g, b)
+    return palette
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """``[H, W]`` uint8 object ids from a palette PNG (indices) or a binary/grey PNG (non-zero -> 1).
+
+    A grey PNG whose non-zero values are not all one value keeps its values as ids.
+
+    Raises:
+        TrackerError: missing or unreadable.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+            array = np.asarray(image)
+    except FileNotFoundError:
+        raise TrackerError(f"mask not found: {path}") from None
+    except (UnidentifiedImageError, OSError):
+        raise TrackerError(f"cannot read mask {path}: not an image") from None
+    if mode == "P":
+        return array.astype(np.uint8)
+    if array.ndim == 3:
+        array = array[..., :3].max(-1)
+    values = np.unique(array[array > 0])
+    return (array > 0).astype(np.uint8) if len(values) <= 1 else array.astype(np.uint8)
+
+
+def write_mask(path: str | Path, labels: np.ndarray) -> None:
+    """Write ``[H, W]`` uint8 ids as a DAVIS palette PNG, atomically."""
+    from PIL import Image
+
+    image = Image.fromarray(labels.astype(np.uint8), mode="P")
+    image.putpalette(davis_palette().ravel().tolist())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    _atomic_write(Path(path), buffer.getvalue())
+
+
+def fit_mask(labels: np.ndarray, frame_hw: tuple[int, int], name: str = "mask") -> np.ndarray:
+    """Object ids resized (nearest) to the frame when they are within 2% of its size; else an error.
+
+    Real annotations can be a pixel off (the Cutie ``judo`` example has 853x480 masks for 854x480 frames).
+    """
+    import cv2
+
+    if labels.shape == frame_hw:
+        return labels
+    (h, w), (fh, fw) = labels.shape, frame_hw
+    if abs(h - fh) > 0.02 * fh or abs(w - fw) > 0.02 * fw:
+        raise TrackerError(f"{name} is {w}x{h}, the video {fw}x{fh}")
+    return cv2.resize(labels, (fw, fh), interpolation=cv2.INTER_NEAREST)
