@@ -36,9 +36,7 @@ def machine() -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--video", default=str(Path(__file__).resolve().parents[2] / "shared/data/videos/01_dog.mp4")
-    )
+    p.add_argument("--video", default=str(Path(__file__).resolve().parents[2] / "shared/data/videos/01_dog.mp4"))
     p.add_argument("--model", default="sift")
     p.add_argument("--weights", default=None)
     p.add_argument("--points", type=int, default=256)
@@ -53,9 +51,7 @@ def main() -> None:
     featurizer = create_featurizer(args.model, (h, w), weights=args.weights, device=args.device)
     tracker = PointTracker(featurizer, default_match_config(args.model))
     rng = np.random.default_rng(0)
-    queries = Queries.create(
-        np.stack([rng.uniform(0, w - 1, args.points), rng.uniform(0, h - 1, args.points)], 1)
-    )
+    queries = Queries.create(np.stack([rng.uniform(0, w - 1, args.points), rng.uniform(0, h - 1, args.points)], 1))
     frames = iter(video)
     warm = list(itertools.islice(frames, 8))
     list(tracker.track(warm, queries, batch_size=args.batch))

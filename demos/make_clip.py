@@ -21,9 +21,7 @@ def main(out: Path) -> None:
         for fx in (0.3, 0.5, 0.7):
             for fy in (0.3, 0.7):
                 xy = np.array([x0 + fx * (x1 - x0), y0 + fy * (y1 - y0)])
-                points.append(
-                    {"x": round(float(xy[0]), 2), "y": round(float(xy[1]), 2), "label": f"object{k}"}
-                )
+                points.append({"x": round(float(xy[0]), 2), "y": round(float(xy[1]), 2), "label": f"object{k}"})
                 truth.append(video.ground_truth(xy[None], obj=k)[:, 0])
     (out / "points.json").write_text(json.dumps({"points": points}, indent=1))
     np.savez(out / "ground_truth.npz", xy=np.stack(truth, 1))  # [T, N, 2]

@@ -135,9 +135,7 @@ CASES: dict[str, Case] = {
     ),
     "out-tracks-no-folder": Case(("--out-tracks", "missing"), extra=("--out-tracks", "missing/tracks.json")),
     "out-tracks-bad-suffix": Case(("--out-tracks", "tracks.txt"), extra=("--out-tracks", "tracks.txt")),
-    "size-not-multiple-of-14": Case(
-        ("--size", "14"), model="dinov2-s", extra=("--weights", "random", "--size", "100")
-    ),
+    "size-not-multiple-of-14": Case(("--size", "14"), model="dinov2-s", extra=("--weights", "random", "--size", "100")),
 }
 VALID = Case(())  # the positive control: the error cases each change one thing of it
 
@@ -170,9 +168,7 @@ class Run:
 
 def _run(folder: Path, case: Case, cache: Path) -> Run:
     before = {p.name for p in folder.iterdir()}
-    proc = subprocess.run(
-        case.argv(), cwd=folder, env=_env(cache), capture_output=True, text=True, timeout=TIMEOUT
-    )
+    proc = subprocess.run(case.argv(), cwd=folder, env=_env(cache), capture_output=True, text=True, timeout=TIMEOUT)
     after = {p.name for p in folder.iterdir()}
     return Run(folder, proc.returncode, proc.stdout, proc.stderr, before, after)
 

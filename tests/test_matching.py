@@ -7,9 +7,7 @@ from tracker.matching import MatchConfig, match, sample_descriptors, similarity,
 
 
 def quadratic_peak(h: int, w: int, u0: float, v0: float, curvature: float = 0.05) -> torch.Tensor:
-    v, u = torch.meshgrid(
-        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
-    )
+    v, u = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
     return (1 - curvature * ((u - u0) ** 2 + (v - v0) ** 2))[None]
 
 
@@ -43,9 +41,7 @@ def test_search_radius_restricts_to_the_prior():
     features = torch.nn.functional.normalize(torch.randn(16, 10, 10), dim=0)
     features[:, 8, 8] = features[:, 1, 1]  # the same descriptor twice
     d = features[:, 1, 1][None]
-    near_far = match(
-        d, features, MatchConfig(window_radius=0, search_radius=2), prior_uv=torch.tensor([[7.0, 7.0]])
-    )
+    near_far = match(d, features, MatchConfig(window_radius=0, search_radius=2), prior_uv=torch.tensor([[7.0, 7.0]]))
     assert near_far.uv[0].tolist() == [8.0, 8.0]
 
 

@@ -35,7 +35,7 @@ def test_sift_tracks_subpixel_motion(video, object_points):
     xy, visible = run(tracker, video.frames, Queries.create(object_points))
     error = np.linalg.norm(xy - video.ground_truth(object_points), axis=-1)
     print(f"sift synthetic: mean error {error.mean():.3f} px, visible {visible.mean():.2f}")
-    assert error.mean() < 1.3  # measured 1.04 px
+    assert error.mean() < 1.3  # measured 1.06 px
     assert np.median(error) < 1.2
     assert visible.mean() > 0.8
     assert error[visible].max() < 4.0  # nothing judged visible is far off

@@ -147,9 +147,7 @@ def test_distilldift_checkpoint_strict_parsing():
     with pytest.raises(TrackerError, match="unexpected key"):
         W.parse_distilldift({**lora_state(), "optimizer.lr": torch.zeros(1)}, depth=2)
     # a whole-student checkpoint carries the backbone (Meta format, base qkv wrapped at attn.qkv.qkv)
-    full = lora_state() | {
-        "model." + k.replace(".attn.qkv.", ".attn.qkv.qkv."): v for k, v in meta_state().items()
-    }
+    full = lora_state() | {"model." + k.replace(".attn.qkv.", ".attn.qkv.qkv."): v for k, v in meta_state().items()}
     parsed = W.parse_distilldift(full, depth=2)
     assert parsed.base is not None and "blocks.0.attn.qkv.weight" in parsed.base
 
@@ -163,9 +161,7 @@ def test_load_model_from_local_files_in_real_formats(tmp_path):
     reference = tiny_vit(hw=HW)
     W.load_base_into(reference, meta_state())
     c = 32
-    assert torch.equal(
-        model.blocks[0].attn.qkv.weight[c : 2 * c], reference.blocks[0].attn.qkv.weight[c : 2 * c]
-    )
+    assert torch.equal(model.blocks[0].attn.qkv.weight[c : 2 * c], reference.blocks[0].attn.qkv.weight[c : 2 * c])
     assert not torch.equal(model.blocks[0].attn.qkv.weight[:c], reference.blocks[0].attn.qkv.weight[:c])
     # a timm-format safetensors base loads too, and a LoRA for a plain DINOv2 model is refused
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, tmp_path / "model.safetensors")
@@ -214,11 +210,7 @@ def test_weights_commands_list_verify_download(monkeypatch, capsys):
     monkeypatch.setattr(W, "_reachable", lambda url, timeout=5.0: False)
     assert main(["weights", "list"]) == 0
     out = capsys.readouterr().out
-    assert (
-        "distilldift" in out
-        and "not cached" in out
-        and "ommer-lab.com/files/distilldift/distilldift_us.ckpt" in out
-    )
+    assert "distilldift" in out and "not cached" in out and "ommer-lab.com/files/distilldift/distilldift_us.ckpt" in out
     assert main(["weights", "verify"]) == 1  # nothing cached
     assert main(["weights", "download", "dinov2-s"]) == 2  # offline: one clear line
     err = capsys.readouterr().err.strip().splitlines()
@@ -229,8 +221,6 @@ def test_weights_commands_list_verify_download(monkeypatch, capsys):
     torch.save(meta_state(grid=37, c=384, depth=12), files / "dinov2_vits14_reg4_pretrain.pth")
     assert main(["weights", "verify", "dinov2-s"]) == 0
     assert "dinov2-s: ok (loaded strictly)" in capsys.readouterr().out
-    torch.save(
-        meta_state(grid=37, c=384, depth=11), files / "dinov2_vits14_reg4_pretrain.pth"
-    )  # a block short
+    torch.save(meta_state(grid=37, c=384, depth=11), files / "dinov2_vits14_reg4_pretrain.pth")  # a block short
     assert main(["weights", "verify", "dinov2-s"]) == 1
     assert "FAILED" in capsys.readouterr().out

@@ -25,9 +25,7 @@ def lucas_kanade(
         query_frame: ``[N]`` query frame per point.
         fb_tolerance: forward-backward error in pixels above which a point is judged invisible.
     """
-    params = dict(
-        winSize=(21, 21), maxLevel=3, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)
-    )
+    params = dict(winSize=(21, 21), maxLevel=3, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
     n = len(xy)
     current = np.full((n, 2), np.nan, np.float32)
     previous = None

@@ -70,12 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--window-radius", type=int, help="soft-argmax window radius, grid cells (2)")
     m.add_argument("--temperature", type=float, help="soft-argmax temperature (0.05)")
     m.add_argument("--min-score", type=float, help="visibility: minimum cosine similarity (0.5)")
-    m.add_argument(
-        "--fb-tolerance", type=float, help="visibility: forward-backward tolerance, grid cells (1.5)"
-    )
-    m.add_argument(
-        "--search-radius", type=float, help="search only this many cells around the previous estimate"
-    )
+    m.add_argument("--fb-tolerance", type=float, help="visibility: forward-backward tolerance, grid cells (1.5)")
+    m.add_argument("--search-radius", type=float, help="search only this many cells around the previous estimate")
     m.add_argument("--update", type=float, help="descriptor update rate in [0, 1] (0: always the query's)")
     d = p.add_argument_group("dense propagation (masks)")
     d.add_argument("--context", type=int, help="also use the last N predicted frames as references (0)")
@@ -87,9 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_weights_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="track weights", description="Model weights: list the table, download, verify the cache."
-    )
+    p = _Parser(prog="track weights", description="Model weights: list the table, download, verify the cache.")
     sub = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
     sub.add_parser("list", help="models, their sources and what is cached")
     d = sub.add_parser("download", help="download a model's weights into the cache")
@@ -104,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "weights":
             return weights_command(build_weights_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "eval":
+            return eval_command(build_eval_parser().parse_args(argv[1:]))
         return track_command(build_parser().parse_args(argv))
     except TrackerError as exc:
         print(f"track: error: {exc}", file=sys.stderr)
@@ -207,9 +203,7 @@ def track_command(args: argparse.Namespace) -> int:
     frames = _tee(video, writer is not None)
     status, error = "done", None
     start = time.perf_counter()
-    bar = tqdm(
-        total=info.num_frames, unit="frame", disable=args.no_progress, dynamic_ncols=True, file=sys.stderr
-    )
+    bar = tqdm(total=info.num_frames, unit="frame", disable=args.no_progress, dynamic_ncols=True, file=sys.stderr)
     try:
         with torch.inference_mode():
             for result in tracker.track(frames, queries, batch_size=args.batch, state=state):
@@ -242,9 +236,7 @@ def track_command(args: argparse.Namespace) -> int:
     fps = len(log) / elapsed if elapsed > 0 else float("inf")
     visible = float(torch.tensor(log.arrays()["visible"]).float().mean()) if len(log) else 0.0
     if error is not None:
-        raise TrackerError(
-            f"{error} (kept {len(log)} finished frames: {', '.join(written) or 'nothing written'})"
-        )
+        raise TrackerError(f"{error} (kept {len(log)} finished frames: {', '.join(written) or 'nothing written'})")
     print(
         f"track: {status}: {len(queries)} points through {len(log)} frames in {elapsed:.1f} s "
         f"({fps:.1f} frames/s, {model} on {device}, {100 * visible:.0f}% visible) "
@@ -289,15 +281,15 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
     import torch
     from tqdm import tqdm
 
+    from tracker.drawing import draw_masks
     from tracker.evaluation import davis_sequence, given_masks
     from tracker.formats import fit_mask, read_mask, write_mask
-    from tracker.drawing import draw_masks
     from tracker.propagation import (
         CorrespondenceField,
         MaskPropagator,
         composite_edit,
-        default_propagation_config,
         coordinate_colormap,
+        default_propagation_config,
         render_colormap,
     )
     from tracker.video import AtomicVideoWriter, open_video
@@ -308,9 +300,7 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
         source, stem = frames_dir, args.sequence or Path(args.davis_root).name
     else:
         source, stem = args.video, Path(args.video.rstrip("/")).name.rsplit(".", 1)[0]
-    out_video = (
-        None if args.no_video else Path(args.out_video or f"{stem}_{mode.strip('-').split('-')[0]}.mp4")
-    )
+    out_video = None if args.no_video else Path(args.out_video or f"{stem}_{mode.strip('-').split('-')[0]}.mp4")
     out_masks = Path(args.out_masks) if args.out_masks else None
     if mode in ("--colormap", "--edit") and out_masks is not None:
         raise TrackerError("--out-masks goes with --mask or --davis-root")
@@ -340,9 +330,7 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
         overlay_image = _read_rgba(args.edit, frame_hw)
     elif mode == "--colormap":
         overlay_image = (
-            coordinate_colormap(*frame_hw)
-            if args.colormap == "coords"
-            else _read_rgb(args.colormap, frame_hw)
+            coordinate_colormap(*frame_hw) if args.colormap == "coords" else _read_rgb(args.colormap, frame_hw)
         )
     model, featurizer, match_config = _featurizer_for(args, info, device)
     try:
@@ -357,9 +345,7 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
     frames = _tee(video, True)
     done, status, error = 0, "done", None
     start = time.perf_counter()
-    bar = tqdm(
-        total=info.num_frames, unit="frame", disable=args.no_progress, dynamic_ncols=True, file=sys.stderr
-    )
+    bar = tqdm(total=info.num_frames, unit="frame", disable=args.no_progress, dynamic_ncols=True, file=sys.stderr)
     try:
         with torch.inference_mode():
             if mode in ("--mask", "--davis-root"):
@@ -396,9 +382,7 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
     if out_masks is not None and done:
         written.append(f"{out_masks}/ ({done} PNGs)")
     if error is not None:
-        raise TrackerError(
-            f"{error} (kept {done} finished frames: {', '.join(written) or 'nothing written'})"
-        )
+        raise TrackerError(f"{error} (kept {done} finished frames: {', '.join(written) or 'nothing written'})")
     fps = done / elapsed if elapsed > 0 else float("inf")
     print(
         f"track: {status}: {mode.strip('-')} through {done} frames in {elapsed:.1f} s ({fps:.1f} frames/s, "
@@ -427,9 +411,7 @@ def _read_rgba(path: str, frame_hw: tuple[int, int]):
     if image.ndim != 3 or image.shape[2] != 4:
         raise TrackerError(f"--edit {path} must be an RGBA PNG (with an alpha channel)")
     if image.shape[:2] != frame_hw:
-        raise TrackerError(
-            f"--edit {path} is {image.shape[1]}x{image.shape[0]}, the video {frame_hw[1]}x{frame_hw[0]}"
-        )
+        raise TrackerError(f"--edit {path} is {image.shape[1]}x{image.shape[0]}, the video {frame_hw[1]}x{frame_hw[0]}")
     return np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA))
 
 
@@ -437,11 +419,7 @@ def _read_rgb(path: str, frame_hw: tuple[int, int]):
     import cv2
 
     image = cv2.cvtColor(_read_image(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    return (
-        cv2.resize(image, frame_hw[::-1], interpolation=cv2.INTER_AREA)
-        if image.shape[:2] != frame_hw
-        else image
-    )
+    return cv2.resize(image, frame_hw[::-1], interpolation=cv2.INTER_AREA) if image.shape[:2] != frame_hw else image
 
 
 class _tee:
@@ -459,6 +437,123 @@ class _tee:
 
     def pop(self, index: int):
         return self.kept.pop(index)
+
+
+# --------------------------------------------------------------------------- track eval
+
+
+def build_eval_parser() -> argparse.ArgumentParser:
+    from tracker.featurizers import MODEL_NAMES
+
+    p = _Parser(prog="track eval", description="Accuracy on standard benchmarks, ours beside OpenCV baselines.")
+    sub = p.add_subparsers(dest="benchmark", required=True, parser_class=_Parser)
+    d = sub.add_parser("davis", help="DAVIS J, F, J&F (masks from the first frame); baseline: OpenCV DIS flow")
+    d.add_argument("--root", required=True, help="DAVIS root (JPEGImages/480p/<seq>, Annotations/480p/<seq>)")
+    d.add_argument("--sequences", nargs="+", help="sequence names (default: all)")
+    b = sub.add_parser("badja", help="BADJA PCK@0.2; baseline: OpenCV pyramidal Lucas-Kanade")
+    b.add_argument("--root", required=True, help="folder of BADJA <sequence>.json files")
+    b.add_argument("--davis-root", required=True, help="DAVIS root with the sequences' 480p frames and masks")
+    t = sub.add_parser("tapvid", help="TAP-Vid-DAVIS first-query metrics; baseline: OpenCV Lucas-Kanade")
+    t.add_argument("--pkl", required=True, help="tapvid_davis.pkl")
+    for s in (d, b, t):
+        s.add_argument("--model", default="sift", help=f"one of {', '.join(MODEL_NAMES)} (default: sift)")
+        s.add_argument("--weights", help="'random' or local weights file(s)")
+        s.add_argument("--size", help="featurizer input size (N or WxH)")
+        s.add_argument("--keep-aspect", action="store_true")
+        s.add_argument("--device", default=None)
+        s.add_argument("--batch", type=int, default=8)
+        s.add_argument("--out", default="eval_out", help="folder for <benchmark>_<model>.json and .md")
+        for name, kind in (
+            ("--context", int),
+            ("--topk", int),
+            ("--radius", float),
+            ("--prop-temperature", float),
+            ("--window-radius", int),
+            ("--temperature", float),
+            ("--min-score", float),
+            ("--fb-tolerance", float),
+            ("--search-radius", float),
+            ("--update", float),
+        ):
+            s.add_argument(name, type=kind)
+    return p
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    import json
+
+    from tracker import evaluation as E
+    from tracker.featurizers import create_featurizer, default_match_config, resolve_model
+    from tracker.propagation import default_propagation_config
+
+    device = _pick_device(args.device)
+    model, warning = resolve_model(args.model, args.weights)
+    if warning:
+        print(f"track: warning: {warning}", file=sys.stderr)
+    try:
+        match = default_match_config(
+            model,
+            window_radius=args.window_radius,
+            temperature=args.temperature,
+            min_score=args.min_score,
+            fb_tolerance=args.fb_tolerance,
+            search_radius=args.search_radius,
+            update=args.update,
+        )
+        prop = default_propagation_config(
+            model, context=args.context, topk=args.topk, radius=args.radius, temperature=args.prop_temperature
+        )
+    except ValueError as exc:
+        raise TrackerError(str(exc)) from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_writable(out / "report.json", "--out")
+    featurizers: dict = {}
+
+    def make_featurizer(frame_hw):
+        if frame_hw not in featurizers:
+            featurizers[frame_hw] = create_featurizer(
+                model,
+                frame_hw,
+                size=args.size,
+                keep_aspect=args.keep_aspect,
+                weights=args.weights,
+                device=device,
+            )
+        return featurizers[frame_hw]
+
+    import torch
+
+    start = time.perf_counter()
+    with torch.inference_mode():
+        if args.benchmark == "davis":
+            report = E.eval_davis(args.root, args.sequences, make_featurizer, prop, args.batch)
+        elif args.benchmark == "badja":
+            report = E.eval_badja(args.root, args.davis_root, make_featurizer, match, args.batch)
+        else:
+            report = E.eval_tapvid(args.pkl, make_featurizer, match, args.batch)
+    report["model"] = model
+    report["weights"] = args.weights or ("none" if model == "sift" else "table")
+    report["settings"] = {
+        "size": args.size or "default",
+        "keep_aspect": args.keep_aspect,
+        "device": device,
+        "match": vars(match),
+        "propagation": vars(prop),
+    }
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    stem = out / f"{args.benchmark}_{model}"
+    from tracker.formats import _atomic_write
+
+    _atomic_write(stem.with_suffix(".json"), json.dumps(report, indent=1).encode())
+    heading = (
+        f"## {args.benchmark}: {model} ({report['weights']}) vs OpenCV\n\n"
+        f"Data: `{report['data']}`. Protocol: {report['protocol']}.\n\n"
+    )
+    _atomic_write(stem.with_suffix(".md"), (heading + E.markdown_table(report)).encode())
+    print(E.markdown_table(report), end="")
+    print(f"track: wrote {stem}.json and {stem}.md ({report['seconds']} s)", file=sys.stderr)
+    return 0
 
 
 # --------------------------------------------------------------------------- track weights

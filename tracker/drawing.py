@@ -93,8 +93,6 @@ def draw_masks(frame: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.
     out[objects] = (1 - alpha) * out[objects] + alpha * colours[labels[objects]]
     out = out.astype(np.uint8)
     for i in np.unique(labels[objects]):
-        contours, _ = cv2.findContours(
-            (labels == i).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-        )
+        contours, _ = cv2.findContours((labels == i).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, tuple(int(c) for c in colours[i]), 2, cv2.LINE_AA)
     return out

@@ -108,24 +108,180 @@ def given_masks(masks_dir: Path, frame_hw: tuple[int, int]) -> dict[int, np.ndar
     return given
 
 
-def pck(
-    pred: np.ndarray, truth: np.ndarray, visible: np.ndarray, area: np.ndarray, alpha: float = 0.2
-) -> float:
-    """Fraction of visible ground-truth joints predicted within ``alpha * sqrt(area)``.
+def pck(pred: np.ndarray, truth: np.ndarray, visible: np.ndarray, area: np.ndarray, alpha: float = 0.2) -> float:
+    """BADJA PCK: visible joints predicted within ``alpha * sqrt(area)`` (``[A, J, 2]``, ``[A, J]``, ``[A]``)."""
+    from tracker.metrics import pck as pck_within
 
-    Args:
-        pred, truth: ``[A, J, 2]`` pixel xy (NaN predictions count as wrong).
-        visible: ``[A, J]`` which ground-truth joints count.
-        area: ``[A]`` mask area per annotated frame.
-    """
-    if not visible.any():
-        raise ValueError("no visible joints to score")
-    dist = np.linalg.norm(pred - truth, axis=-1)
-    correct = np.nan_to_num(dist, nan=np.inf) <= alpha * np.sqrt(area)[:, None]
-    return float(correct[visible].mean())
+    return pck_within(pred, truth, visible, alpha * np.sqrt(np.asarray(area, np.float64)))
 
 
 def badja_queries(seq: BadjaSequence) -> tuple[np.ndarray, int, np.ndarray]:
     """``(xy [J', 2], query frame, joint ids [J'])``: the joints visible on the first annotated frame."""
     ids = np.flatnonzero(seq.visible[0])
     return seq.joints[0, ids], int(seq.frame_index[0]), ids
+
+
+# --------------------------------------------------------------------------- benchmark runners
+# Each runner takes ``make_featurizer(frame_hw) -> Featurizer`` and returns a JSON-able dict with the
+# per-sequence and mean figures of ours and of the OpenCV baseline run on the same data.
+
+
+def _frames(folder: Path) -> list[np.ndarray]:
+    from tracker.video import open_video
+
+    with open_video(folder) as video:
+        return list(video)
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    values = [r[key] for r in rows if r.get(key) is not None and np.isfinite(r[key])]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def eval_davis(root: str | Path, sequences: list[str] | None, make_featurizer, prop_config, batch: int = 8) -> dict:
+    """DAVIS semi-supervised J, F, J&F (official toolkit frames ``[1:-1]``): ours vs OpenCV DIS flow."""
+    from tracker.baselines import dis_flow_masks
+    from tracker.formats import fit_mask, read_mask
+    from tracker.metrics import jaccard_and_f
+    from tracker.propagation import MaskPropagator
+
+    root = Path(root)
+    if sequences is None:
+        base = root / "JPEGImages" / "480p"
+        sequences = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    if not sequences:
+        raise TrackerError(f"no DAVIS sequences under {root}/JPEGImages/480p")
+    per_sequence = {}
+    for name in sequences:
+        frames_dir, masks_dir = davis_sequence(root, name)
+        frames = _frames(frames_dir)
+        frame_hw = frames[0].shape[:2]
+        given = given_masks(masks_dir, frame_hw)
+        truths = [
+            fit_mask(read_mask(p), frame_hw) if (p := masks_dir / f"{i:05d}.png").is_file() else None
+            for i in range(len(frames))
+        ]
+        propagator = MaskPropagator(make_featurizer(frame_hw), prop_config)
+        ours = [r.labels for r in propagator.propagate(frames, given, batch)]
+        theirs = list(dis_flow_masks(frames, given[0]))
+        per_sequence[name] = {
+            "ours": _jf(jaccard_and_f(ours, truths, exclude_last=True)),
+            "opencv-dis": _jf(jaccard_and_f(theirs, truths, exclude_last=True)),
+        }
+    return {
+        "benchmark": "davis",
+        "data": str(root),
+        "protocol": "semi-supervised: first-frame mask given; J, F averaged over frames 1..T-2 (DAVIS toolkit)",
+        "sequences": per_sequence,
+        "mean": {
+            m: {k: _mean([s[m] for s in per_sequence.values()], k) for k in ("J", "F", "J&F")}
+            for m in ("ours", "opencv-dis")
+        },
+    }
+
+
+def _jf(scores: dict) -> dict:
+    return {k: float(scores[k]) for k in ("J", "F", "J&F")}
+
+
+def eval_badja(root: str | Path, davis_root: str | Path, make_featurizer, match_config, batch: int = 8) -> dict:
+    """BADJA PCK@0.2 from the first annotated frame: ours vs OpenCV pyramidal Lucas-Kanade."""
+    from tracker.baselines import lucas_kanade
+    from tracker.tracking import PointTracker, Queries
+
+    root = Path(root)
+    files = sorted(root.glob("*.json"))
+    if not files:
+        raise TrackerError(f"no BADJA .json files in {root}")
+    per_sequence = {}
+    for path in files:
+        seq = load_badja(path, davis_root)
+        xy, query_frame, ids = badja_queries(seq)
+        frames = _frames(seq.frames_dir)
+        tracker = PointTracker(make_featurizer(frames[0].shape[:2]), match_config)
+        ours = [r.xy.numpy() for r in tracker.track(frames, Queries.create(xy, query_frame), batch)]
+        theirs = [p for p, _ in lucas_kanade(frames, xy.astype(np.float32), np.full(len(xy), query_frame))]
+        later = seq.frame_index[1:]
+        truth, visible, area = seq.joints[1:, ids], seq.visible[1:, ids], seq.mask_area[1:]
+        per_sequence[seq.name] = {
+            "ours": {"PCK@0.2": pck(np.stack([ours[i] for i in later]), truth, visible, area)},
+            "opencv-lk": {"PCK@0.2": pck(np.stack([theirs[i] for i in later]), truth, visible, area)},
+            "joints": int(len(ids)),
+            "annotated_frames": int(len(later)),
+        }
+    return {
+        "benchmark": "badja",
+        "data": str(root),
+        "protocol": "joints visible on the first annotated frame, scored on later annotated frames; "
+        "correct within 0.2*sqrt(DAVIS mask area)",
+        "sequences": per_sequence,
+        "mean": {
+            m: {"PCK@0.2": _mean([s[m] for s in per_sequence.values()], "PCK@0.2")} for m in ("ours", "opencv-lk")
+        },
+    }
+
+
+def eval_tapvid(pkl: str | Path, make_featurizer, match_config, batch: int = 8) -> dict:
+    """TAP-Vid-DAVIS first-query protocol (256x256 raster): ours vs OpenCV pyramidal Lucas-Kanade.
+
+    The pickle maps video names to ``{"video": [T, H, W, 3] uint8, "points": [N, T, 2] xy in [0, 1],
+    "occluded": [N, T] bool}``; each point is queried on its first visible frame.
+    """
+    import pickle
+
+    from tracker.baselines import lucas_kanade
+    from tracker.metrics import tapvid_metrics
+    from tracker.tracking import PointTracker, Queries
+
+    try:
+        with open(pkl, "rb") as f:
+            data = pickle.load(f)  # noqa: S301 - the user's own benchmark file
+    except (OSError, pickle.UnpicklingError, EOFError) as exc:
+        raise TrackerError(f"cannot read TAP-Vid pickle {pkl}: {exc}") from None
+    if isinstance(data, list):
+        data = {str(i): v for i, v in enumerate(data)}
+    per_video = {}
+    for name, item in data.items():
+        video = np.asarray(item["video"])
+        points, occluded = np.asarray(item["points"], np.float64), np.asarray(item["occluded"], bool)
+        n, t = occluded.shape
+        h, w = video.shape[1:3]
+        keep = (~occluded).any(1)
+        points, occluded = points[keep], occluded[keep]
+        query_t = np.argmax(~occluded, axis=1)
+        query_xy = points[np.arange(len(points)), query_t] * [w, h] - 0.5  # our pixel-centre convention
+        tracker = PointTracker(make_featurizer((h, w)), match_config)
+        results = list(tracker.track(list(video), Queries.create(query_xy, query_t), batch))
+        ours_xy = np.stack([r.xy.numpy() for r in results], 1)
+        ours_vis = np.stack([r.visible.numpy() for r in results], 1)
+        lk = list(lucas_kanade(list(video), query_xy.astype(np.float32), query_t))
+        lk_xy, lk_vis = np.stack([p for p, _ in lk], 1), np.stack([v for _, v in lk], 1)
+        scale = 256 / np.array([w, h])
+        gt = points * 256
+        queries = np.stack([query_t, gt[np.arange(len(gt)), query_t, 1], gt[np.arange(len(gt)), query_t, 0]], 1)
+        per_video[str(name)] = {
+            "ours": tapvid_metrics(queries, occluded, gt, ~ours_vis, (ours_xy + 0.5) * scale),
+            "opencv-lk": tapvid_metrics(queries, occluded, gt, ~lk_vis, (lk_xy + 0.5) * scale),
+            "points": int(len(points)),
+        }
+    keys = ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy")
+    return {
+        "benchmark": "tapvid",
+        "data": str(pkl),
+        "protocol": "TAP-Vid first-query: each point queried on its first visible frame, 256x256 raster",
+        "sequences": per_video,
+        "mean": {m: {k: _mean([v[m] for v in per_video.values()], k) for k in keys} for m in ("ours", "opencv-lk")},
+    }
+
+
+def markdown_table(report: dict) -> str:
+    """A markdown table of a runner's report: one row per sequence and the mean, ours beside the baseline."""
+    methods = list(report["mean"])
+    keys = list(report["mean"][methods[0]])
+    header = ["sequence"] + [f"{m} {k}" for m in methods for k in keys]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = list(report["sequences"].items()) + [("**mean**", report["mean"])]
+    for name, row in rows:
+        cells = [f"{row[m][k]:.3f}" for m in methods for k in keys]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    return "\n".join(lines) + "\n"

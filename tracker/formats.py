@@ -54,9 +54,7 @@ def read_points(path: str | Path) -> Queries:
         jsonschema.validate(data, points_schema())
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "top level"
-        raise TrackerError(
-            f"points file {path} does not match the schema at {where}: {_short(exc)}"
-        ) from None
+        raise TrackerError(f"points file {path} does not match the schema at {where}: {_short(exc)}") from None
     items = data["points"] if isinstance(data, dict) else data
     xy, frames, labels = [], [], []
     for item in items:

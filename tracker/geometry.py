@@ -100,9 +100,7 @@ class SizeSpec:
         short = self.width
         if short % multiple:
             raise TrackerError(f"--size {short}: the short side must be a multiple of {multiple}")
-        long_side = max(
-            multiple, round(short * max(frame_h, frame_w) / min(frame_h, frame_w) / multiple) * multiple
-        )
+        long_side = max(multiple, round(short * max(frame_h, frame_w) / min(frame_h, frame_w) / multiple) * multiple)
         return (short, long_side) if frame_h <= frame_w else (long_side, short)
 
 

@@ -91,9 +91,7 @@ def window_soft_argmax(
     """
     n, h, w = sim.shape
     flat = sim.reshape(n, h * w)
-    peak, index = (
-        flat if eligible is None else flat.masked_fill(~eligible.reshape(n, h * w), float("-inf"))
-    ).max(1)
+    peak, index = (flat if eligible is None else flat.masked_fill(~eligible.reshape(n, h * w), float("-inf"))).max(1)
     v0 = torch.div(index, w, rounding_mode="floor")
     u0 = index - v0 * w
     if radius == 0 or n == 0:
@@ -124,9 +122,7 @@ class Match:
     score: Tensor
 
 
-def match(
-    descriptors: Tensor, features: Tensor, config: MatchConfig, prior_uv: Tensor | None = None
-) -> Match:
+def match(descriptors: Tensor, features: Tensor, config: MatchConfig, prior_uv: Tensor | None = None) -> Match:
     """Find each unit descriptor ``[N, C]`` in a unit grid ``[C, h, w]``.
 
     Args:

@@ -45,12 +45,7 @@ class PropagationConfig:
     temperature: float = 0.1
 
     def __post_init__(self) -> None:
-        if (
-            self.context < 0
-            or self.topk < 1
-            or self.temperature <= 0
-            or (self.radius is not None and self.radius <= 0)
-        ):
+        if self.context < 0 or self.topk < 1 or self.temperature <= 0 or (self.radius is not None and self.radius <= 0):
             raise ValueError("--context >= 0, --topk >= 1, --prop-temperature > 0 and --radius > 0 required")
 
 
@@ -87,7 +82,8 @@ class MaskState:
         next_frame: index of the next frame.
         geometry: cell <-> pixel mapping.
         ids: object ids, channel ``i + 1`` of the label tensors is ``ids[i]`` (channel 0 background).
-        references: permanent references ``(features [C, h, w], labels [K+1, h, w])``.
+        references: permanent references ``(features [C, h, w], labels [K+1, h, w], new ids)``: frame 0 and
+            each frame where objects are given; ``new ids`` are the objects that frame introduced.
         recent: the last ``context`` predictions, same form.
         latest: the result for frame ``next_frame - 1``.
     """
@@ -95,7 +91,7 @@ class MaskState:
     next_frame: int
     geometry: GridGeometry
     ids: tuple[int, ...]
-    references: tuple[tuple[Tensor, Tensor], ...] = ()
+    references: tuple[tuple[Tensor, Tensor, tuple[int, ...]], ...] = ()
     recent: tuple[tuple[Tensor, Tensor], ...] = ()
     latest: MaskResult | None = field(default=None)
 
@@ -115,9 +111,7 @@ def grid_to_labels(probs: Tensor, ids: tuple[int, ...], frame_hw: tuple[int, int
     return lut[up.argmax(0).cpu().numpy()]
 
 
-def propagate_labels(
-    features: Tensor, references: list[tuple[Tensor, Tensor]], config: PropagationConfig
-) -> Tensor:
+def propagate_labels(features: Tensor, references: list[tuple[Tensor, Tensor]], config: PropagationConfig) -> Tensor:
     """Label probabilities ``[K+1, h, w]`` of a frame from reference ``(features, labels)`` pairs.
 
     Args:
@@ -135,12 +129,7 @@ def propagate_labels(
         return (weights[..., None] * gathered).sum(1).T.reshape(-1, h, w)
     # local: compare each cell with the cells within `radius` of its own position in every reference
     r = int(np.ceil(config.radius))
-    offsets = [
-        (dy, dx)
-        for dy in range(-r, r + 1)
-        for dx in range(-r, r + 1)
-        if dy * dy + dx * dx <= config.radius**2
-    ]
+    offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if dy * dy + dx * dx <= config.radius**2]
     sims, labels = [], []
     for ref_f, ref_l in references:
         pf = F.pad(ref_f[None], (r, r, r, r))[0]
@@ -221,15 +210,21 @@ class MaskPropagator:
         ids = state.ids
         if given is not None:
             if given.shape != frame_hw:
-                raise TrackerError(
-                    f"mask is {given.shape[1]}x{given.shape[0]}, the video {g.frame_w}x{g.frame_h}"
-                )
+                raise TrackerError(f"mask is {given.shape[1]}x{given.shape[0]}, the video {g.frame_w}x{g.frame_h}")
             new = tuple(int(i) for i in np.unique(given) if i != 0 and int(i) not in ids)
             ids = ids + new
-        references = [(f, _pad_channels(lab, len(ids) + 1)) for f, lab in state.references]
+        references = [(f, _pad_channels(lab, len(ids) + 1), new) for f, lab, new in state.references]
         recent = [(f, _pad_channels(lab, len(ids) + 1)) for f, lab in state.recent]
         if references:
-            probs = propagate_labels(features, references + recent, self.config)
+            # frame 0 (with the recent predictions) labels everything; a later reference cannot be outvoted
+            # for the objects it introduced, which earlier references saw as background
+            first, *later = references
+            probs = propagate_labels(features, [first[:2], *recent], self.config)
+            for ref_features, ref_labels, new in later:
+                own = propagate_labels(features, [(ref_features, ref_labels)], self.config)
+                channels = torch.tensor([ids.index(i) + 1 for i in new], device=own.device)
+                wins = torch.isin(own.argmax(0), channels)
+                probs[:, wins] = own[:, wins]
             labels = grid_to_labels(probs, ids, frame_hw)
         else:
             labels = np.zeros(frame_hw, np.uint8)
@@ -239,12 +234,9 @@ class MaskPropagator:
                 labels[given == i] = i
             if not state.references:
                 labels = given.astype(np.uint8)
-        grid_labels = labels_to_grid(
-            labels, ids, g.grid_hw if hasattr(g, "grid_hw") else (g.grid_h, g.grid_w)
-        )
-        grid_labels = grid_labels.to(features.device)
+        grid_labels = labels_to_grid(labels, ids, (g.grid_h, g.grid_w)).to(features.device)
         if given is not None:
-            references.append((features, grid_labels))
+            references.append((features, grid_labels, tuple(i for i in ids if i not in state.ids)))
         elif self.config.context:
             recent = (recent + [(features, grid_labels)])[-self.config.context :]
         result = MaskResult(frame_index=state.next_frame, labels=labels)
@@ -259,9 +251,7 @@ class MaskPropagator:
 
 
 def _pad_channels(labels: Tensor, channels: int) -> Tensor:
-    return (
-        labels if labels.shape[0] == channels else F.pad(labels, (0, 0, 0, 0, 0, channels - labels.shape[0]))
-    )
+    return labels if labels.shape[0] == channels else F.pad(labels, (0, 0, 0, 0, 0, channels - labels.shape[0]))
 
 
 # --------------------------------------------------------------------------- correspondence fields
@@ -291,9 +281,7 @@ class CorrespondenceField:
         cycle_tolerance: a cell is valid when reference -> frame -> reference lands within this many cells.
     """
 
-    def __init__(
-        self, featurizer: Featurizer, config: MatchConfig | None = None, cycle_tolerance: float = 1.5
-    ):
+    def __init__(self, featurizer: Featurizer, config: MatchConfig | None = None, cycle_tolerance: float = 1.5):
         self.featurizer = featurizer
         self.config = config or MatchConfig()
         self.cycle_tolerance = cycle_tolerance
@@ -314,9 +302,7 @@ class CorrespondenceField:
                     identity = torch.stack([u, v], -1).reshape(-1, 2).to(grid)
                     prior_back = prior_fwd = identity
                 c, h, w = grid.shape
-                back = match(
-                    grid.reshape(c, -1).T, reference, self.config, prior_uv=prior_back
-                )  # frame -> ref
+                back = match(grid.reshape(c, -1).T, reference, self.config, prior_uv=prior_back)  # frame -> ref
                 fwd = match(reference.reshape(c, -1).T, grid, self.config, prior_uv=prior_fwd)  # ref -> frame
                 prior_back, prior_fwd = back.uv, fwd.uv
                 yield self._to_pixels(index, back, fwd, geometry, (h, w))
@@ -326,7 +312,7 @@ class CorrespondenceField:
         h, w = grid_hw
         # cycle: frame cell -> ref uv (back) -> frame uv (fwd, sampled bilinearly at back.uv) -> near the cell?
         fwd_map = fwd.uv.T.reshape(1, 2, h, w)
-        grid = geometry.grid_to_normalized(back.uv).view(1, 1, -1, 2) if False else _normalized(back.uv, h, w)
+        grid = geometry.grid_to_normalized(back.uv).view(1, 1, -1, 2).to(fwd_map.dtype)
         returned = F.grid_sample(fwd_map, grid, mode="bilinear", padding_mode="border", align_corners=False)
         returned = returned[0, :, 0].T  # [hw, 2]
         v, u = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
@@ -336,14 +322,7 @@ class CorrespondenceField:
         frame_hw = (geometry.frame_h, geometry.frame_w)
         field = torch.cat([ref_xy.T.reshape(2, h, w), ok.float().reshape(1, h, w)])
         up = F.interpolate(field[None].float(), size=frame_hw, mode="bilinear", align_corners=False)[0]
-        return Correspondence(
-            index, up[:2].permute(1, 2, 0).cpu().numpy().astype(np.float32), up[2].cpu().numpy()
-        )
-
-
-def _normalized(uv: Tensor, h: int, w: int) -> Tensor:
-    size = uv.new_tensor([w, h])
-    return (2.0 * (uv + 0.5) / size - 1.0).view(1, 1, -1, 2)
+        return Correspondence(index, up[:2].permute(1, 2, 0).cpu().numpy().astype(np.float32), up[2].cpu().numpy())
 
 
 def _chunked(frames: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
@@ -366,9 +345,7 @@ def coordinate_colormap(height: int, width: int) -> np.ndarray:
 
 def warp_reference(image: np.ndarray, corr: Correspondence) -> np.ndarray:
     """Sample a reference-frame image (``[H, W, C]``) at every pixel's correspondence."""
-    return cv2.remap(
-        image, corr.map_xy[..., 0], corr.map_xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
+    return cv2.remap(image, corr.map_xy[..., 0], corr.map_xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def composite_edit(frame: np.ndarray, edit_rgba: np.ndarray, corr: Correspondence) -> np.ndarray:
@@ -378,9 +355,7 @@ def composite_edit(frame: np.ndarray, edit_rgba: np.ndarray, corr: Correspondenc
     return (frame * (1 - alpha) + warped[..., :3] * alpha + 0.5).astype(np.uint8)
 
 
-def render_colormap(
-    frame: np.ndarray, colormap: np.ndarray, corr: Correspondence, blend: float = 0.6
-) -> np.ndarray:
+def render_colormap(frame: np.ndarray, colormap: np.ndarray, corr: Correspondence, blend: float = 0.6) -> np.ndarray:
     """The reference colormap warped into ``frame``, blended where the correspondence is valid."""
     warped = warp_reference(colormap, corr).astype(np.float32)
     alpha = blend * corr.valid[..., None]

@@ -84,9 +84,9 @@ def moving_objects(
         for k, (tex, shape, x0, y0) in enumerate(objects):
             dx, dy = offsets_arr[i, k]
             m = np.float32([[1, 0, x0 + dx], [0, 1, y0 + dy]])
-            warped = cv2.warpAffine(
-                tex, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
-            ).astype(np.float32)
+            warped = cv2.warpAffine(tex, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT).astype(
+                np.float32
+            )
             alpha = cv2.warpAffine(shape, m, (w, h), flags=cv2.INTER_LINEAR)[..., None]
             canvas = canvas * (1 - alpha) + warped * alpha
             masks[i][alpha[..., 0] > 0.5] = k + 1

@@ -58,9 +58,7 @@ class Queries:
         return int(self.xy.shape[0])
 
     def concat(self, other: Queries) -> Queries:
-        return Queries(
-            torch.cat([self.xy, other.xy]), torch.cat([self.frame, other.frame]), self.labels + other.labels
-        )
+        return Queries(torch.cat([self.xy, other.xy]), torch.cat([self.frame, other.frame]), self.labels + other.labels)
 
 
 @dataclass(frozen=True)
@@ -153,17 +151,11 @@ class PointTracker:
         g = state.geometry
         x, y = queries.xy[:, 0], queries.xy[:, 1]
         outside = (
-            (x < -0.5)
-            | (x > g.frame_w - 0.5)
-            | (y < -0.5)
-            | (y > g.frame_h - 0.5)
-            | ~torch.isfinite(queries.xy).all(1)
+            (x < -0.5) | (x > g.frame_w - 0.5) | (y < -0.5) | (y > g.frame_h - 0.5) | ~torch.isfinite(queries.xy).all(1)
         )
         if outside.any():
             i = int(outside.nonzero()[0])
-            raise TrackerError(
-                f"point ({float(x[i]):g}, {float(y[i]):g}) is outside the {g.frame_w}x{g.frame_h} frame"
-            )
+            raise TrackerError(f"point ({float(x[i]):g}, {float(y[i]):g}) is outside the {g.frame_w}x{g.frame_h} frame")
         return replace(state, queries=state.queries.concat(queries))
 
     def track(
@@ -258,9 +250,7 @@ class PointTracker:
             for qf in q.frame[active].unique().tolist():  # forward-backward, per query frame
                 sel = (q.frame[active] == qf).nonzero().flatten().to(features.device)
                 query_uv = g.pixel_to_grid(q.xy[active[sel.cpu()]].to(features.device))
-                ok[sel] &= forward_backward_ok(
-                    found.uv[sel], features, query_features[qf], query_uv, self.config
-                )
+                ok[sel] &= forward_backward_ok(found.uv[sel], features, query_features[qf], query_uv, self.config)
             last_uv = last_uv.clone()
             last_uv[active] = found.uv  # the prior follows every estimate
             confident = found.score >= self.config.min_score

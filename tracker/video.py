@@ -128,9 +128,7 @@ class DecordVideo(VideoSource):
         if first is None:
             raise _Unreadable
         self.chunk = chunk
-        self.info = VideoInfo(
-            str(path), first.shape[1], first.shape[0], float(self.reader.get_avg_fps()), count
-        )
+        self.info = VideoInfo(str(path), first.shape[1], first.shape[0], float(self.reader.get_avg_fps()), count)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for start in range(0, self.info.num_frames, self.chunk):
@@ -138,9 +136,7 @@ class DecordVideo(VideoSource):
             try:
                 batch = self.reader.get_batch(indices).asnumpy()
             except Exception:
-                raise TrackerError(
-                    f"{self.info.source}: cannot decode frame {start} (corrupt video?)"
-                ) from None
+                raise TrackerError(f"{self.info.source}: cannot decode frame {start} (corrupt video?)") from None
             yield from batch
 
 
@@ -200,9 +196,7 @@ class AtomicVideoWriter:
 
     def __init__(self, path: str | Path, fps: float, size: tuple[int, int]):
         self.path = Path(path)
-        fd, tmp = tempfile.mkstemp(
-            dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=self.path.suffix
-        )
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=self.path.suffix)
         os.close(fd)
         self.tmp = Path(tmp)
         self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)

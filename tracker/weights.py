@@ -193,9 +193,7 @@ def fetch(source: Source, *, timeout: float = 20.0) -> Path:
         errors.append(f"{source.url.split('/')[2]} unreachable")
     elif source.url:
         try:
-            return _download_url(
-                source.url, cache_dir() / "files" / Path(source.url).name, source.sha256, timeout
-            )
+            return _download_url(source.url, cache_dir() / "files" / Path(source.url).name, source.sha256, timeout)
         except TrackerError:
             raise
         except Exception as exc:
@@ -236,9 +234,7 @@ def meta_to_timm(state: dict[str, Tensor]) -> dict[str, Tensor]:
     Meta adds ``pos_embed[:, 0]`` to the cls token and has no position embedding for registers; timm's
     no-embed-class model keeps only the patch positions, so the cls position is folded into ``cls_token``.
     """
-    out = {
-        k: v for k, v in state.items() if k not in ("mask_token", "register_tokens", "cls_token", "pos_embed")
-    }
+    out = {k: v for k, v in state.items() if k not in ("mask_token", "register_tokens", "cls_token", "pos_embed")}
     if "register_tokens" in state:
         out["reg_token"] = state["register_tokens"]
     if "cls_token" in state and "pos_embed" in state:
@@ -315,9 +311,7 @@ def parse_distilldift(state: dict[str, Tensor], depth: int = 12) -> DistillDiftC
     lora = {i: (p["aq"], p["bq"], p["av"], p["bv"]) for i, p in parts.items()}
     for i, (a_q, b_q, a_v, b_v) in lora.items():
         if a_q.shape[0] != b_q.shape[1] or a_v.shape[0] != b_v.shape[1] or a_q.shape[1] != b_q.shape[0]:
-            raise TrackerError(
-                f"block {i}: LoRA factor shapes {tuple(a_q.shape)} / {tuple(b_q.shape)} do not chain"
-            )
+            raise TrackerError(f"block {i}: LoRA factor shapes {tuple(a_q.shape)} / {tuple(b_q.shape)} do not chain")
     return DistillDiftCheckpoint(lora=lora, base=base or None)
 
 
