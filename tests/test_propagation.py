@@ -114,3 +114,26 @@ def test_mask_png_round_trip_and_binary_masks(tmp_path):
     frame = np.zeros((20, 30, 3), np.uint8)
     drawn = draw_masks(frame, labels)
     assert drawn[4, 5].any() and not drawn[0, 29].any()
+
+
+@pytest.mark.parametrize("h,w,radius", [(13, 21, 3.0), (16, 16, 5.5), (20, 11, 12.0)])
+def test_tiled_local_propagation_equals_brute_force(h, w, radius):
+    import torch
+    import torch.nn.functional as F
+
+    from tracker.propagation import propagate_labels
+
+    torch.manual_seed(0)
+    features = F.normalize(torch.randn(16, h, w), dim=0)
+    refs = [(F.normalize(torch.randn(16, h, w), dim=0), torch.rand(3, h, w)) for _ in range(2)]
+    config = PropagationConfig(radius=radius, topk=5)
+    v, u = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    pos = torch.stack([v.flatten(), u.flatten()], 1).float()
+    far = ((pos[:, None] - pos[None]) ** 2).sum(-1) > radius**2
+    sim = torch.cat(
+        [(features.reshape(16, -1).T @ f.reshape(16, -1)).masked_fill(far, float("-inf")) for f, _ in refs], 1
+    )
+    labels = torch.cat([lab.reshape(3, -1) for _, lab in refs], 1)
+    top, index = sim.topk(5, dim=1)
+    expected = (torch.softmax(top / 0.1, 1)[..., None] * labels.T[index]).sum(1).T.reshape(3, h, w)
+    assert torch.allclose(propagate_labels(features, refs, config), expected, atol=1e-6)

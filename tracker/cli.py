@@ -74,10 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--search-radius", type=float, help="search only this many cells around the previous estimate")
     m.add_argument("--update", type=float, help="descriptor update rate in [0, 1] (0: always the query's)")
     d = p.add_argument_group("dense propagation (masks)")
-    d.add_argument("--context", type=int, help="also use the last N predicted frames as references (0)")
+    d.add_argument("--context", type=int, help="also use the last N predicted frames as references (sift: 7; ViT: 0)")
     d.add_argument("--topk", type=int, help="neighbours per cell (5)")
     d.add_argument("--radius", type=float, help="spatial radius in grid cells (sift: 12; ViT: whole frame)")
     d.add_argument("--prop-temperature", type=float, help="softmax temperature over the top-k (0.1)")
+    d.add_argument("--pool", type=int, help="propagate on a grid pooled by this factor (sift: 2; ViT: 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -335,7 +336,12 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
     model, featurizer, match_config = _featurizer_for(args, info, device)
     try:
         prop_config = default_propagation_config(
-            model, context=args.context, topk=args.topk, radius=args.radius, temperature=args.prop_temperature
+            model,
+            context=args.context,
+            topk=args.topk,
+            radius=args.radius,
+            temperature=args.prop_temperature,
+            pool=args.pool,
         )
     except ValueError as exc:
         raise TrackerError(str(exc)) from None
@@ -464,6 +470,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
         s.add_argument("--batch", type=int, default=8)
         s.add_argument("--out", default="eval_out", help="folder for <benchmark>_<model>.json and .md")
         for name, kind in (
+            ("--pool", int),
             ("--context", int),
             ("--topk", int),
             ("--radius", float),
@@ -501,7 +508,12 @@ def eval_command(args: argparse.Namespace) -> int:
             update=args.update,
         )
         prop = default_propagation_config(
-            model, context=args.context, topk=args.topk, radius=args.radius, temperature=args.prop_temperature
+            model,
+            context=args.context,
+            topk=args.topk,
+            radius=args.radius,
+            temperature=args.prop_temperature,
+            pool=args.pool,
         )
     except ValueError as exc:
         raise TrackerError(str(exc)) from None
