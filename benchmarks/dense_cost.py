@@ -11,17 +11,15 @@ size sampled every 10 frames while propagating; flat in video length means it st
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from _common import parser, random_queries, save
 
-from tracker import PointTracker, Queries, create_featurizer, default_match_config, open_video
+from tracker import PointTracker, create_featurizer, default_match_config, open_video
 from tracker.propagation import MaskPropagator, default_propagation_config
 
 
@@ -31,14 +29,7 @@ def rss_mib() -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--video", default=str(Path(__file__).resolve().parents[2] / "shared/data/videos/01_dog.mp4"))
-    p.add_argument("--model", default="sift")
-    p.add_argument("--weights", default=None)
-    p.add_argument("--points", type=int, default=256)
-    p.add_argument("--frames", type=int, default=90)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--out", default=None)
+    p = parser(__doc__.splitlines()[0], frames=90)
     args = p.parse_args()
     torch.set_grad_enabled(False)
 
@@ -46,8 +37,7 @@ def main() -> None:
         frames = list(itertools.islice(video, args.frames))
     h, w = frames[0].shape[:2]
     featurizer = create_featurizer(args.model, (h, w), weights=args.weights)
-    rng = np.random.default_rng(0)
-    queries = Queries.create(np.stack([rng.uniform(0, w - 1, args.points), rng.uniform(0, h - 1, args.points)], 1))
+    queries = random_queries(args.points, h, w)
     mask = np.zeros((h, w), np.uint8)
     cv2.ellipse(mask, (w // 2, h // 2), (w // 5, h // 4), 0, 0, 360, 1, -1)
 
@@ -87,10 +77,7 @@ def main() -> None:
         f"mask propagation {result['masks_ms_per_frame']} ms/frame ({result['masks_over_points']}x); "
         f"RSS MiB by frame: {memory}"
     )
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"dense_cost_{args.model}.json").write_text(json.dumps(result, indent=1))
+    save(args.out, f"dense_cost_{args.model}", result)
 
 
 if __name__ == "__main__":

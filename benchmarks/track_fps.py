@@ -9,49 +9,25 @@ Prints one line and, with --out, writes ``<model>.json`` with the machine descri
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
-import platform
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
+from _common import parser, random_queries, save
 
-from tracker import PointTracker, Queries, create_featurizer, default_match_config, open_video
-
-
-def machine() -> dict:
-    info = {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
+from tracker import PointTracker, create_featurizer, default_match_config, open_video
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--video", default=str(Path(__file__).resolve().parents[2] / "shared/data/videos/01_dog.mp4"))
-    p.add_argument("--model", default="sift")
-    p.add_argument("--weights", default=None)
-    p.add_argument("--points", type=int, default=256)
-    p.add_argument("--frames", type=int, default=120, help="frames to time (after 8 warm-up frames)")
-    p.add_argument("--batch", type=int, default=8)
+    p = parser(__doc__.splitlines()[0], frames=120)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None)
     args = p.parse_args()
 
     video = open_video(args.video)
     h, w = video.info.height, video.info.width
     featurizer = create_featurizer(args.model, (h, w), weights=args.weights, device=args.device)
     tracker = PointTracker(featurizer, default_match_config(args.model))
-    rng = np.random.default_rng(0)
-    queries = Queries.create(np.stack([rng.uniform(0, w - 1, args.points), rng.uniform(0, h - 1, args.points)], 1))
+    queries = random_queries(args.points, h, w)
     frames = iter(video)
     warm = list(itertools.islice(frames, 8))
     list(tracker.track(warm, queries, batch_size=args.batch))
@@ -86,7 +62,6 @@ def main() -> None:
         "end_to_end_fps": count / total,
         "featurizer_ms_per_frame": 1000 * featurizer_s / count,
         "rest_ms_per_frame": 1000 * (total - featurizer_s) / count,
-        "machine": machine(),
     }
     print(
         f"{args.model} ({result['weights']}) {w}x{h} -> {result['input_size']}, {args.points} points: "
@@ -94,10 +69,7 @@ def main() -> None:
         f"featurizer {result['featurizer_ms_per_frame']:.1f} ms, "
         f"decode+matching {result['rest_ms_per_frame']:.1f} ms per frame"
     )
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"track_fps_{args.model}.json").write_text(json.dumps(result, indent=1))
+    save(args.out, f"track_fps_{args.model}", result)
 
 
 if __name__ == "__main__":

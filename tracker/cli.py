@@ -136,8 +136,6 @@ def _check_writable(path: Path, what: str) -> None:
 
 
 def track_command(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
 
     from tracker.drawing import TrackOverlay
     from tracker.featurizers import MODEL_NAMES
@@ -181,7 +179,7 @@ def track_command(args: argparse.Namespace) -> int:
     last_query = int(queries.frame.max())
     if last_query >= info.num_frames:
         raise TrackerError(f"a point is on frame {last_query}, but {args.video} has {info.num_frames} frames")
-    model, featurizer, config = _featurizer_for(args, info, device)
+    model, featurizer, config, _ = _featurizer_for(args, info, device)
     tracker = PointTracker(featurizer, config)
     state = tracker.add_queries(tracker.empty_state(info.height, info.width), queries)  # validates positions
 
@@ -202,24 +200,15 @@ def track_command(args: argparse.Namespace) -> int:
         "coordinates": "pixels of the original frame, centre of the top-left pixel at (0, 0)",
     }
     frames = _tee(video, writer is not None)
-    status, error = "done", None
-    start = time.perf_counter()
-    bar = tqdm(total=info.num_frames, unit="frame", disable=args.no_progress, dynamic_ncols=True, file=sys.stderr)
-    try:
-        with torch.inference_mode():
-            for result in tracker.track(frames, queries, batch_size=args.batch, state=state):
-                log.append(result)
-                if writer is not None:
-                    writer.write(overlay.draw(frames.pop(result.frame_index), result))
-                bar.update(1)
-    except KeyboardInterrupt:
-        status = "interrupted"
-    except TrackerError as exc:  # e.g. a video corrupt half-way: keep what was finished
-        status, error = "failed", exc
-    finally:
-        bar.close()
-        video.close()
-    elapsed = time.perf_counter() - start
+
+    def handle(result) -> None:
+        log.append(result)
+        if writer is not None:
+            writer.write(overlay.draw(frames.pop(result.frame_index), result))
+
+    _, status, error, elapsed = _drive(
+        tracker.track(frames, queries, batch_size=args.batch, state=state), handle, video, args.no_progress
+    )
     if len(log) <= last_query and status == "done":
         error, status = (
             TrackerError(f"the video ended after {len(log)} frames, before a point's frame {last_query}"),
@@ -230,30 +219,20 @@ def track_command(args: argparse.Namespace) -> int:
     if len(log):
         write_tracks(out_tracks, log, meta)
         written.append(str(out_tracks))
-    if writer is not None:
-        writer.close()
-        if writer.frames:
-            written.append(str(out_video))
-    fps = len(log) / elapsed if elapsed > 0 else float("inf")
-    visible = float(torch.tensor(log.arrays()["visible"]).float().mean()) if len(log) else 0.0
-    if error is not None:
-        raise TrackerError(f"{error} (kept {len(log)} finished frames: {', '.join(written) or 'nothing written'})")
-    print(
-        f"track: {status}: {len(queries)} points through {len(log)} frames in {elapsed:.1f} s "
-        f"({fps:.1f} frames/s, {model} on {device}, {100 * visible:.0f}% visible) "
-        f"-> {', '.join(written) or 'nothing written'}",
-        file=sys.stderr,
+    visible = float(log.arrays()["visible"].mean()) if len(log) else 0.0
+    what = f"{len(queries)} points through {len(log)} frames"
+    return _finish(
+        status, error, elapsed, len(log), writer, written, what, f"{model} on {device}, {100 * visible:.0f}% visible"
     )
-    return EXIT_INTERRUPTED if status == "interrupted" else 0
 
 
-def _featurizer_for(args: argparse.Namespace, info, device: str):
-    """Resolve ``--model`` (printing auto's one warning line), build the featurizer and the matcher settings."""
-    from tracker.featurizers import create_featurizer, default_match_config, resolve_model
+def _settings(args: argparse.Namespace, model: str):
+    """Matcher and propagation settings: the model's defaults with the options given on the command line."""
+    from tracker.featurizers import default_match_config
+    from tracker.propagation import default_propagation_config
 
-    model, warning = resolve_model(args.model, args.weights)
     try:
-        config = default_match_config(
+        match = default_match_config(
             model,
             window_radius=args.window_radius,
             temperature=args.temperature,
@@ -262,8 +241,25 @@ def _featurizer_for(args: argparse.Namespace, info, device: str):
             search_radius=args.search_radius,
             update=args.update,
         )
+        prop = default_propagation_config(
+            model,
+            context=args.context,
+            topk=args.topk,
+            radius=args.radius,
+            temperature=args.prop_temperature,
+            pool=args.pool,
+        )
     except ValueError as exc:
         raise TrackerError(str(exc)) from None
+    return match, prop
+
+
+def _featurizer_for(args: argparse.Namespace, info, device: str):
+    """Resolve ``--model`` (printing auto's one warning line); build the featurizer and the settings."""
+    from tracker.featurizers import create_featurizer, resolve_model
+
+    model, warning = resolve_model(args.model, args.weights)
+    match, prop = _settings(args, model)
     if warning:
         print(f"track: warning: {warning}", file=sys.stderr)
     featurizer = create_featurizer(
@@ -274,13 +270,11 @@ def _featurizer_for(args: argparse.Namespace, info, device: str):
         weights=args.weights,
         device=device,
     )
-    return model, featurizer, config
+    return model, featurizer, match, prop
 
 
 def dense_command(args: argparse.Namespace, mode: str) -> int:
     """Masks (``--mask`` / ``--davis-root``), ``--colormap`` or ``--edit`` carried through a video."""
-    import torch
-    from tqdm import tqdm
 
     from tracker.drawing import draw_masks
     from tracker.evaluation import davis_sequence, given_masks
@@ -290,7 +284,6 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
         MaskPropagator,
         composite_edit,
         coordinate_colormap,
-        default_propagation_config,
         render_colormap,
     )
     from tracker.video import AtomicVideoWriter, open_video
@@ -333,45 +326,61 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
         overlay_image = (
             coordinate_colormap(*frame_hw) if args.colormap == "coords" else _read_rgb(args.colormap, frame_hw)
         )
-    model, featurizer, match_config = _featurizer_for(args, info, device)
-    try:
-        prop_config = default_propagation_config(
-            model,
-            context=args.context,
-            topk=args.topk,
-            radius=args.radius,
-            temperature=args.prop_temperature,
-            pool=args.pool,
-        )
-    except ValueError as exc:
-        raise TrackerError(str(exc)) from None
+    model, featurizer, match_config, prop_config = _featurizer_for(args, info, device)
     if out_masks is not None:
         out_masks.mkdir(exist_ok=True)
     writer = AtomicVideoWriter(out_video, info.fps, (info.width, info.height)) if out_video else None
     frames = _tee(video, True)
+    if mode in ("--mask", "--davis-root"):
+        results = MaskPropagator(featurizer, prop_config).propagate(frames, given, args.batch)
+
+        def handle(result) -> None:
+            frame = frames.pop(result.frame_index)
+            if out_masks is not None:
+                write_mask(out_masks / f"{result.frame_index:05d}.png", result.labels)
+            if writer is not None:
+                writer.write(draw_masks(frame, result.labels))
+    else:
+        results = CorrespondenceField(featurizer, match_config).fields(frames, args.batch)
+        render = composite_edit if mode == "--edit" else render_colormap
+
+        def handle(corr) -> None:
+            writer.write(render(frames.pop(corr.frame_index), overlay_image, corr))
+
+    done, status, error, elapsed = _drive(results, handle, video, args.no_progress)
+    written = [f"{out_masks}/ ({done} PNGs)"] if out_masks is not None and done else []
+    return _finish(
+        status,
+        error,
+        elapsed,
+        done,
+        writer,
+        written,
+        f"{mode.strip('-')} through {done} frames",
+        f"{model} on {device}",
+    )
+
+
+def _drive(results, handle, video, quiet: bool) -> tuple[int, str, TrackerError | None, float]:
+    """Consume a generator of per-frame results with a progress bar.
+
+    Ctrl-C and a failure half-way (a corrupt frame) stop it cleanly, keeping what was finished.
+
+    Returns:
+        ``(frames done, "done" | "interrupted" | "failed", the failure or None, seconds)``.
+    """
+    import torch
+    from tqdm import tqdm
+
     done, status, error = 0, "done", None
     start = time.perf_counter()
-    bar = tqdm(total=info.num_frames, unit="frame", disable=args.no_progress, dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=video.info.num_frames, unit="frame", disable=quiet, dynamic_ncols=True, file=sys.stderr)
     try:
         with torch.inference_mode():
-            if mode in ("--mask", "--davis-root"):
-                for result in MaskPropagator(featurizer, prop_config).propagate(frames, given, args.batch):
-                    frame = frames.pop(result.frame_index)
-                    if out_masks is not None:
-                        write_mask(out_masks / f"{result.frame_index:05d}.png", result.labels)
-                    if writer is not None:
-                        writer.write(draw_masks(frame, result.labels))
-                    done += 1
-                    bar.update(1)
-            else:
-                for corr in CorrespondenceField(featurizer, match_config).fields(frames, args.batch):
-                    frame = frames.pop(corr.frame_index)
-                    if mode == "--edit":
-                        writer.write(composite_edit(frame, overlay_image, corr))
-                    else:
-                        writer.write(render_colormap(frame, overlay_image, corr))
-                    done += 1
-                    bar.update(1)
+            for result in results:
+                handle(result)
+                done += 1
+                bar.update(1)
     except KeyboardInterrupt:
         status = "interrupted"
     except TrackerError as exc:
@@ -379,22 +388,20 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
     finally:
         bar.close()
         video.close()
-    elapsed = time.perf_counter() - start
-    written = []
+    return done, status, error, time.perf_counter() - start
+
+
+def _finish(status, error, elapsed, done, writer, written, what: str, how: str) -> int:
+    """Move the overlay video into place, then print the one-line summary (or raise the failure)."""
     if writer is not None:
         writer.close()
         if writer.frames:
-            written.append(str(out_video))
-    if out_masks is not None and done:
-        written.append(f"{out_masks}/ ({done} PNGs)")
+            written.append(str(writer.path))
+    outputs = ", ".join(written) or "nothing written"
     if error is not None:
-        raise TrackerError(f"{error} (kept {done} finished frames: {', '.join(written) or 'nothing written'})")
+        raise TrackerError(f"{error} (kept {done} finished frames: {outputs})")
     fps = done / elapsed if elapsed > 0 else float("inf")
-    print(
-        f"track: {status}: {mode.strip('-')} through {done} frames in {elapsed:.1f} s ({fps:.1f} frames/s, "
-        f"{model} on {device}) -> {', '.join(written) or 'nothing written'}",
-        file=sys.stderr,
-    )
+    print(f"track: {status}: {what} in {elapsed:.1f} s ({fps:.1f} frames/s, {how}) -> {outputs}", file=sys.stderr)
     return EXIT_INTERRUPTED if status == "interrupted" else 0
 
 
@@ -490,33 +497,13 @@ def eval_command(args: argparse.Namespace) -> int:
     import json
 
     from tracker import evaluation as E
-    from tracker.featurizers import create_featurizer, default_match_config, resolve_model
-    from tracker.propagation import default_propagation_config
+    from tracker.featurizers import create_featurizer, resolve_model
 
     device = _pick_device(args.device)
     model, warning = resolve_model(args.model, args.weights)
     if warning:
         print(f"track: warning: {warning}", file=sys.stderr)
-    try:
-        match = default_match_config(
-            model,
-            window_radius=args.window_radius,
-            temperature=args.temperature,
-            min_score=args.min_score,
-            fb_tolerance=args.fb_tolerance,
-            search_radius=args.search_radius,
-            update=args.update,
-        )
-        prop = default_propagation_config(
-            model,
-            context=args.context,
-            topk=args.topk,
-            radius=args.radius,
-            temperature=args.prop_temperature,
-            pool=args.pool,
-        )
-    except ValueError as exc:
-        raise TrackerError(str(exc)) from None
+    match, prop = _settings(args, model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _check_writable(out / "report.json", "--out")

@@ -1,0 +1,53 @@
+"""Shared pieces of the benchmark scripts: the common options, random queries, the machine, saving results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tracker import Queries
+
+DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "shared/data/videos/01_dog.mp4"
+
+
+def parser(description: str, frames: int) -> argparse.ArgumentParser:
+    """Options every benchmark takes: video, model, weights, points, frames, batch, out."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--video", default=str(DEFAULT_VIDEO))
+    p.add_argument("--model", default="sift")
+    p.add_argument("--weights", default=None)
+    p.add_argument("--points", type=int, default=256)
+    p.add_argument("--frames", type=int, default=frames)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--out", default=None, help="folder for the JSON result")
+    return p
+
+
+def random_queries(n: int, height: int, width: int, seed: int = 0) -> Queries:
+    rng = np.random.default_rng(seed)
+    return Queries.create(np.stack([rng.uniform(0, width - 1, n), rng.uniform(0, height - 1, n)], 1))
+
+
+def machine() -> dict:
+    info = {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def save(out: str | None, name: str, result: dict) -> None:
+    """Write ``result`` (with the machine description) to ``out/name.json`` when ``out`` is given."""
+    if out:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.json").write_text(json.dumps({**result, "machine": machine()}, indent=1))
