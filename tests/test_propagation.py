@@ -15,6 +15,7 @@ from tracker.propagation import (
     composite_edit,
     coordinate_colormap,
     default_propagation_config,
+    prepare_reference,
     render_colormap,
 )
 from tracker.synthetic import moving_objects
@@ -137,3 +138,7 @@ def test_tiled_local_propagation_equals_brute_force(h, w, radius):
     top, index = sim.topk(5, dim=1)
     expected = (torch.softmax(top / 0.1, 1)[..., None] * labels.T[index]).sum(1).T.reshape(3, h, w)
     assert torch.allclose(propagate_labels(features, refs, config), expected, atol=1e-6)
+    # references prepared once (windows unfolded ahead, as the propagator keeps them) give the same result
+    prepared = [prepare_reference(f, lab, config) for f, lab in refs]
+    assert all(p.windows is not None for p in prepared)
+    assert torch.allclose(propagate_labels(features, prepared, config), expected, atol=1e-6)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -91,17 +92,17 @@ class MaskState:
         next_frame: index of the next frame.
         geometry: cell <-> pixel mapping.
         ids: object ids, channel ``i + 1`` of the label tensors is ``ids[i]`` (channel 0 background).
-        references: permanent references ``(features [C, h, w], labels [K+1, h, w], new ids)``: frame 0 and
-            each frame where objects are given; ``new ids`` are the objects that frame introduced.
-        recent: the last ``context`` predictions, same form.
+        references: permanent ``(Reference, new ids)``: frame 0 and each frame where objects are given;
+            ``new ids`` are the objects that frame introduced.
+        recent: the last ``context`` predictions as :class:`Reference` s.
         latest: the result for frame ``next_frame - 1``.
     """
 
     next_frame: int
     geometry: GridGeometry
     ids: tuple[int, ...]
-    references: tuple[tuple[Tensor, Tensor, tuple[int, ...]], ...] = ()
-    recent: tuple[tuple[Tensor, Tensor], ...] = ()
+    references: tuple[tuple[Reference, tuple[int, ...]], ...] = ()
+    recent: tuple[Reference, ...] = ()
     latest: MaskResult | None = field(default=None)
 
 
@@ -120,17 +121,40 @@ def grid_to_labels(probs: Tensor, ids: tuple[int, ...], frame_hw: tuple[int, int
     return lut[up.argmax(0).cpu().numpy()]
 
 
-def propagate_labels(features: Tensor, references: list[tuple[Tensor, Tensor]], config: PropagationConfig) -> Tensor:
-    """Label probabilities ``[K+1, h, w]`` of a frame from reference ``(features, labels)`` pairs.
+class Reference(NamedTuple):
+    """A reference frame for label propagation.
+
+    Attributes:
+        features: ``[C, h, w]`` unit features.
+        labels: ``[K+1, h, w]`` soft labels (channel 0 background).
+        windows: for local propagation, the features unfolded once into ``[n tiles, C, span^2]`` windows
+            (see :func:`prepare_reference`), reused for every later frame; None to unfold on use.
+    """
+
+    features: Tensor
+    labels: Tensor
+    windows: Tensor | None = None
+
+
+def prepare_reference(features: Tensor, labels: Tensor, config: PropagationConfig) -> Reference:
+    """A :class:`Reference` whose feature windows are unfolded once (local propagation)."""
+    if config.radius is None:
+        return Reference(features, labels)
+    return Reference(features, labels, _unfold(features, config)[0].transpose(1, 2).contiguous())
+
+
+def propagate_labels(features: Tensor, references: list, config: PropagationConfig) -> Tensor:
+    """Label probabilities ``[K+1, h, w]`` of a frame from its references.
 
     Args:
         features: ``[C, h, w]`` unit features of the frame.
-        references: ``(features [C, h, w], labels [K+1, h, w])`` with the same K.
+        references: :class:`Reference` s or ``(features [C, h, w], labels [K+1, h, w])`` pairs, same K.
     """
+    references = [r if isinstance(r, Reference) else Reference(*r) for r in references]
     c, h, w = features.shape
     if config.radius is None:
-        ref_feats = torch.cat([f.reshape(c, h * w) for f, _ in references], 1)  # [C, M]
-        ref_labels = torch.cat([lab.reshape(lab.shape[0], h * w) for _, lab in references], 1)  # [K+1, M]
+        ref_feats = torch.cat([r.features.reshape(c, h * w) for r in references], 1)  # [C, M]
+        ref_labels = torch.cat([r.labels.reshape(r.labels.shape[0], h * w) for r in references], 1)  # [K+1, M]
         sim = features.reshape(c, h * w).T @ ref_feats  # [hw, M]
         top, index = sim.topk(min(config.topk, sim.shape[1]), dim=1)
         weights = torch.softmax(top / config.temperature, dim=1)  # [hw, k]
@@ -142,7 +166,21 @@ def propagate_labels(features: Tensor, references: list[tuple[Tensor, Tensor]], 
 TILE = 8  # query cells per tile side in local propagation
 
 
-def _propagate_local(features: Tensor, references: list[tuple[Tensor, Tensor]], config: PropagationConfig) -> Tensor:
+def _unfold(grid: Tensor, config: PropagationConfig) -> tuple[Tensor, Tensor]:
+    """``[D, h, w]`` -> ``[n tiles, span^2, D]`` windows around each ``TILE x TILE`` tile, and ``[n, span^2]``
+    True where a window cell lies inside the grid."""
+    d, h, w = grid.shape
+    r = int(np.ceil(config.radius))
+    t, span = TILE, TILE + 2 * r
+    ph, pw = -h % t, -w % t
+    inside = F.pad(torch.ones(1, h, w, device=grid.device, dtype=grid.dtype), (r, r + pw, r, r + ph))
+    stacked = torch.cat([F.pad(grid, (r, r + pw, r, r + ph)), inside])
+    windows = F.unfold(stacked[None], kernel_size=span, stride=t)[0]  # [(D+1)*span^2, n]
+    windows = windows.view(d + 1, span * span, -1).permute(2, 1, 0)  # [n, span^2, D+1]
+    return windows[..., :d], windows[..., d] > 0.5
+
+
+def _propagate_local(features: Tensor, references: list[Reference], config: PropagationConfig) -> Tensor:
     """Local label propagation as batched matrix products.
 
     The grid is cut into ``TILE x TILE`` tiles; each tile's cells are compared with the
@@ -163,18 +201,12 @@ def _propagate_local(features: Tensor, references: list[tuple[Tensor, Tensor]], 
     near = (dy[:, None, :, :] ** 2 + dx[None, :, :, :] ** 2) <= config.radius**2  # [t, t, span, span]
     near = near.reshape(t * t, span * span)
     sims, labels = [], []
-    for ref_features, ref_labels in references:
-        k1 = ref_labels.shape[0]
-        inside = F.pad(torch.ones(1, h, w, device=features.device), (r, r + pw, r, r + ph))
-        stacked = torch.cat(
-            [F.pad(ref_features, (r, r + pw, r, r + ph)), F.pad(ref_labels, (r, r + pw, r, r + ph)), inside]
-        )
-        windows = F.unfold(stacked[None], kernel_size=span, stride=t)[0]  # [(C+K+2)*span^2, n]
-        windows = windows.view(c + k1 + 1, span * span, th * tw).permute(2, 1, 0)  # [n, span^2, C+K+2]
-        sim = torch.bmm(query, windows[..., :c].transpose(1, 2))  # [n, t*t, span^2]
-        valid = near[None] & (windows[..., -1] > 0.5)[:, None, :]
-        sims.append(sim.masked_fill(~valid, float("-inf")))
-        labels.append(windows[..., c : c + k1])  # [n, span^2, K+1]
+    for ref in references:
+        windows = ref.windows if ref.windows is not None else _unfold(ref.features, config)[0].transpose(1, 2)
+        ref_labels, inside = _unfold(ref.labels, config)  # [n, span^2, K+1], [n, span^2]
+        sim = torch.bmm(query, windows)  # [n, t*t, span^2]
+        sims.append(sim.masked_fill(~(near[None] & inside[:, None, :]), float("-inf")))
+        labels.append(ref_labels)
     sim = torch.cat(sims, 2)
     label = torch.cat(labels, 1)
     top, index = sim.topk(min(config.topk, sim.shape[2]), dim=2)  # [n, t*t, k]
@@ -257,15 +289,16 @@ class MaskPropagator:
                 raise TrackerError(f"mask is {given.shape[1]}x{given.shape[0]}, the video {g.frame_w}x{g.frame_h}")
             new = tuple(int(i) for i in np.unique(given) if i != 0 and int(i) not in ids)
             ids = ids + new
-        references = [(f, _pad_channels(lab, len(ids) + 1), new) for f, lab, new in state.references]
-        recent = [(f, _pad_channels(lab, len(ids) + 1)) for f, lab in state.recent]
+        channels = len(ids) + 1
+        references = [(ref._replace(labels=_pad_channels(ref.labels, channels)), new) for ref, new in state.references]
+        recent = [ref._replace(labels=_pad_channels(ref.labels, channels)) for ref in state.recent]
         if references:
             # frame 0 (with the recent predictions) labels everything; a later reference cannot be outvoted
             # for the objects it introduced, which earlier references saw as background
             first, *later = references
-            probs = propagate_labels(features, [first[:2], *recent], self.config)
-            for ref_features, ref_labels, new in later:
-                own = propagate_labels(features, [(ref_features, ref_labels)], self.config)
+            probs = propagate_labels(features, [first[0], *recent], self.config)
+            for ref, new in later:
+                own = propagate_labels(features, [ref], self.config)
                 channels = torch.tensor([ids.index(i) + 1 for i in new], device=own.device)
                 wins = torch.isin(own.argmax(0), channels)
                 probs[:, wins] = own[:, wins]
@@ -283,9 +316,10 @@ class MaskPropagator:
                 labels = given.astype(np.uint8)
         grid_labels = self._pool(labels_to_grid(labels, ids, full_hw).to(features.device))
         if given is not None:
-            references.append((features, grid_labels, tuple(i for i in ids if i not in state.ids)))
+            reference = prepare_reference(features, grid_labels, self.config)
+            references.append((reference, tuple(i for i in ids if i not in state.ids)))
         elif self.config.context:
-            recent = (recent + [(features, grid_labels)])[-self.config.context :]
+            recent = (recent + [prepare_reference(features, grid_labels, self.config)])[-self.config.context :]
         result = MaskResult(frame_index=state.next_frame, labels=labels)
         return replace(
             state,
