@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tracker import create_featurizer
+from tracker import MatchConfig, create_featurizer, default_match_config
 from tracker.drawing import draw_masks
 from tracker.evaluation import davis_sequence, given_masks
 from tracker.formats import read_mask, write_mask
@@ -77,8 +77,10 @@ def test_judo_objects_appear_from_their_first_frame(shared_data):
                 assert obj not in present, (obj, result.frame_index)
 
 
-def test_correspondence_field_maps_back_to_the_moving_object(two_objects):
-    field = CorrespondenceField(create_featurizer("sift", (240, 320)))
+@pytest.mark.parametrize("config", ["global", "sift"])
+def test_correspondence_field_maps_back_to_the_moving_object(two_objects, config):
+    match_config = MatchConfig() if config == "global" else default_match_config("sift")  # sift: stride 2
+    field = CorrespondenceField(create_featurizer("sift", (240, 320)), match_config)
     fields = list(field.fields(two_objects.frames[:10]))
     assert fields[0].map_xy.shape == (240, 320, 2)
     t = 9

@@ -361,54 +361,90 @@ class Correspondence:
 class CorrespondenceField:
     """Dense correspondence from each frame back to the reference frame (frame 0).
 
+    Query cells are ``stride x stride`` blocks of the feature grid (average-pooled descriptors), each matched
+    into the full-resolution grid of the other frame. With a search radius (each block searched around its
+    previous match, as for dense SIFT) stride 2 keeps the field's quality at a quarter of the cost: on the
+    synthetic two-object clip 86% / 77% of object pixels valid with median errors 0.71 / 0.97 px at frames
+    9 / 19, against 94% / 84% and 0.69 / 1.04 px at stride 1. Matched globally, pooled blocks find wrong
+    places far more often (median error 14 px), so global matching (ViT grids, small anyway) keeps stride 1.
+
     Args:
         featurizer: any featurizer.
         config: matcher settings (``search_radius`` makes each cell search around its previous match).
         cycle_tolerance: a cell is valid when reference -> frame -> reference lands within this many cells.
+        stride: query-cell stride; None: ``round(sqrt(h * w / 1600))`` (about 1600 query cells) with a search
+            radius, else 1.
     """
 
-    def __init__(self, featurizer: Featurizer, config: MatchConfig | None = None, cycle_tolerance: float = 1.5):
+    def __init__(
+        self,
+        featurizer: Featurizer,
+        config: MatchConfig | None = None,
+        cycle_tolerance: float = 1.5,
+        stride: int | None = None,
+    ):
         self.featurizer = featurizer
         self.config = config or MatchConfig()
         self.cycle_tolerance = cycle_tolerance
+        self.stride = stride
 
     def fields(self, frames: Iterable[np.ndarray], batch_size: int = 8) -> Iterator[Correspondence]:
         """Yield one :class:`Correspondence` per frame, the first frame being the reference."""
-        reference = geometry = prior_back = prior_fwd = None
+        reference = ref_queries = geometry = prior_back = prior_fwd = centres = None
+        s = 1
         index = 0
-        pending: list[np.ndarray] = []
-        for frame in _chunked(frames, batch_size):
-            pending = frame
-            for grid in self.featurizer(frames_to_tensor(pending)):
-                if reference is None:
-                    reference = grid
-                    geometry = self.featurizer.geometry(*pending[0].shape[:2])
-                    h, w = grid.shape[1:]
-                    v, u = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-                    identity = torch.stack([u, v], -1).reshape(-1, 2).to(grid)
-                    prior_back = prior_fwd = identity
+        for chunk in _chunked(frames, batch_size):
+            for grid in self.featurizer(frames_to_tensor(chunk)):
                 c, h, w = grid.shape
-                back = match(grid.reshape(c, -1).T, reference, self.config, prior_uv=prior_back)  # frame -> ref
-                fwd = match(reference.reshape(c, -1).T, grid, self.config, prior_uv=prior_fwd)  # ref -> frame
+                if reference is None:
+                    reference, geometry = grid, self.featurizer.geometry(*chunk[0].shape[:2])
+                    local = self.config.search_radius is not None
+                    s = self.stride or (max(1, round((h * w / 1600) ** 0.5)) if local else 1)
+                    ref_queries = _query_cells(grid, s)
+                    hs, ws = ref_queries.shape[1:]
+                    v, u = torch.meshgrid(torch.arange(hs), torch.arange(ws), indexing="ij")
+                    centres = (torch.stack([u, v], -1).reshape(-1, 2).to(grid) + 0.5) * s - 0.5  # full-grid uv
+                    prior_back = prior_fwd = centres
+                queries = _query_cells(grid, s)
+                back = match(queries.reshape(c, -1).T, reference, self.config, prior_uv=prior_back)  # -> ref
+                fwd = match(ref_queries.reshape(c, -1).T, grid, self.config, prior_uv=prior_fwd)  # ref ->
                 prior_back, prior_fwd = back.uv, fwd.uv
-                yield self._to_pixels(index, back, fwd, geometry, (h, w))
+                yield self._to_pixels(index, back, fwd, centres, geometry, tuple(queries.shape[1:]), s)
                 index += 1
 
-    def _to_pixels(self, index, back, fwd, geometry: GridGeometry, grid_hw) -> Correspondence:
-        h, w = grid_hw
-        # cycle: frame cell -> ref uv (back) -> frame uv (fwd, sampled bilinearly at back.uv) -> near the cell?
-        fwd_map = fwd.uv.T.reshape(1, 2, h, w)
-        grid = geometry.grid_to_normalized(back.uv).view(1, 1, -1, 2).to(fwd_map.dtype)
-        returned = F.grid_sample(fwd_map, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        returned = returned[0, :, 0].T  # [hw, 2]
-        v, u = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        cells = torch.stack([u, v], -1).reshape(-1, 2).to(returned)
-        ok = ((returned - cells).norm(dim=1) <= self.cycle_tolerance) & (back.score >= self.config.min_score)
-        ref_xy = geometry.grid_to_pixel(back.uv)  # [hw, 2] reference pixels
-        frame_hw = (geometry.frame_h, geometry.frame_w)
-        field = torch.cat([ref_xy.T.reshape(2, h, w), ok.float().reshape(1, h, w)])
-        up = F.interpolate(field[None].float(), size=frame_hw, mode="bilinear", align_corners=False)[0]
+    def _to_pixels(self, index, back, fwd, centres, geometry: GridGeometry, sub_hw, s: int) -> Correspondence:
+        hs, ws = sub_hw
+        # cycle: frame cell -> ref uv (back) -> frame uv (the fwd field read at back.uv) -> near the cell?
+        fwd_map = fwd.uv.T.reshape(1, 2, hs, ws)
+        returned = _sample_subgrid(fwd_map, back.uv, s)  # [hs*ws, 2] frame full-grid uv
+        ok = ((returned - centres).norm(dim=1) <= self.cycle_tolerance) & (back.score >= self.config.min_score)
+        ref_xy = geometry.grid_to_pixel(back.uv)  # [hs*ws, 2] reference pixels
+        field = torch.cat([ref_xy.T.reshape(2, hs, ws), ok.float().reshape(1, hs, ws)])[None].float()
+        # every frame pixel -> its full-grid uv -> read the field on the sub-grid
+        frame_h, frame_w = geometry.frame_h, geometry.frame_w
+        ys, xs = torch.meshgrid(torch.arange(frame_h), torch.arange(frame_w), indexing="ij")
+        pixel_uv = geometry.pixel_to_grid(torch.stack([xs, ys], -1).reshape(-1, 2).float().to(field.device))
+        up = _sample_subgrid(field, pixel_uv, s).T.reshape(3, frame_h, frame_w)
         return Correspondence(index, up[:2].permute(1, 2, 0).cpu().numpy().astype(np.float32), up[2].cpu().numpy())
+
+
+def _query_cells(grid: Tensor, s: int) -> Tensor:
+    """``[C, h, w]`` unit grid -> ``[C, ceil(h/s), ceil(w/s)]`` unit descriptors of ``s x s`` blocks."""
+    return grid if s == 1 else F.normalize(F.avg_pool2d(grid[None], s, ceil_mode=True)[0], dim=0)
+
+
+def _sample_subgrid(field: Tensor, uv: Tensor, s: int) -> Tensor:
+    """Bilinearly read ``[1, D, hs, ws]`` (a map over ``s x s`` blocks) at full-grid ``uv`` ``[N, 2]`` -> ``[N, D]``.
+
+    Block ``j`` is centred at full-grid ``u = (j + 0.5) * s - 0.5``, so ``u_sub = (u + 0.5) / s - 0.5``.
+    """
+    hs, ws = field.shape[-2:]
+    sub = (uv + 0.5) / s  # = u_sub + 0.5
+    normalized = 2.0 * sub / sub.new_tensor([ws, hs]) - 1.0
+    out = F.grid_sample(
+        field, normalized.view(1, 1, -1, 2).to(field.dtype), mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return out[0, :, 0].T
 
 
 def _chunked(frames: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
