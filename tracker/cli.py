@@ -542,14 +542,14 @@ def eval_command(args: argparse.Namespace) -> int:
     }
     report["seconds"] = round(time.perf_counter() - start, 1)
     stem = out / f"{args.benchmark}_{model}"
-    from tracker.formats import _atomic_write
+    from tracker.atomic import atomic_write
 
-    _atomic_write(stem.with_suffix(".json"), json.dumps(report, indent=1).encode())
+    atomic_write(stem.with_suffix(".json"), json.dumps(report, indent=1).encode())
     heading = (
         f"## {args.benchmark}: {model} ({report['weights']}) vs OpenCV\n\n"
         f"Data: `{report['data']}`. Protocol: {report['protocol']}.\n\n"
     )
-    _atomic_write(stem.with_suffix(".md"), (heading + E.markdown_table(report)).encode())
+    atomic_write(stem.with_suffix(".md"), (heading + E.markdown_table(report)).encode())
     print(E.markdown_table(report), end="")
     print(f"track: wrote {stem}.json and {stem}.md ({report['seconds']} s)", file=sys.stderr)
     return 0

@@ -12,14 +12,13 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from tracker.atomic import atomic_write
 from tracker.errors import TrackerError
 from tracker.tracking import Queries, TrackResult
 
@@ -127,7 +126,7 @@ def write_tracks(path: str | Path, log: TrackLog, meta: dict) -> None:
             for i in arrays["point"]:
                 x, y, s = arrays["x"][t, i], arrays["y"][t, i], arrays["score"][t, i]
                 writer.writerow([t, i, _num(x), _num(y), int(arrays["visible"][t, i]), _num(s, 4)])
-        _atomic_write(path, buffer.getvalue().encode())
+        atomic_write(path, buffer.getvalue().encode())
     elif suffix == ".json":
         doc = {
             **meta,
@@ -146,7 +145,7 @@ def write_tracks(path: str | Path, log: TrackLog, meta: dict) -> None:
             "visible": arrays["visible"].astype(int).tolist(),
             "score": _nested(arrays["score"], 4),
         }
-        _atomic_write(path, json.dumps(doc, separators=(",", ":")).encode())
+        atomic_write(path, json.dumps(doc, separators=(",", ":")).encode())
     elif suffix == ".npz":
         buffer = io.BytesIO()
         np.savez_compressed(
@@ -157,7 +156,7 @@ def write_tracks(path: str | Path, log: TrackLog, meta: dict) -> None:
             label=np.asarray(log.queries.labels, dtype=str),
             meta=np.asarray(json.dumps(meta)),
         )
-        _atomic_write(path, buffer.getvalue())
+        atomic_write(path, buffer.getvalue())
     else:
         raise TrackerError(f"--out-tracks must end in .json, .csv or .npz, got {path.name}")
 
@@ -178,25 +177,6 @@ def _num(value: float, digits: int = 3) -> str:
 def _nested(array: np.ndarray, digits: int = 3) -> list:
     rounded = np.round(array.astype(np.float64), digits)
     return [[None if not np.isfinite(v) else float(v) for v in row] for row in rounded]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _default_mode() -> int:
-    """Permissions of a newly created file under the current umask (mkstemp makes 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def read_tracks(path: str | Path) -> dict[str, np.ndarray]:
@@ -281,7 +261,7 @@ def write_mask(path: str | Path, labels: np.ndarray) -> None:
     image.putpalette(davis_palette().ravel().tolist())
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    _atomic_write(Path(path), buffer.getvalue())
+    atomic_write(Path(path), buffer.getvalue())
 
 
 def fit_mask(labels: np.ndarray, frame_hw: tuple[int, int], name: str = "mask") -> np.ndarray:

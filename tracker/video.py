@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tracker.atomic import default_file_mode
 from tracker.errors import TrackerError
-from tracker.formats import _default_mode
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -213,7 +213,7 @@ class AtomicVideoWriter:
         """Finish the file and move it into place (a video of no frames is discarded)."""
         self.writer.release()
         if self.frames:
-            os.chmod(self.tmp, _default_mode())
+            os.chmod(self.tmp, default_file_mode())
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)
