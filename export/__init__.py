@@ -1,0 +1,1 @@
+"""Turning featurizers into deployable artefacts (ONNX; TensorRT to come), with the checks that prove them."""

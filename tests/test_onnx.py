@@ -1,0 +1,70 @@
+"""ONNX export of the real ViT architecture (tiny sizes) and tracking through ONNX Runtime."""
+
+import numpy as np
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from export.onnx import cosine_per_cell, export_onnx  # noqa: E402
+from tracker import PointTracker, Queries, TrackerError, create_featurizer, default_match_config  # noqa: E402
+from tracker.backends import OnnxFeaturizer  # noqa: E402
+from tracker.synthetic import moving_objects  # noqa: E402
+
+TINY = dict(embed_dim=48, depth=2, num_heads=2)
+
+
+@pytest.fixture(scope="module")
+def featurizer():
+    torch.manual_seed(0)
+    return create_featurizer("distilldift", (240, 320), size="126x98", weights="random", **TINY)
+
+
+@pytest.fixture(scope="module")
+def exported(featurizer, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    return export_onnx(featurizer, path)
+
+
+def test_export_passes_the_checker_and_matches_torch(exported, featurizer):
+    assert exported.path.is_file() and exported.min_cosine >= 0.9999
+    model = onnx.load(exported.path)
+    onnx.checker.check_model(model)
+    assert model.opset_import[0].version >= 17
+    assert sum(n.op_type == "LayerNormalization" for n in model.graph.node) == 2 * 2 + 1  # 2 per block + final
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["model"] == "distilldift" and meta["input_hw"] == "[98, 126]" and meta["stride"] == "14"
+    # dynamic batch, and the backend's features equal torch's on real frames of another size
+    backend = OnnxFeaturizer(exported.path)
+    frames = torch.from_numpy(moving_objects(num_frames=3, size=(240, 320)).frames)
+    got, want = backend(frames).numpy(), featurizer(frames).numpy()
+    assert got.shape == want.shape == (3, 48, 7, 9)
+    assert cosine_per_cell(got, want).min() >= 0.9999
+
+
+def test_tracking_through_onnx_matches_torch_within_a_tenth_of_a_pixel(exported, featurizer):
+    video = moving_objects(num_frames=8, size=(240, 320))
+    x0, y0, x1, y1 = video.object_boxes[0]
+    rng = np.random.default_rng(0)
+    queries = Queries.create(np.stack([rng.uniform(x0, x1, 16), rng.uniform(y0, y1, 16)], 1))
+    config = default_match_config("distilldift")
+    torch_xy = torch.stack([r.xy for r in PointTracker(featurizer, config).track(video.frames, queries)])
+    onnx_xy = torch.stack(
+        [r.xy for r in PointTracker(OnnxFeaturizer(exported.path), config).track(video.frames, queries)]
+    )
+    assert (torch_xy - onnx_xy).abs().max() < 0.1
+
+
+def test_fp16_variant_and_refusals(featurizer, tmp_path):
+    report = export_onnx(featurizer, tmp_path / "fp16.onnx", fp16=True)
+    assert report.min_cosine >= 0.999
+    assert next(featurizer.model.parameters()).dtype == torch.float32  # the torch model is left as it was
+    with pytest.raises(TrackerError, match="opset"):
+        export_onnx(featurizer, tmp_path / "old.onnx", opset=16)
+    with pytest.raises(TrackerError, match="min cosine"):
+        export_onnx(featurizer, tmp_path / "strict.onnx", fp16=True, min_cosine=1.01)
+    assert not (tmp_path / "strict.onnx").exists() and not list(tmp_path.glob(".*"))  # nothing half-written
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    with pytest.raises(TrackerError, match="cannot load"):
+        OnnxFeaturizer(tmp_path / "junk.onnx")
