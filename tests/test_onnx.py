@@ -68,3 +68,33 @@ def test_fp16_variant_and_refusals(featurizer, tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     with pytest.raises(TrackerError, match="cannot load"):
         OnnxFeaturizer(tmp_path / "junk.onnx")
+
+
+def test_export_and_track_through_the_command_line(tmp_path):
+    """`track export onnx` then `track --onnx`: the same tracks as the torch backend with the same weights."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from tracker.cli import main
+    from tracker.formats import read_tracks
+    from tracker.synthetic import write_video
+    from tracker.weights import create_vit
+
+    torch.manual_seed(1)
+    model = create_vit("vit_small_patch14_reg4_dinov2", (56, 56))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    video = moving_objects(num_frames=6, size=(64, 96))
+    write_video(str(tmp_path / "clip.mp4"), video.frames)
+    (tmp_path / "p.json").write_text(json.dumps([[30.0, 30.0], [50.5, 20.25]]))
+    common = [str(tmp_path / "clip.mp4"), "--points", str(tmp_path / "p.json"), "--no-video", "--no-progress"]
+    weights = ["--model", "dinov2-s", "--weights", str(tmp_path / "w.safetensors"), "--size", "56"]
+    out = str(tmp_path / "s.onnx")
+    assert main(["export", "onnx", *weights, "--out", out]) == 0
+    assert main([*common, *weights, "--backend", "torch", "--out-tracks", str(tmp_path / "t.npz")]) == 0
+    assert main([*common, "--backend", "onnx", "--onnx", out, "--out-tracks", str(tmp_path / "o.npz")]) == 0
+    a, b = read_tracks(tmp_path / "t.npz"), read_tracks(tmp_path / "o.npz")
+    assert np.abs(a["x"] - b["x"]).max() < 0.1 and np.abs(a["y"] - b["y"]).max() < 0.1
+    assert main([*common, "--backend", "onnx", "--out-tracks", str(tmp_path / "x.npz")]) == 2  # no --onnx
+    assert main(["export", "onnx", "--model", "sift", "--out", out]) == 2
+    assert main(["export", "onnx", "--model", "dinov2-s", "--weights", "random", "--size", "100", "--out", out]) == 2

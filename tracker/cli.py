@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-aspect", action="store_true", help="preserve the frame's aspect ratio")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch", type=int, default=8, help="frames per featurizer batch (default 8)")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        help="torch, onnx (with --onnx FILE) or auto (onnx when --onnx is "
+        "given, else torch); tensorrt is not available yet",
+    )
+    p.add_argument("--onnx", help="ONNX featurizer written by `track export onnx` (model and size come from it)")
     m = p.add_argument_group("matching (defaults per model: see tracker.matching.MatchConfig)")
     m.add_argument("--window-radius", type=int, help="soft-argmax window radius, grid cells (2)")
     m.add_argument("--temperature", type=float, help="soft-argmax temperature (0.05)")
@@ -101,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             return weights_command(build_weights_parser().parse_args(argv[1:]))
         if argv and argv[0] == "eval":
             return eval_command(build_eval_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "export":
+            return export_command(build_export_parser().parse_args(argv[1:]))
         return track_command(build_parser().parse_args(argv))
     except TrackerError as exc:
         print(f"track: error: {exc}", file=sys.stderr)
@@ -258,6 +267,23 @@ def _featurizer_for(args: argparse.Namespace, info, device: str):
     """Resolve ``--model`` (printing auto's one warning line); build the featurizer and the settings."""
     from tracker.featurizers import create_featurizer, resolve_model
 
+    backend = args.backend
+    if backend not in ("auto", "torch", "onnx", "tensorrt"):
+        raise TrackerError(f"--backend must be torch, onnx, tensorrt or auto, got {backend!r}")
+    if backend == "tensorrt":
+        raise TrackerError(
+            "--backend tensorrt is not available yet; export with `track export onnx` and use --backend onnx"
+        )
+    if backend == "onnx" or (backend == "auto" and args.onnx):
+        from tracker.backends import OnnxFeaturizer
+
+        if not args.onnx:
+            raise TrackerError("--backend onnx needs --onnx FILE (write one with `track export onnx`)")
+        if args.size or args.weights:
+            raise TrackerError("--size and --weights come from the ONNX file with --backend onnx")
+        featurizer = OnnxFeaturizer(args.onnx)
+        match, prop = _settings(args, featurizer.name)
+        return featurizer.name, featurizer, match, prop
     model, warning = resolve_model(args.model, args.weights)
     match, prop = _settings(args, model)
     if warning:
@@ -552,6 +578,53 @@ def eval_command(args: argparse.Namespace) -> int:
     atomic_write(stem.with_suffix(".md"), (heading + E.markdown_table(report)).encode())
     print(E.markdown_table(report), end="")
     print(f"track: wrote {stem}.json and {stem}.md ({report['seconds']} s)", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------- track export
+
+
+def build_export_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="track export", description="Export a featurizer (LoRA merged) for real-time backends.")
+    sub = p.add_subparsers(dest="format", required=True, parser_class=_Parser)
+    o = sub.add_parser("onnx", help="ONNX graph: float NHWC frames at the input size -> unit feature grid")
+    o.add_argument("--model", default="distilldift", help="a ViT model of the weights table (default distilldift)")
+    o.add_argument("--weights", help="'random' or local weights file(s), as for tracking")
+    o.add_argument("--size", default="434", help="input size N (square) or WxH, multiples of 14 (default 434)")
+    o.add_argument("--fp16", action="store_true", help="fp16 weights and compute (normalisation in fp32)")
+    o.add_argument("--opset", type=int, default=17)
+    o.add_argument("--out", required=True, help="the .onnx file to write")
+    sub.add_parser("tensorrt", help="not available yet")
+    return p
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from tracker.featurizers import VIT_MODELS, create_featurizer
+    from tracker.geometry import SizeSpec
+
+    if args.format == "tensorrt":
+        raise TrackerError("`track export tensorrt` is not available yet; use `track export onnx`")
+    if args.model not in VIT_MODELS:
+        raise TrackerError(f"can export only ViT models ({', '.join(VIT_MODELS)}), not {args.model!r}")
+    out = Path(args.out)
+    if out.suffix.lower() != ".onnx":
+        raise TrackerError(f"--out must end in .onnx, got {out.name}")
+    _check_writable(out, "--out")
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise TrackerError("ONNX export needs onnx and onnxruntime: pip install '.[export]'") from None
+    from export.onnx import export_onnx
+
+    spec = SizeSpec.parse(args.size)
+    featurizer = create_featurizer(args.model, (spec.height, spec.width), size=args.size, weights=args.weights)
+    report = export_onnx(featurizer, out, fp16=args.fp16, opset=args.opset)
+    print(
+        f"track: wrote {report.path} ({args.model}, {spec.width}x{spec.height}, {'fp16' if args.fp16 else 'fp32'}); "
+        f"ONNX Runtime ({report.provider}) vs torch: min cosine {report.min_cosine:.6f}",
+        file=sys.stderr,
+    )
     return 0
 
 
