@@ -85,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--topk", type=int, help="neighbours per cell (5)")
     d.add_argument("--radius", type=float, help="spatial radius in grid cells (sift: 12; ViT: whole frame)")
     d.add_argument("--prop-temperature", type=float, help="softmax temperature over the top-k (0.1)")
-    d.add_argument("--pool", type=int, help="propagate on a grid pooled by this factor (sift: 2; ViT: 1)")
+    d.add_argument(
+        "--pool",
+        type=int,
+        help="propagate on a grid pooled by this factor (1; 2 is 12x faster for sift, less accurate)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -216,7 +220,7 @@ def track_command(args: argparse.Namespace) -> int:
             writer.write(overlay.draw(frames.pop(result.frame_index), result))
 
     _, status, error, elapsed = _drive(
-        tracker.track(frames, queries, batch_size=args.batch, state=state), handle, video, args.no_progress
+        tracker.track(frames, queries, batch_size=args.batch, state=state), handle, video, writer, args.no_progress
     )
     if len(log) <= last_query and status == "done":
         error, status = (
@@ -373,7 +377,7 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
         def handle(corr) -> None:
             writer.write(render(frames.pop(corr.frame_index), overlay_image, corr))
 
-    done, status, error, elapsed = _drive(results, handle, video, args.no_progress)
+    done, status, error, elapsed = _drive(results, handle, video, writer, args.no_progress)
     written = [f"{out_masks}/ ({done} PNGs)"] if out_masks is not None and done else []
     return _finish(
         status,
@@ -387,7 +391,7 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
     )
 
 
-def _drive(results, handle, video, quiet: bool) -> tuple[int, str, TrackerError | None, float]:
+def _drive(results, handle, video, writer, quiet: bool) -> tuple[int, str, TrackerError | None, float]:
     """Consume a generator of per-frame results with a progress bar.
 
     Ctrl-C and a failure half-way (a corrupt frame) stop it cleanly, keeping what was finished.
@@ -411,6 +415,10 @@ def _drive(results, handle, video, quiet: bool) -> tuple[int, str, TrackerError 
         status = "interrupted"
     except TrackerError as exc:
         status, error = "failed", exc
+    except BaseException:  # a bug or out of memory: still keep the finished frames of the video, then raise
+        if writer is not None:
+            writer.close()
+        raise
     finally:
         bar.close()
         video.close()
@@ -530,8 +538,13 @@ def eval_command(args: argparse.Namespace) -> int:
     if warning:
         print(f"track: warning: {warning}", file=sys.stderr)
     match, prop = _settings(args, model)
+    if args.batch < 1:
+        raise TrackerError("--batch must be at least 1")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrackerError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
     _check_writable(out / "report.json", "--out")
     featurizers: dict = {}
 

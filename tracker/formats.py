@@ -44,7 +44,7 @@ def read_points(path: str | Path) -> Queries:
     except FileNotFoundError:
         raise TrackerError(f"points file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise TrackerError(f"cannot read points file {path}: {exc.strerror or exc}") from None
+        raise TrackerError(f"cannot read points file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     except json.JSONDecodeError as exc:
         raise TrackerError(f"points file {path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
     if data == [] or (isinstance(data, dict) and data.get("points") == []):
@@ -65,6 +65,8 @@ def read_points(path: str | Path) -> Queries:
             xy.append(tuple(item))
             frames.append(0)
             labels.append("")
+    if max(frames) >= 2**31:
+        raise TrackerError(f"points file {path} has a frame index too large to be a frame")
     if not all(math.isfinite(v) for pair in xy for v in pair):
         raise TrackerError(f"points file {path} has a coordinate that is not a finite number")
     return Queries.create(xy, frames, labels)

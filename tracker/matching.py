@@ -29,7 +29,7 @@ class MatchConfig:
             of visible points was 0.94 px at 0.05 against 1.21 px at 0.02 and 1.04 px at 0.1.
         search_radius: when set, each point is searched only within this many grid cells of its previous
             estimate (a motion prior for non-semantic features); None searches the whole frame.
-        update: descriptor update rate: after each visible match the point's descriptor becomes
+        update: descriptor update rate: after each confident match (score >= ``min_score``) the descriptor becomes
             ``normalize((1 - update) * query descriptor + update * matched descriptor)``; 0 keeps the query's.
         min_score: cosine similarity below which a point is judged invisible.
         fb_tolerance: forward-backward check: matching the found location back into the query frame must
@@ -46,8 +46,8 @@ class MatchConfig:
     def __post_init__(self) -> None:
         if self.window_radius < 0 or self.temperature <= 0 or self.fb_tolerance <= 0:
             raise ValueError("--window-radius must be >= 0, --temperature and --fb-tolerance > 0")
-        if self.search_radius is not None and self.search_radius <= 0:
-            raise ValueError("--search-radius must be > 0")
+        if self.search_radius is not None and self.search_radius < 1:
+            raise ValueError("--search-radius must be at least 1 (cell)")
         if not 0 <= self.update <= 1:
             raise ValueError("--update must be in [0, 1]")
 
@@ -138,6 +138,8 @@ def match(descriptors: Tensor, features: Tensor, config: MatchConfig, prior_uv: 
 def _match_local(descriptors: Tensor, features: Tensor, config: MatchConfig, prior_uv: Tensor) -> Match:
     """Score a ``(2P+1)^2`` patch around each prior, ``P = ceil(search_radius) + window_radius``."""
     c, h, w = features.shape
+    if len(descriptors) == 0:
+        return Match(uv=features.new_zeros(0, 2), score=features.new_zeros(0))
     reach = math.ceil(config.search_radius)
     p = reach + config.window_radius
     centre = prior_uv.round().long()

@@ -7,8 +7,8 @@ spatial radius. Label probabilities (not features) are upsampled to the frame, s
 original resolution.
 
 Colormaps and edits use a dense correspondence field: every cell of a frame matched back into the
-reference grid (argmax + window soft-argmax, :mod:`tracker.matching`), with a cycle check (reference ->
-frame -> reference) deciding where the reference is visible.
+reference grid (argmax + window soft-argmax, :mod:`tracker.matching`), with a cycle check (frame ->
+reference -> frame) deciding where the reference is visible.
 """
 
 from __future__ import annotations
@@ -245,7 +245,10 @@ class MaskPropagator:
     def step(
         self, state: MaskState, frame: np.ndarray, given: np.ndarray | None = None
     ) -> tuple[MaskResult, MaskState]:
-        """Predict the next frame; ``given`` ids (e.g. objects appearing now) override the prediction."""
+        """Predict the next frame; objects first given in ``given`` join (their mask overrides the prediction).
+
+        Ids already known are predicted as usual; a given frame that introduces objects becomes a reference.
+        """
         state = self.advance(state, self.featurizer(frames_to_tensor([frame]))[0], given)
         return state.latest, state
 
@@ -255,6 +258,8 @@ class MaskPropagator:
         """Yield a :class:`MaskResult` per frame; ``given`` maps frame index -> ``[H, W]`` ids (frame 0 at least)."""
         if 0 not in given:
             raise TrackerError("a mask for the first frame is needed")
+        if batch_size < 1:
+            raise TrackerError("batch size must be at least 1")
         state: MaskState | None = None
         pending: list[np.ndarray] = []
 
@@ -371,7 +376,7 @@ class CorrespondenceField:
     Args:
         featurizer: any featurizer.
         config: matcher settings (``search_radius`` makes each cell search around its previous match).
-        cycle_tolerance: a cell is valid when reference -> frame -> reference lands within this many cells.
+        cycle_tolerance: a cell is valid when frame -> reference -> frame lands within this many cells.
         stride: query-cell stride; None: ``round(sqrt(h * w / 1600))`` (about 1600 query cells) with a search
             radius, else 1.
     """

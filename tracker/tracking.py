@@ -169,6 +169,8 @@ class PointTracker:
 
         Frames go through the featurizer ``batch_size`` at a time; memory stays flat in video length.
         """
+        if batch_size < 1:
+            raise TrackerError("batch size must be at least 1")
         pending: list[np.ndarray] = []
         source = iter(frames)
         while True:
@@ -238,7 +240,7 @@ class PointTracker:
             descriptors[starting] = sampled
             query_descriptors[starting] = sampled
             last_uv[starting] = query_uv
-            query_features = {**query_features, t: features}
+            query_features = {**query_features, t: features.clone()}  # not a view keeping the batch alive
 
         xy = torch.full((n, 2), float("nan"))
         score = torch.full((n,), float("nan"))

@@ -210,7 +210,9 @@ class AtomicVideoWriter:
         self.frames += 1
 
     def close(self) -> None:
-        """Finish the file and move it into place (a video of no frames is discarded)."""
+        """Finish the file and move it into place (a video of no frames is discarded); idempotent."""
+        if not self.tmp.exists():
+            return
         self.writer.release()
         if self.frames:
             os.chmod(self.tmp, default_file_mode())

@@ -310,7 +310,13 @@ def parse_distilldift(state: dict[str, Tensor], depth: int = 12) -> DistillDiftC
         raise TrackerError(f"DistillDIFT checkpoint must hold linear_{{a,b}}_{{q,v}} for all {depth} blocks")
     lora = {i: (p["aq"], p["bq"], p["av"], p["bv"]) for i, p in parts.items()}
     for i, (a_q, b_q, a_v, b_v) in lora.items():
-        if a_q.shape[0] != b_q.shape[1] or a_v.shape[0] != b_v.shape[1] or a_q.shape[1] != b_q.shape[0]:
+        if (
+            a_q.shape[0] != b_q.shape[1]
+            or a_v.shape[0] != b_v.shape[1]
+            or a_q.shape[1] != b_q.shape[0]
+            or a_v.shape[1] != b_v.shape[0]
+            or a_q.shape[1] != a_v.shape[1]
+        ):
             raise TrackerError(f"block {i}: LoRA factor shapes {tuple(a_q.shape)} / {tuple(b_q.shape)} do not chain")
     return DistillDiftCheckpoint(lora=lora, base=base or None)
 
@@ -324,7 +330,7 @@ def merge_lora_qv(model: nn.Module, lora: dict[int, tuple[Tensor, Tensor, Tensor
     for i, (a_q, b_q, a_v, b_v) in lora.items():
         weight = blocks[i].attn.qkv.weight  # [3C, C]: q rows, then k, then v
         dim = weight.shape[1]
-        if b_q.shape[0] != dim or a_q.shape[1] != dim:
+        if b_q.shape[0] != dim or a_q.shape[1] != dim or b_v.shape[0] != dim or a_v.shape[1] != dim:
             raise TrackerError(f"block {i}: LoRA width {b_q.shape[0]} does not match the model's {dim}")
         weight[:dim] += (b_q.float() @ a_q.float()).to(weight.dtype)
         weight[2 * dim :] += (b_v.float() @ a_v.float()).to(weight.dtype)
@@ -374,8 +380,12 @@ def load_model(
     if weights == "random":
         return model.eval()
     base_state = lora_ckpt = None
-    for item in filter(None, (weights or "").split(",")):
+    seen: set[str] = set()
+    for item in filter(None, (part.strip() for part in (weights or "").split(","))):
         kind, state = classify(Path(item))
+        if kind in seen:
+            raise TrackerError(f"--weights names two {'LoRA checkpoints' if kind == 'lora' else 'base weights'}")
+        seen.add(kind)
         if kind == "lora":
             if spec.lora is None:
                 raise TrackerError(f"{item} is a DistillDIFT LoRA checkpoint but {spec.name} takes no LoRA")
