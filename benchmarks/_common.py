@@ -33,6 +33,20 @@ def random_queries(n: int, height: int, width: int, seed: int = 0) -> Queries:
     return Queries.create(np.stack([rng.uniform(0, width - 1, n), rng.uniform(0, height - 1, n)], 1))
 
 
+def describe(args, featurizer, frame_hw: tuple[int, int], frames: int) -> dict:
+    """The fields every benchmark result starts with: what ran on what."""
+    h, w = frame_hw
+    return {
+        "video": args.video,
+        "frame_size": [w, h],
+        "model": args.model,
+        "weights": args.weights or ("none" if args.model == "sift" else "table"),
+        "input_size": list(featurizer.input_hw[::-1]),
+        "frames": frames,
+        "points": args.points,
+    }
+
+
 def machine() -> dict:
     info = {
         "cpu": platform.processor() or platform.machine(),

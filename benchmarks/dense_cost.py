@@ -17,7 +17,7 @@ import time
 import cv2
 import numpy as np
 import torch
-from _common import parser, random_queries, save
+from _common import describe, parser, random_queries, save
 
 from tracker import PointTracker, create_featurizer, default_match_config, open_video
 from tracker.propagation import MaskPropagator, default_propagation_config
@@ -58,13 +58,7 @@ def main() -> None:
     masks_s = (time.perf_counter() - start) / len(frames)
 
     result = {
-        "video": args.video,
-        "frame_size": [w, h],
-        "model": args.model,
-        "weights": args.weights or "table",
-        "input_size": list(featurizer.input_hw[::-1]),
-        "frames": len(frames),
-        "points": args.points,
+        **describe(args, featurizer, (h, w), len(frames)),
         "points_ms_per_frame": round(1000 * points_s, 1),
         "masks_ms_per_frame": round(1000 * masks_s, 1),
         "masks_over_points": round(masks_s / points_s, 2),

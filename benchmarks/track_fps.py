@@ -13,7 +13,7 @@ import itertools
 import time
 
 import torch
-from _common import parser, random_queries, save
+from _common import describe, parser, random_queries, save
 
 from tracker import PointTracker, create_featurizer, default_match_config, open_video
 
@@ -50,13 +50,7 @@ def main() -> None:
     count = sum(1 for _ in tracker.track(timed, queries, batch_size=args.batch))
     total = time.perf_counter() - start
     result = {
-        "video": args.video,
-        "frame_size": [w, h],
-        "model": args.model,
-        "weights": args.weights or "table",
-        "input_size": list(featurizer.input_hw[::-1]),
-        "points": args.points,
-        "frames": count,
+        **describe(args, featurizer, (h, w), count),
         "batch": args.batch,
         "device": args.device,
         "end_to_end_fps": count / total,

@@ -90,7 +90,7 @@ class TrackState:
         query_features: query frame index -> its ``[C, h, w]`` grid (for the forward-backward check).
         query_descriptors: ``[N, C]`` descriptors sampled on the query frames (``descriptors`` drifts from
             them only with ``MatchConfig.update``).
-        last_uv: ``[N, 2]`` last visible grid position of each point (the search prior).
+        last_uv: ``[N, 2]`` grid position of each point's latest estimate (the search prior).
         latest: the result for frame ``next_frame - 1``.
     """
 
@@ -248,14 +248,14 @@ class PointTracker:
         active = (q.frame < t).nonzero().flatten()
         if len(active):
             found = match(descriptors[active], features, self.config, prior_uv=last_uv[active])
-            ok = found.score >= self.config.min_score
+            confident = found.score >= self.config.min_score
+            ok = confident.clone()
             for qf in q.frame[active].unique().tolist():  # forward-backward, per query frame
                 sel = (q.frame[active] == qf).nonzero().flatten().to(features.device)
                 query_uv = g.pixel_to_grid(q.xy[active[sel.cpu()]].to(features.device))
                 ok[sel] &= forward_backward_ok(found.uv[sel], features, query_features[qf], query_uv, self.config)
             last_uv = last_uv.clone()
             last_uv[active] = found.uv  # the prior follows every estimate
-            confident = found.score >= self.config.min_score
             if self.config.update > 0 and confident.any():
                 seen = active[confident.cpu()]
                 current = sample_descriptors(features, found.uv[confident])
