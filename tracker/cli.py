@@ -17,8 +17,17 @@ from tracker.errors import TrackerError
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
+# Subcommands living in their own modules: each has ``main(argv) -> int`` and raises TrackerError on bad input
+# (reported here as one line, exit 2). Their parsers use :class:`Parser`.
+SUBCOMMANDS = {
+    "bench": "tracker.bench",
+    "live": "tracker.live",
+    "serve": "tracker.serve",
+    "distill": "tracker.distill.cli",
+}
 
-class _Parser(argparse.ArgumentParser):
+
+class Parser(argparse.ArgumentParser):
     """argparse that reports errors as one line and exit code 2 (its own default code too)."""
 
     def error(self, message: str) -> None:  # noqa: D401
@@ -28,10 +37,10 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from tracker.featurizers import MODEL_NAMES
 
-    p = _Parser(
+    p = Parser(
         prog="track",
         description="Track query points through a video with DistillDIFT (or DINOv2 / dense SIFT) features.",
-        epilog="Other commands: `track weights list|download|verify`.",
+        epilog="Other commands: `track weights|eval|export|bench|live|serve|distill ...` (each has --help).",
     )
     p.add_argument("video", nargs="?", help="video file, or a DAVIS-style folder of JPEG frames")
     what = p.add_argument_group("what to carry through the video (one of)")
@@ -95,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_weights_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="track weights", description="Model weights: list the table, download, verify the cache.")
-    sub = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    p = Parser(prog="track weights", description="Model weights: list the table, download, verify the cache.")
+    sub = p.add_subparsers(dest="action", required=True, parser_class=Parser)
     sub.add_parser("list", help="models, their sources and what is cached")
     d = sub.add_parser("download", help="download a model's weights into the cache")
     d.add_argument("models", nargs="+")
@@ -114,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             return eval_command(build_eval_parser().parse_args(argv[1:]))
         if argv and argv[0] == "export":
             return export_command(build_export_parser().parse_args(argv[1:]))
+        if argv and argv[0] in SUBCOMMANDS:
+            import importlib
+
+            return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
         return track_command(build_parser().parse_args(argv))
     except TrackerError as exc:
         print(f"track: error: {exc}", file=sys.stderr)
@@ -492,8 +505,8 @@ class _tee:
 def build_eval_parser() -> argparse.ArgumentParser:
     from tracker.featurizers import MODEL_NAMES
 
-    p = _Parser(prog="track eval", description="Accuracy on standard benchmarks, ours beside OpenCV baselines.")
-    sub = p.add_subparsers(dest="benchmark", required=True, parser_class=_Parser)
+    p = Parser(prog="track eval", description="Accuracy on standard benchmarks, ours beside OpenCV baselines.")
+    sub = p.add_subparsers(dest="benchmark", required=True, parser_class=Parser)
     d = sub.add_parser("davis", help="DAVIS J, F, J&F (masks from the first frame); baseline: OpenCV DIS flow")
     d.add_argument("--root", required=True, help="DAVIS root (JPEGImages/480p/<seq>, Annotations/480p/<seq>)")
     d.add_argument("--sequences", nargs="+", help="sequence names (default: all)")
@@ -598,8 +611,8 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def build_export_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="track export", description="Export a featurizer (LoRA merged) for real-time backends.")
-    sub = p.add_subparsers(dest="format", required=True, parser_class=_Parser)
+    p = Parser(prog="track export", description="Export a featurizer (LoRA merged) for real-time backends.")
+    sub = p.add_subparsers(dest="format", required=True, parser_class=Parser)
     o = sub.add_parser("onnx", help="ONNX graph: float NHWC frames at the input size -> unit feature grid")
     o.add_argument("--model", default="distilldift", help="a ViT model of the weights table (default distilldift)")
     o.add_argument("--weights", help="'random' or local weights file(s), as for tracking")
