@@ -57,13 +57,21 @@ def test_tracking_through_onnx_matches_torch_within_a_tenth_of_a_pixel(exported,
 
 
 def test_fp16_variant_and_refusals(featurizer, tmp_path):
-    report = export_onnx(featurizer, tmp_path / "fp16.onnx", fp16=True)
+    report = export_onnx(featurizer, tmp_path / "fp16.onnx", precision="fp16")
     assert report.min_cosine >= 0.999
+    # LayerNorm and softmax compute in fp32 inside the fp16 graph (what a strongly typed TensorRT build keeps)
+    model = onnx.shape_inference.infer_shapes(onnx.load(report.path))
+    types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input)}
+    kept = [n for n in model.graph.node if n.op_type in ("LayerNormalization", "Softmax")]
+    assert len(kept) == 2 * 2 + 1 + 2  # 5 LayerNorms, one softmax per block
+    assert all(types[n.input[0]] == onnx.TensorProto.FLOAT for n in kept)
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)  # the rest is fp16
+    assert {p.key: p.value for p in model.metadata_props}["precision"] == "fp16"
     assert next(featurizer.model.parameters()).dtype == torch.float32  # the torch model is left as it was
     with pytest.raises(TrackerError, match="opset"):
         export_onnx(featurizer, tmp_path / "old.onnx", opset=16)
     with pytest.raises(TrackerError, match="min cosine"):
-        export_onnx(featurizer, tmp_path / "strict.onnx", fp16=True, min_cosine=1.01)
+        export_onnx(featurizer, tmp_path / "strict.onnx", precision="fp16", min_cosine=1.01)
     assert not (tmp_path / "strict.onnx").exists() and not list(tmp_path.glob(".*"))  # nothing half-written
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     with pytest.raises(TrackerError, match="cannot load"):
@@ -98,3 +106,38 @@ def test_export_and_track_through_the_command_line(tmp_path):
     assert main([*common, "--backend", "onnx", "--out-tracks", str(tmp_path / "x.npz")]) == 2  # no --onnx
     assert main(["export", "onnx", "--model", "sift", "--out", out]) == 2
     assert main(["export", "onnx", "--model", "dinov2-s", "--weights", "random", "--size", "100", "--out", out]) == 2
+
+
+def test_whole_step_graph_matches_the_torch_matcher(featurizer, tmp_path):
+    """Frames and query descriptors in, points out: the same positions and scores as tracker.matching."""
+    import onnxruntime as ort
+
+    from export.onnx import export_step_onnx
+    from tracker.matching import MatchConfig, match, sample_descriptors
+
+    config = MatchConfig()
+    report = export_step_onnx(featurizer, tmp_path / "step.onnx", config)
+    session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    video = moving_objects(num_frames=2, size=(98, 126))
+    frames = torch.from_numpy(video.frames)
+    with torch.inference_mode():
+        query_grid, grid = featurizer(frames)
+    rng = np.random.default_rng(1)
+    uv0 = torch.tensor(np.stack([rng.uniform(0, 8, 20), rng.uniform(0, 6, 20)], 1), dtype=torch.float32)
+    descriptors = sample_descriptors(query_grid, uv0)
+    want = match(descriptors, grid, config)
+    features, uv, xy, score = session.run(
+        None,
+        {
+            "frames": frames[1:].float().numpy(),
+            "descriptors": descriptors.numpy(),
+            "frame_wh": np.array([126.0, 98.0], np.float32),
+        },
+    )
+    assert uv.shape == (20, 2) and score.shape == (20,) and features.shape == (1, 48, 7, 9)
+    assert np.abs(uv - want.uv.numpy()).max() < 1e-3
+    assert np.abs(score - want.score.numpy()).max() < 1e-4
+    geometry = featurizer.geometry(98, 126)
+    assert np.abs(xy - geometry.grid_to_pixel(want.uv).numpy()).max() < 1e-2
+    with pytest.raises(TrackerError, match="global matching"):
+        export_step_onnx(featurizer, tmp_path / "local.onnx", MatchConfig(search_radius=3))

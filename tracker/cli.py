@@ -75,13 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-aspect", action="store_true", help="preserve the frame's aspect ratio")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch", type=int, default=8, help="frames per featurizer batch (default 8)")
-    p.add_argument(
+    b = p.add_argument_group("backend (see `track export`)")
+    b.add_argument(
         "--backend",
         default="auto",
-        help="torch, onnx (with --onnx FILE) or auto (onnx when --onnx is "
-        "given, else torch); tensorrt is not available yet",
+        help="torch, onnx (with --onnx FILE), tensorrt, or auto: the fastest that works here, said on stderr",
     )
-    p.add_argument("--onnx", help="ONNX featurizer written by `track export onnx` (model and size come from it)")
+    b.add_argument("--precision", help="fp32, fp16 or bf16 (default: fp16 for ViT models on CUDA, else fp32)")
+    b.add_argument("--compile", action="store_true", help="torch backend: torch.compile (CUDA graphs on CUDA)")
+    b.add_argument("--onnx", help="ONNX featurizer written by `track export onnx` (model and size come from it)")
+    b.add_argument("--engine", help="TensorRT engine written by `track export tensorrt` (model and size from it)")
     m = p.add_argument_group("matching (defaults per model: see tracker.matching.MatchConfig)")
     m.add_argument("--window-radius", type=int, help="soft-argmax window radius, grid cells (2)")
     m.add_argument("--temperature", type=float, help="soft-argmax temperature (0.05)")
@@ -205,9 +208,10 @@ def track_command(args: argparse.Namespace) -> int:
     last_query = int(queries.frame.max())
     if last_query >= info.num_frames:
         raise TrackerError(f"a point is on frame {last_query}, but {args.video} has {info.num_frames} frames")
-    model, featurizer, config, _ = _featurizer_for(args, info, device)
+    model, featurizer, backend, config, _ = _featurizer_for(args, info, device)
     tracker = PointTracker(featurizer, config)
     state = tracker.add_queries(tracker.empty_state(info.height, info.width), queries)  # validates positions
+    _announce(args, backend)
 
     log = TrackLog(queries)
     overlay = TrackOverlay()
@@ -222,6 +226,7 @@ def track_command(args: argparse.Namespace) -> int:
         "input_size": list(featurizer.input_hw[::-1]),
         "grid_size": list(featurizer.grid_hw[::-1]),
         "device": device,
+        "backend": backend,
         "match": vars(config),
         "coordinates": "pixels of the original frame, centre of the top-left pixel at (0, 0)",
     }
@@ -248,7 +253,7 @@ def track_command(args: argparse.Namespace) -> int:
     visible = float(log.arrays()["visible"].mean()) if len(log) else 0.0
     what = f"{len(queries)} points through {len(log)} frames"
     return _finish(
-        status, error, elapsed, len(log), writer, written, what, f"{model} on {device}, {100 * visible:.0f}% visible"
+        status, error, elapsed, len(log), writer, written, what, f"{model}, {backend}, {100 * visible:.0f}% visible"
     )
 
 
@@ -281,39 +286,41 @@ def _settings(args: argparse.Namespace, model: str):
 
 
 def _featurizer_for(args: argparse.Namespace, info, device: str):
-    """Resolve ``--model`` (printing auto's one warning line); build the featurizer and the settings."""
-    from tracker.featurizers import create_featurizer, resolve_model
+    """Resolve ``--model`` (printing auto's one warning line); build the featurizer on its backend and the
+    settings; say which backend runs when ``--backend auto`` chose it."""
+    from tracker.backends import BackendOptions, build_featurizer
+    from tracker.featurizers import resolve_model
 
-    backend = args.backend
-    if backend not in ("auto", "torch", "onnx", "tensorrt"):
-        raise TrackerError(f"--backend must be torch, onnx, tensorrt or auto, got {backend!r}")
-    if backend == "tensorrt":
-        raise TrackerError(
-            "--backend tensorrt is not available yet; export with `track export onnx` and use --backend onnx"
-        )
-    if backend == "onnx" or (backend == "auto" and args.onnx):
-        from tracker.backends import OnnxFeaturizer
-
-        if not args.onnx:
-            raise TrackerError("--backend onnx needs --onnx FILE (write one with `track export onnx`)")
-        if args.size or args.weights:
-            raise TrackerError("--size and --weights come from the ONNX file with --backend onnx")
-        featurizer = OnnxFeaturizer(args.onnx)
-        match, prop = _settings(args, featurizer.name)
-        return featurizer.name, featurizer, match, prop
-    model, warning = resolve_model(args.model, args.weights)
-    match, prop = _settings(args, model)
-    if warning:
-        print(f"track: warning: {warning}", file=sys.stderr)
-    featurizer = create_featurizer(
-        model,
-        (info.height, info.width),
-        size=args.size,
-        keep_aspect=args.keep_aspect,
-        weights=args.weights,
-        device=device,
+    options = BackendOptions(
+        backend=args.backend, precision=args.precision, compile=args.compile, onnx=args.onnx, engine=args.engine
     )
-    return model, featurizer, match, prop
+    if options.onnx or options.engine:
+        featurizer, how = build_featurizer(
+            "", (info.height, info.width), options, size=args.size, weights=args.weights, device=device
+        )
+        model = featurizer.name
+        match, prop = _settings(args, model)
+    else:
+        model, warning = resolve_model(args.model, args.weights)
+        match, prop = _settings(args, model)
+        if warning:
+            print(f"track: warning: {warning}", file=sys.stderr)
+        featurizer, how = build_featurizer(
+            model,
+            (info.height, info.width),
+            options,
+            size=args.size,
+            keep_aspect=args.keep_aspect,
+            weights=args.weights,
+            device=device,
+        )
+    return model, featurizer, how, match, prop
+
+
+def _announce(args: argparse.Namespace, backend: str) -> None:
+    """Say which backend ``--backend auto`` chose (once the input has been validated)."""
+    if args.backend == "auto":
+        print(f"track: backend {backend}", file=sys.stderr)
 
 
 def dense_command(args: argparse.Namespace, mode: str) -> int:
@@ -369,7 +376,8 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
         overlay_image = (
             coordinate_colormap(*frame_hw) if args.colormap == "coords" else _read_rgb(args.colormap, frame_hw)
         )
-    model, featurizer, match_config, prop_config = _featurizer_for(args, info, device)
+    model, featurizer, backend, match_config, prop_config = _featurizer_for(args, info, device)
+    _announce(args, backend)
     if out_masks is not None:
         out_masks.mkdir(exist_ok=True)
     writer = AtomicVideoWriter(out_video, info.fps, (info.width, info.height)) if out_video else None
@@ -400,7 +408,7 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
         writer,
         written,
         f"{mode.strip('-')} through {done} frames",
-        f"{model} on {device}",
+        f"{model}, {backend}",
     )
 
 
@@ -614,13 +622,26 @@ def build_export_parser() -> argparse.ArgumentParser:
     p = Parser(prog="track export", description="Export a featurizer (LoRA merged) for real-time backends.")
     sub = p.add_subparsers(dest="format", required=True, parser_class=Parser)
     o = sub.add_parser("onnx", help="ONNX graph: float NHWC frames at the input size -> unit feature grid")
-    o.add_argument("--model", default="distilldift", help="a ViT model of the weights table (default distilldift)")
-    o.add_argument("--weights", help="'random' or local weights file(s), as for tracking")
-    o.add_argument("--size", default="434", help="input size N (square) or WxH, multiples of 14 (default 434)")
-    o.add_argument("--fp16", action="store_true", help="fp16 weights and compute (normalisation in fp32)")
+    t = sub.add_parser("tensorrt", help="TensorRT engine (strongly typed) for this GPU, checked against torch")
+    for q in (o, t):
+        q.add_argument("--model", default="distilldift", help="a ViT model of the weights table (default distilldift)")
+        q.add_argument("--weights", help="'random' or local weights file(s), as for tracking")
+        q.add_argument("--size", default="434", help="input size N (square) or WxH, multiples of 14 (default 434)")
+    o.add_argument("--precision", default="fp32", help="fp32 or fp16 (LayerNorm, softmax, normalisation in fp32)")
+    o.add_argument("--fp16", action="store_true", help="same as --precision fp16")
     o.add_argument("--opset", type=int, default=17)
+    o.add_argument(
+        "--step",
+        action="store_true",
+        help="the whole per-frame step: frames + N query descriptors in, points and scores out",
+    )
+    o.add_argument("--window-radius", type=int, default=2, help="--step: soft-argmax window radius (2)")
+    o.add_argument("--temperature", type=float, default=0.05, help="--step: soft-argmax temperature (0.05)")
     o.add_argument("--out", required=True, help="the .onnx file to write")
-    sub.add_parser("tensorrt", help="not available yet")
+    t.add_argument("--precision", default="fp16", help="fp16 (default), bf16 or fp32")
+    t.add_argument("--max-batch", type=int, default=32, help="largest batch the engine takes (default 32)")
+    t.add_argument("--device", default="cuda", help="the GPU to build for (default cuda)")
+    t.add_argument("--out", required=True, help="the .engine file to write (its .engine.json beside it)")
     return p
 
 
@@ -628,27 +649,72 @@ def export_command(args: argparse.Namespace) -> int:
     from tracker.featurizers import VIT_MODELS, create_featurizer
     from tracker.geometry import SizeSpec
 
-    if args.format == "tensorrt":
-        raise TrackerError("`track export tensorrt` is not available yet; use `track export onnx`")
     if args.model not in VIT_MODELS:
         raise TrackerError(f"can export only ViT models ({', '.join(VIT_MODELS)}), not {args.model!r}")
     out = Path(args.out)
-    if out.suffix.lower() != ".onnx":
-        raise TrackerError(f"--out must end in .onnx, got {out.name}")
+    suffix = ".onnx" if args.format == "onnx" else ".engine"
+    if out.suffix.lower() != suffix:
+        raise TrackerError(f"--out must end in {suffix}, got {out.name}")
     _check_writable(out, "--out")
+    spec = SizeSpec.parse(args.size)
+    spec.resolve(spec.height or 1, spec.width or 1, multiple=14)  # refuses sides that are not multiples of 14
+    if args.format == "tensorrt":
+        return _export_tensorrt(args, spec, out)
+    precision = "fp16" if args.fp16 else args.precision
+    if precision not in ("fp32", "fp16"):
+        raise TrackerError(
+            f"--precision {precision}: ONNX exports are fp32 or fp16 (bf16 graphs are built for TensorRT by "
+            "`track export tensorrt --precision bf16`)"
+        )
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError:
         raise TrackerError("ONNX export needs onnx and onnxruntime: pip install '.[export]'") from None
-    from export.onnx import export_onnx
+    from export.onnx import export_onnx, export_step_onnx
+    from tracker.matching import MatchConfig
 
-    spec = SizeSpec.parse(args.size)
+    try:
+        match = MatchConfig(window_radius=args.window_radius, temperature=args.temperature)
+    except ValueError as exc:
+        raise TrackerError(str(exc)) from None
     featurizer = create_featurizer(args.model, (spec.height, spec.width), size=args.size, weights=args.weights)
-    report = export_onnx(featurizer, out, fp16=args.fp16, opset=args.opset)
+    if args.step:
+        report = export_step_onnx(featurizer, out, match, precision=precision, opset=args.opset)
+    else:
+        report = export_onnx(featurizer, out, precision=precision, opset=args.opset)
     print(
-        f"track: wrote {report.path} ({args.model}, {spec.width}x{spec.height}, {'fp16' if args.fp16 else 'fp32'}); "
-        f"ONNX Runtime ({report.provider}) vs torch: min cosine {report.min_cosine:.6f}",
+        f"track: wrote {report.path} ({args.model}, {spec.width}x{spec.height}, {precision}"
+        f"{', whole step' if args.step else ''}); ONNX Runtime ({report.provider}) vs torch fp32: "
+        f"min cosine {report.min_cosine:.6f}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _export_tensorrt(args: argparse.Namespace, spec, out: Path) -> int:
+    from tracker.backends import PRECISIONS, available_backends
+    from tracker.featurizers import create_featurizer
+
+    if args.precision not in PRECISIONS:
+        raise TrackerError(f"--precision must be one of {', '.join(PRECISIONS)}, got {args.precision!r}")
+    if args.max_batch < 1:
+        raise TrackerError("--max-batch must be at least 1")
+    if not args.device.startswith("cuda"):
+        raise TrackerError(f"--device {args.device}: TensorRT engines are built on a CUDA device")
+    reason = available_backends(args.device)["tensorrt"]
+    if reason:
+        raise TrackerError(f"cannot build a TensorRT engine here: {reason}")
+    device = _pick_device(args.device)
+    from export.tensorrt import engine_for
+
+    featurizer = create_featurizer(args.model, (spec.height, spec.width), size=args.size, weights=args.weights)
+    trt_featurizer, where = engine_for(
+        featurizer, precision=args.precision, device=device, max_batch=args.max_batch, out=out
+    )
+    print(
+        f"track: wrote {out} ({args.model}, {spec.width}x{spec.height}, {args.precision}, batch 1..{args.max_batch}; "
+        f"{where}); TensorRT vs torch fp32 on the check image: min cosine {trt_featurizer.meta.min_cosine:.5f}",
         file=sys.stderr,
     )
     return 0

@@ -66,6 +66,8 @@ class ViTFeaturizer(Featurizer):
         self.name = name
         self.input_hw = input_hw
         self.stride = int(model.patch_embed.patch_size[0])
+        self.dtype = torch.float32
+        self._tokens = self.model.forward_features
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
 
@@ -73,8 +75,33 @@ class ViTFeaturizer(Featurizer):
     def device(self) -> torch.device:
         return self.mean.device
 
+    def set_precision(self, dtype: torch.dtype) -> ViTFeaturizer:
+        """Run the transformer in ``dtype`` (fp32, fp16 or bf16 weights and activations).
+
+        Pre-processing and the final L2 normalisation stay fp32; torch's LayerNorm and attention softmax
+        kernels accumulate in fp32 for half inputs.
+        """
+        self.model.to(dtype)
+        self.dtype = dtype
+        return self
+
+    def compile(self, mode: str | None = None) -> ViTFeaturizer:
+        """``torch.compile`` the transformer; on CUDA ``reduce-overhead`` (CUDA graphs) by default.
+
+        Each new batch size compiles once more; feed constant batches for steady speed.
+        """
+        mode = mode or ("reduce-overhead" if self.device.type == "cuda" else "default")
+        self._tokens = torch.compile(self.model.forward_features, mode=mode, dynamic=False)
+        return self
+
     def preprocess(self, frames: Tensor) -> Tensor:
-        """``[B, H, W, 3]`` uint8 -> ``[B, 3, h_in, w_in]`` ImageNet-normalised float32 on device."""
+        """``[B, H, W, 3]`` uint8 -> ``[B, 3, h_in, w_in]`` ImageNet-normalised float32 on device.
+
+        uint8 frames go to a GPU as they are (a quarter of the float bytes), through pinned memory so the
+        copy is asynchronous; conversion, resize and normalisation run on the featurizer's device.
+        """
+        if frames.device.type == "cpu" and self.device.type == "cuda":
+            frames = frames.pin_memory()
         x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         if tuple(x.shape[-2:]) != self.input_hw:
             x = F.interpolate(x, size=self.input_hw, mode="bilinear", align_corners=False, antialias=True)
@@ -82,7 +109,7 @@ class ViTFeaturizer(Featurizer):
 
     def features(self, x: Tensor) -> Tensor:
         """Pre-processed ``[B, 3, h_in, w_in]`` -> ``[B, C, h, w]`` L2-normalised (normalisation in fp32)."""
-        tokens = self.model.forward_features(x)  # final norm applied
+        tokens = self._tokens(x.to(self.dtype))  # final norm applied
         patches = tokens[:, self.model.num_prefix_tokens :]
         b, _, c = patches.shape
         h, w = self.grid_hw

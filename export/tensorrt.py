@@ -1,0 +1,383 @@
+"""TensorRT engines for ViT featurizers (TensorRT 10 and 11 Python APIs).
+
+An engine is built from the ONNX graph of :mod:`export.onnx` as a *strongly typed* network: the graph's own
+types decide the precision (fp16 or bf16 matmuls, with LayerNorm, softmax and the L2 normalisation cast to
+fp32 in the graph by :func:`export.onnx.keep_fp32`), which is also the only mode TensorRT 11 has. Batch is
+dynamic (1..``max_batch``), the spatial size static. Every engine carries a sidecar JSON (``<engine>.json``)
+naming the GPU, its compute capability, the TensorRT version, the model, input size, batch range and
+precision; an engine built elsewhere is refused with one line instead of failing deep inside TensorRT.
+Engines are cached under ``$TRACKER_CACHE/engines`` keyed by all of these plus a digest of the weights, and
+builds reuse a timing cache. An engine whose features fall below cosine 0.999 against torch fp32 on a check
+image is refused and not cached.
+
+At run time :class:`TensorRTFeaturizer` resizes frames on the GPU with torch, binds torch CUDA tensors with
+``set_tensor_address`` and runs ``execute_async_v3`` on torch's current stream; each batch size is captured
+once in a CUDA graph and replayed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tracker.atomic import atomic_write
+from tracker.errors import TrackerError
+from tracker.featurizers import Featurizer, ViTFeaturizer
+
+MIN_COSINE = 0.999
+PLATFORM_FIELDS = ("gpu", "compute_capability", "tensorrt")
+
+
+@dataclass(frozen=True)
+class EngineMeta:
+    """What an engine was built for (its sidecar JSON).
+
+    Attributes:
+        model: model name as in the weights table.
+        input_hw: ``(height, width)`` of the engine's input frames.
+        stride: input pixels per grid cell.
+        channels: feature channels.
+        precision: ``fp32``, ``fp16`` or ``bf16``.
+        max_batch: the largest batch the optimisation profile allows (smallest: 1).
+        weights: sha256 over the weights' tensors (the cache key's model part).
+        gpu: CUDA device name the engine was built on.
+        compute_capability: e.g. ``"9.0"``.
+        tensorrt: TensorRT version that built it.
+        min_cosine: the engine's lowest per-cell cosine against torch fp32 on the check image.
+    """
+
+    model: str
+    input_hw: tuple[int, int]
+    stride: int
+    channels: int
+    precision: str
+    max_batch: int
+    weights: str
+    gpu: str
+    compute_capability: str
+    tensorrt: str
+    min_cosine: float = float("nan")
+
+    def key(self) -> str:
+        """Cache key: everything but the measured cosine."""
+        fields = {k: v for k, v in asdict(self).items() if k != "min_cosine"}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+
+    @classmethod
+    def read(cls, engine: Path) -> EngineMeta:
+        sidecar = engine.with_name(engine.name + ".json")
+        try:
+            raw = json.loads(sidecar.read_text())
+            raw["input_hw"] = tuple(raw["input_hw"])
+            return cls(**raw)
+        except FileNotFoundError:
+            raise TrackerError(
+                f"{engine}: no {sidecar.name} beside it; write engines with `track export tensorrt`"
+            ) from None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise TrackerError(f"{sidecar}: not an engine description ({type(exc).__name__})") from None
+
+    def write(self, engine: Path) -> None:
+        atomic_write(engine.with_name(engine.name + ".json"), json.dumps(asdict(self), indent=1).encode())
+
+
+def current_platform(device: torch.device | str = "cuda") -> dict[str, str]:
+    """The fields an engine must match here: GPU name, compute capability, TensorRT version."""
+    import tensorrt as trt
+
+    device = torch.device(device)
+    major, minor = torch.cuda.get_device_capability(device)
+    return {
+        "gpu": torch.cuda.get_device_name(device),
+        "compute_capability": f"{major}.{minor}",
+        "tensorrt": trt.__version__,
+    }
+
+
+def check_platform(meta: EngineMeta, platform: dict[str, str], engine: Path) -> None:
+    """Refuse an engine built for another GPU or TensorRT version, in one line.
+
+    Raises:
+        TrackerError: naming what the engine was built for, what this machine has, and the fix.
+    """
+    theirs = {f: getattr(meta, f) for f in PLATFORM_FIELDS}
+    if theirs != {f: platform[f] for f in PLATFORM_FIELDS}:
+        raise TrackerError(
+            f"{engine} was built for {theirs['gpu']} (sm {theirs['compute_capability']}) with TensorRT "
+            f"{theirs['tensorrt']}; this machine has {platform['gpu']} (sm {platform['compute_capability']}) "
+            f"with TensorRT {platform['tensorrt']}: rebuild it with `track export tensorrt`"
+        )
+
+
+def weights_digest(featurizer: ViTFeaturizer) -> str:
+    """sha256 over the model's tensors (names, shapes, fp32 bytes) and its input size."""
+    digest = hashlib.sha256(json.dumps([featurizer.name, list(featurizer.input_hw)]).encode())
+    for name, tensor in featurizer.model.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _trt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise TrackerError("the tensorrt backend needs TensorRT 10 or 11: pip install '.[trt]'") from None
+    if not torch.cuda.is_available():
+        raise TrackerError("the tensorrt backend needs a CUDA GPU; none is visible to torch")
+    return trt
+
+
+def _logger(trt):
+    return trt.Logger(trt.Logger.WARNING)
+
+
+def build_engine(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    meta: EngineMeta,
+    *,
+    opt_batch: int = 1,
+    workspace_gib: float = 4.0,
+    timing_cache: str | Path | None = None,
+) -> Path:
+    """Build a strongly typed engine from an ONNX graph and write it (and its sidecar) atomically.
+
+    Args:
+        onnx_path: graph with input ``frames`` ``[B, H, W, 3]`` and output ``features``.
+        engine_path: where the engine goes.
+        meta: what the engine is (input size, batch range, precision, platform...).
+        opt_batch: the batch TensorRT tunes for.
+        workspace_gib: builder workspace limit.
+        timing_cache: file read before and updated after the build (kernel timings reused across builds).
+
+    Raises:
+        TrackerError: the parser or the builder fails (their first messages in the line).
+    """
+    trt = _trt()
+    logger = _logger(trt)
+    builder = trt.Builder(logger)
+    # Strongly typed: required on 10.x for graph-defined precision, accepted (and always on) in 11.x.
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(min(parser.num_errors, 3)))
+        raise TrackerError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    h, w = meta.input_hw
+    profile = builder.create_optimization_profile()
+    opt = max(1, min(opt_batch, meta.max_batch))
+    profile.set_shape("frames", (1, h, w, 3), (opt, h, w, 3), (meta.max_batch, h, w, 3))
+    config.add_optimization_profile(profile)
+    cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=True)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise TrackerError(f"TensorRT failed to build an engine from {onnx_path} (see its log above)")
+    engine_path = Path(engine_path)
+    atomic_write(engine_path, bytes(serialized))
+    meta.write(engine_path)
+    if timing_cache:
+        atomic_write(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
+    return engine_path
+
+
+class TensorRTFeaturizer(Featurizer):
+    """A featurizer running a TensorRT engine on torch CUDA tensors.
+
+    Args:
+        engine: a deserialised ``ICudaEngine``.
+        meta: its description.
+        device: the CUDA device.
+        cuda_graphs: capture each batch size's ``execute_async_v3`` in a CUDA graph and replay it.
+    """
+
+    def __init__(self, engine, meta: EngineMeta, device: torch.device | str = "cuda", cuda_graphs: bool = True):
+        super().__init__()
+        self.engine = engine
+        self.meta = meta
+        self.name = meta.model
+        self.input_hw = tuple(meta.input_hw)
+        self.stride = meta.stride
+        self.precision = meta.precision
+        self._device = torch.device(device)
+        self.context = engine.create_execution_context()
+        self.cuda_graphs = cuda_graphs
+        self._buffers: dict[int, tuple[Tensor, Tensor]] = {}
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._stream = torch.cuda.Stream(self._device)
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cuda", cuda_graphs: bool = True):
+        """Load an engine file written by :func:`build_engine`, refusing one built for another platform."""
+        path = Path(path)
+        if not path.is_file():
+            raise TrackerError(f"engine file not found: {path}")
+        meta = EngineMeta.read(path)
+        trt = _trt()
+        check_platform(meta, current_platform(device), path)
+        runtime = trt.Runtime(_logger(trt))
+        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            raise TrackerError(f"TensorRT cannot deserialize {path} (corrupt, or built by another version)")
+        return cls(engine, meta, device, cuda_graphs)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def _io(self, batch: int) -> tuple[Tensor, Tensor]:
+        if batch not in self._buffers:
+            h, w = self.input_hw
+            gh, gw = self.grid_hw
+            x = torch.empty(batch, h, w, 3, device=self._device)
+            out = torch.empty(batch, self.meta.channels, gh, gw, device=self._device)
+            self._buffers[batch] = (x, out)
+        return self._buffers[batch]
+
+    def _enqueue(self, batch: int, stream: torch.cuda.Stream) -> None:
+        x, out = self._io(batch)
+        self.context.set_input_shape("frames", tuple(x.shape))
+        self.context.set_tensor_address("frames", x.data_ptr())
+        self.context.set_tensor_address("features", out.data_ptr())
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise TrackerError("TensorRT execute_async_v3 failed")
+
+    @torch.inference_mode()
+    def forward(self, frames: Tensor) -> Tensor:
+        batch = frames.shape[0]
+        if batch > self.meta.max_batch:
+            return torch.cat([self(chunk) for chunk in frames.split(self.meta.max_batch)])
+        if frames.device.type == "cpu":
+            frames = frames.pin_memory()
+        y = frames.to(self._device, non_blocking=True).permute(0, 3, 1, 2).float()
+        if tuple(y.shape[-2:]) != self.input_hw:
+            y = F.interpolate(y, size=self.input_hw, mode="bilinear", align_corners=False, antialias=True)
+        x, out = self._io(batch)
+        x.copy_(y.permute(0, 2, 3, 1))
+        stream = self._stream
+        stream.wait_stream(torch.cuda.current_stream(self._device))
+        with torch.cuda.stream(stream):
+            if batch in self._graphs:
+                self._graphs[batch].replay()
+            else:
+                self._enqueue(batch, stream)  # first run of this shape: also initialises TensorRT's state
+                if self.cuda_graphs:
+                    self._capture(batch, stream)
+        torch.cuda.current_stream(self._device).wait_stream(stream)
+        return out.clone()
+
+    def _capture(self, batch: int, stream: torch.cuda.Stream) -> None:
+        stream.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, stream=stream):
+                self._enqueue(batch, stream)
+        except RuntimeError:
+            self.cuda_graphs = False  # this TensorRT/driver cannot capture the engine: run it eagerly
+            return
+        self._graphs[batch] = graph
+
+
+def engine_for(
+    featurizer: ViTFeaturizer,
+    *,
+    precision: str = "fp16",
+    device: torch.device | str = "cuda",
+    max_batch: int = 32,
+    cache: str | Path | None = None,
+    out: str | Path | None = None,
+) -> tuple[TensorRTFeaturizer, str]:
+    """The engine for ``featurizer`` here: from the cache, or exported, built, checked and cached.
+
+    Args:
+        featurizer: torch featurizer (weights loaded, LoRA merged), fp32.
+        precision: ``fp32``, ``fp16`` or ``bf16``.
+        device: the CUDA device to build for.
+        max_batch: the largest batch the engine accepts.
+        cache: engine cache folder (default ``$TRACKER_CACHE/engines``).
+        out: also copy the engine (and its sidecar) here.
+
+    Returns:
+        the running featurizer and where its engine is (``"cached <path>"`` or ``"built <path>"``).
+
+    Raises:
+        TrackerError: TensorRT or a GPU missing, the build failing, or the engine's features below cosine
+            0.999 against torch fp32 on the check image.
+    """
+    from export.onnx import cosine_per_cell, export_onnx
+
+    _trt()
+    device = torch.device(device)
+    platform = current_platform(device)
+    gh, gw = featurizer.grid_hw
+    channels = int(featurizer.model.embed_dim)
+    meta = EngineMeta(
+        model=featurizer.name,
+        input_hw=tuple(featurizer.input_hw),
+        stride=featurizer.stride,
+        channels=channels,
+        precision=precision,
+        max_batch=max_batch,
+        weights=weights_digest(featurizer),
+        **platform,
+    )
+    folder = Path(cache) if cache else default_engine_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    engine_path = folder / f"{meta.model}-{meta.input_hw[1]}x{meta.input_hw[0]}-{precision}-{meta.key()}.engine"
+    where = f"cached {engine_path}"
+    if not engine_path.is_file():
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_path = Path(tmp) / "features.onnx"
+            export_onnx(featurizer, onnx_path, precision=precision)
+            build_engine(onnx_path, engine_path, meta, timing_cache=folder / "timing.cache")
+        where = f"built {engine_path}"
+    trt_featurizer = TensorRTFeaturizer.load(engine_path, device)
+    check = _check_frames(featurizer.input_hw)
+    with torch.inference_mode():
+        want = featurizer.to(device)(check).float().cpu().numpy()
+        got = trt_featurizer(check).float().cpu().numpy()
+    featurizer.cpu()  # the torch copy is not needed on the GPU any more
+    cosine = float(cosine_per_cell(got, want).min())
+    if not cosine >= MIN_COSINE:
+        engine_path.unlink(missing_ok=True)
+        engine_path.with_name(engine_path.name + ".json").unlink(missing_ok=True)
+        raise TrackerError(
+            f"TensorRT {precision} engine refused: features at min cosine {cosine:.5f} < {MIN_COSINE} against "
+            "torch fp32 on the check image; try --precision fp32"
+        )
+    meta = EngineMeta(**{**asdict(meta), "min_cosine": cosine})
+    meta.write(engine_path)
+    trt_featurizer.meta = meta
+    if out:
+        out = Path(out)
+        atomic_write(out, engine_path.read_bytes())
+        meta.write(out)
+    return trt_featurizer, where
+
+
+def _check_frames(input_hw: tuple[int, int]) -> Tensor:
+    """Two textured check images at the input size (uint8 ``[2, H, W, 3]``)."""
+    import numpy as np
+
+    from tracker.synthetic import texture
+
+    rng = np.random.default_rng(0)
+    return torch.from_numpy(np.stack([texture(*input_hw, rng) for _ in range(2)]))
+
+
+def default_engine_dir() -> Path:
+    """``$TRACKER_ENGINES`` or ``<weights cache>/engines``."""
+    from tracker import weights as W
+
+    return Path(os.environ.get("TRACKER_ENGINES", W.cache_dir() / "engines"))

@@ -1,0 +1,194 @@
+"""Backend choice, the fast torch path's precisions, and the TensorRT engine bookkeeping that runs without a GPU."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from export.onnx import cosine_per_cell
+from tracker import TrackerError
+from tracker.backends import BackendOptions, available_backends, build_featurizer
+from tracker.synthetic import moving_objects
+
+TINY = dict(embed_dim=48, depth=2, num_heads=2)
+
+
+def frames():
+    return torch.from_numpy(moving_objects(num_frames=2, size=(98, 126)).frames)
+
+
+def test_auto_on_cpu_runs_torch_fp32_and_says_why_tensorrt_was_passed_over():
+    featurizer, how = build_featurizer("distilldift", (98, 126), size="126x98", weights="random", **TINY)
+    assert how.startswith("torch fp32 on cpu") and "tensorrt: TensorRT needs a CUDA GPU" in how
+    assert available_backends("cpu")["torch"] == "" and available_backends("cpu")["tensorrt"]
+    sift, how = build_featurizer("sift", (98, 126))
+    assert how == "torch fp32 on cpu" and sift.name == "sift"  # tensorrt is for ViT models only, no note
+
+
+def test_bf16_torch_path_stays_close_to_fp32():
+    torch.manual_seed(0)
+    fp32, _ = build_featurizer("dinov2-s", (98, 126), BackendOptions(backend="torch"), size="126x98", weights="random")
+    torch.manual_seed(0)
+    bf16, how = build_featurizer(
+        "dinov2-s", (98, 126), BackendOptions(backend="torch", precision="bf16"), size="126x98", weights="random"
+    )
+    assert how == "torch bf16 on cpu" and next(bf16.model.parameters()).dtype == torch.bfloat16
+    a, b = fp32(frames()), bf16(frames())
+    assert b.dtype == torch.float32 and torch.allclose(b.norm(dim=1), torch.ones(()), atol=1e-5)  # fp32 norm
+    assert cosine_per_cell(a.numpy(), b.numpy()).mean() > 0.99
+
+
+@pytest.mark.parametrize(
+    "kwargs, options, message",
+    [
+        ({}, BackendOptions(backend="torch", precision="fp16"), "fp16 needs CUDA"),
+        ({}, BackendOptions(backend="onnx"), "needs --onnx FILE"),
+        ({}, BackendOptions(backend="tensorrt"), "TensorRT needs a CUDA GPU"),
+        ({"model": "sift"}, BackendOptions(backend="torch", precision="bf16"), "fp32 eager only"),
+        ({"model": "sift"}, BackendOptions(backend="tensorrt"), "runs ViT models"),
+    ],
+)
+def test_backends_that_cannot_run_say_so(kwargs, options, message):
+    model = kwargs.get("model", "distilldift")
+    extra = {} if model == "sift" else dict(size="126x98", weights="random", **TINY)
+    with pytest.raises(TrackerError, match=message):
+        build_featurizer(model, (98, 126), options, **extra)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(backend="cuda"), "--backend must be one of"),
+        (dict(precision="fp8"), "--precision must be one of"),
+        (dict(onnx="a.onnx", engine="b.engine"), "not both"),
+        (dict(backend="torch", onnx="a.onnx"), "--onnx is for --backend onnx"),
+        (dict(backend="onnx", compile=True), "--compile applies to the torch backend"),
+    ],
+)
+def test_backend_options_are_validated(kwargs, message):
+    with pytest.raises(TrackerError, match=message):
+        BackendOptions(**kwargs)
+
+
+def test_onnx_backend_is_chosen_by_auto_when_a_graph_is_given(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from export.onnx import export_onnx
+    from tracker import create_featurizer
+
+    torch.manual_seed(0)
+    featurizer = create_featurizer("distilldift", (98, 126), size="126x98", weights="random", **TINY)
+    export_onnx(featurizer, tmp_path / "f.onnx")
+    onnx_featurizer, how = build_featurizer("", (98, 126), BackendOptions(onnx=str(tmp_path / "f.onnx")))
+    assert how == "onnx (CPUExecutionProvider)"
+    assert cosine_per_cell(onnx_featurizer(frames()).numpy(), featurizer(frames()).numpy()).min() >= 0.9999
+    with pytest.raises(TrackerError, match="come from the ONNX/engine file"):
+        build_featurizer("", (98, 126), BackendOptions(onnx=str(tmp_path / "f.onnx")), size="434")
+
+
+# --------------------------------------------------------------------------- TensorRT bookkeeping (no GPU needed)
+
+
+def engine_meta(**changes):
+    from export.tensorrt import EngineMeta
+
+    fields = dict(
+        model="distilldift",
+        input_hw=(434, 434),
+        stride=14,
+        channels=768,
+        precision="fp16",
+        max_batch=32,
+        weights="ab" * 32,
+        gpu="NVIDIA H200",
+        compute_capability="9.0",
+        tensorrt="10.13.0",
+    )
+    return EngineMeta(**{**fields, **changes})
+
+
+def test_engine_sidecar_round_trips_and_keys_change_with_what_matters(tmp_path):
+    from export.tensorrt import EngineMeta
+
+    meta = engine_meta(min_cosine=0.9995)
+    engine = tmp_path / "m.engine"
+    meta.write(engine)
+    assert EngineMeta.read(engine) == meta
+    assert json.loads((tmp_path / "m.engine.json").read_text())["gpu"] == "NVIDIA H200"
+    assert engine_meta().key() == engine_meta(min_cosine=0.5).key()  # the measured cosine is not part of the key
+    keys = {
+        engine_meta(**c).key()
+        for c in ({}, {"gpu": "NVIDIA L4"}, {"tensorrt": "11.0.0"}, {"precision": "bf16"}, {"input_hw": (518, 518)})
+    }
+    assert len(keys) == 5
+    with pytest.raises(TrackerError, match="no other.engine.json beside it"):
+        EngineMeta.read(tmp_path / "other.engine")
+    (tmp_path / "bad.engine.json").write_text("{}")
+    with pytest.raises(TrackerError, match="not an engine description"):
+        EngineMeta.read(tmp_path / "bad.engine")
+
+
+def test_an_engine_built_for_another_gpu_or_tensorrt_is_refused_in_one_line(tmp_path):
+    from export.tensorrt import check_platform
+
+    here = {"gpu": "NVIDIA H200", "compute_capability": "9.0", "tensorrt": "10.13.0"}
+    check_platform(engine_meta(), here, tmp_path / "m.engine")  # same platform: accepted
+    for other in ({"gpu": "NVIDIA L4", "compute_capability": "8.9"}, {"tensorrt": "11.0.0"}):
+        with pytest.raises(TrackerError, match="rebuild it with `track export tensorrt`") as info:
+            check_platform(engine_meta(**other), here, tmp_path / "m.engine")
+        assert "\n" not in str(info.value) and "NVIDIA H200" in str(info.value)
+
+
+def test_weights_digest_follows_the_weights():
+    from export.tensorrt import weights_digest
+    from tracker import create_featurizer
+
+    torch.manual_seed(0)
+    a = create_featurizer("distilldift", (98, 126), size="126x98", weights="random", **TINY)
+    torch.manual_seed(0)
+    b = create_featurizer("distilldift", (98, 126), size="126x98", weights="random", **TINY)
+    assert weights_digest(a) == weights_digest(b)
+    with torch.no_grad():
+        b.model.blocks[0].attn.qkv.weight[0, 0] += 1e-3
+    assert weights_digest(a) != weights_digest(b)
+
+
+def test_command_line_refusals(tmp_path, capsys):
+    from tracker.cli import main
+    from tracker.synthetic import write_video
+
+    video = moving_objects(num_frames=3, size=(64, 96))
+    write_video(str(tmp_path / "clip.mp4"), video.frames)
+    (tmp_path / "p.json").write_text(json.dumps([[30.0, 30.0]]))
+    track = [str(tmp_path / "clip.mp4"), "--points", str(tmp_path / "p.json"), "--no-video", "--no-progress"]
+    cases = [
+        ([*track, "--model", "dinov2-s", "--weights", "random", "--backend", "tensorrt"], "--backend tensorrt:"),
+        ([*track, "--model", "sift", "--precision", "fp8"], "--precision must be one of"),
+        ([*track, "--engine", str(tmp_path / "missing.engine")], "engine file not found"),
+        (["export", "tensorrt", "--model", "dinov2-s", "--weights", "random", "--out", "x.engine"], "TensorRT"),
+        (["export", "onnx", "--model", "dinov2-s", "--precision", "bf16", "--out", "x.onnx"], "built for TensorRT"),
+        (["export", "onnx", "--model", "dinov2-s", "--size", "440", "--out", "x.onnx"], "multiples of 14"),
+        (["export", "onnx", "--model", "bogus", "--out", "x.onnx"], "can export only ViT models"),
+        (["export", "tensorrt", "--model", "dinov2-s", "--out", "x.onnx"], "must end in .engine"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err and "Traceback" not in err, (argv, err)
+    assert not list(tmp_path.glob("*.engine")) and not list(tmp_path.glob("*.onnx"))
+
+
+def test_auto_backend_is_announced_on_the_command_line(tmp_path, capsys):
+    from tracker.cli import main
+    from tracker.formats import read_tracks
+    from tracker.synthetic import write_video
+
+    video = moving_objects(num_frames=3, size=(64, 96))
+    write_video(str(tmp_path / "clip.mp4"), video.frames)
+    (tmp_path / "p.json").write_text(json.dumps([[30.0, 30.0]]))
+    out = tmp_path / "t.json"
+    argv = [str(tmp_path / "clip.mp4"), "--points", str(tmp_path / "p.json"), "--no-video", "--no-progress"]
+    assert main([*argv, "--model", "sift", "--out-tracks", str(out)]) == 0
+    assert "track: backend torch fp32 on cpu" in capsys.readouterr().err
+    assert json.loads(out.read_text())["backend"] == "torch fp32 on cpu"
+    assert np.isfinite(read_tracks(out)["x"]).all()
