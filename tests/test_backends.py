@@ -192,3 +192,15 @@ def test_auto_backend_is_announced_on_the_command_line(tmp_path, capsys):
     assert "track: backend torch fp32 on cpu" in capsys.readouterr().err
     assert json.loads(out.read_text())["backend"] == "torch fp32 on cpu"
     assert np.isfinite(read_tracks(out)["x"]).all()
+
+
+@pytest.mark.skipif(not __import__("shutil").which("g++"), reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_torch_path_gives_the_eager_features():
+    torch.manual_seed(0)
+    featurizer, how = build_featurizer(
+        "distilldift", (98, 126), BackendOptions(backend="torch", compile=True), size="126x98", weights="random", **TINY
+    )
+    assert how == "torch fp32 compiled on cpu"
+    compiled = featurizer(frames())
+    featurizer._tokens = featurizer.model.forward_features  # back to eager
+    assert torch.allclose(compiled, featurizer(frames()), atol=1e-5)
