@@ -5,6 +5,7 @@ Public API::
     from tracker import PointTracker, Queries, create_featurizer, open_video
 """
 
+from tracker.backends import BackendOptions, available_backends, build_featurizer
 from tracker.errors import TrackerError, WeightsUnavailable
 from tracker.featurizers import (
     Featurizer,
@@ -20,6 +21,9 @@ from tracker.tracking import PointTracker, Queries, TrackResult, TrackState
 from tracker.video import VideoInfo, open_video
 
 __all__ = [
+    "BackendOptions",
+    "available_backends",
+    "build_featurizer",
     "Featurizer",
     "GridGeometry",
     "MatchConfig",
