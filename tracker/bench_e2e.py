@@ -1,0 +1,335 @@
+"""End-to-end runs for ``track bench``: a real video tracked as ``track`` does, timed per stage, and the naive
+baseline on the same frames.
+
+Stages are timed from the outside: the video iterator (decode), the featurizer's ``forward`` split into
+upload (host -> device), pre-process (resize and normalise) and the featurizer proper, the overlay's
+``draw`` and the writer's ``write``. ``matching`` is the rest of the tracker's step: batching frames, cosine
+similarity, argmax and window soft-argmax, the forward-backward check and bookkeeping. On a GPU each stage
+ends with a device synchronisation, which serialises work that could overlap, so frames/s come from a
+separate run without it and the stage run only apportions the time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tracker.featurizers import Featurizer, ViTFeaturizer
+from tracker.geometry import frames_to_tensor
+from tracker.matching import MatchConfig
+from tracker.tracking import PointTracker, Queries, TrackResult
+
+POINT_STAGES = ("decode", "upload", "preprocess", "featurizer", "matching", "drawing", "encoding")
+MASK_STAGES = ("decode", "upload", "preprocess", "featurizer", "propagation")
+NAIVE_STAGES = ("decode", "featurizer", "upsample", "matching", "drawing", "encoding")
+
+
+class StageClock:
+    """Accumulates seconds per named stage; ``with clock("decode"): ...``.
+
+    Args:
+        device: the device whose work the stages wait for.
+        sync: synchronise the device at both ends of every stage (a GPU's stages are otherwise asynchronous).
+        enabled: False makes every stage a no-op (the plain run that gives frames/s).
+    """
+
+    def __init__(self, device: torch.device, sync: bool, enabled: bool = True):
+        self.device = device
+        self.sync = sync and device.type == "cuda"
+        self.enabled = enabled
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        if self.sync:
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.sync:
+                torch.cuda.synchronize(self.device)
+            self.seconds[name] += time.perf_counter() - start
+
+
+class TimedFrames:
+    """The first ``limit`` frames of a video, decode timed; keeps each frame until :meth:`pop` when asked."""
+
+    def __init__(self, video: Iterable[np.ndarray], limit: int | None, clock: StageClock, keep: bool = False):
+        self.source = iter(video if limit is None else itertools.islice(video, limit))
+        self.clock = clock
+        self.keep = keep
+        self.kept: dict[int, np.ndarray] = {}
+        self.count = 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while True:
+            with self.clock("decode"):
+                frame = next(self.source, None)
+            if frame is None:
+                return
+            if self.keep:
+                self.kept[self.count] = frame
+            self.count += 1
+            yield frame
+
+    def pop(self, index: int) -> np.ndarray:
+        return self.kept.pop(index)
+
+
+@contextlib.contextmanager
+def instrumented(featurizer: Featurizer, clock: StageClock) -> Iterator[None]:
+    """Time the featurizer's stages: upload, pre-process and features (a ViT's ``preprocess`` / ``features``;
+    other backends resize inside, so their pre-process counts as featurizer)."""
+    if not clock.enabled:
+        yield
+        return
+    original = featurizer.forward
+    device = featurizer.device
+    split = isinstance(featurizer, ViTFeaturizer)
+
+    @torch.inference_mode()
+    def forward(frames: torch.Tensor) -> torch.Tensor:
+        with clock("upload"):  # as ViTFeaturizer.preprocess does it: uint8 through pinned memory
+            if frames.device.type == "cpu" and device.type == "cuda":
+                frames = frames.pin_memory()
+            frames = frames.to(device, non_blocking=True)
+        if split:
+            with clock("preprocess"):
+                x = featurizer.preprocess(frames)
+            with clock("featurizer"):
+                return featurizer.features(x)
+        with clock("featurizer"):
+            return original(frames)
+
+    featurizer.forward = forward
+    try:
+        yield
+    finally:
+        del featurizer.forward  # the instance attribute; the class's forward shows through again
+
+
+def random_queries(n: int, height: int, width: int, seed: int = 0) -> Queries:
+    """``n`` points uniformly over the frame (the cost does not depend on where they are)."""
+    rng = np.random.default_rng(seed)
+    return Queries.create(np.stack([rng.uniform(0, width - 1, n), rng.uniform(0, height - 1, n)], 1))
+
+
+def centre_box_mask(height: int, width: int) -> np.ndarray:
+    """``[H, W]`` uint8: object 1 on the middle third of the frame."""
+    mask = np.zeros((height, width), np.uint8)
+    mask[height // 3 : 2 * height // 3, width // 3 : 2 * width // 3] = 1
+    return mask
+
+
+@dataclass(frozen=True)
+class RunTiming:
+    """One pass over the frames.
+
+    Attributes:
+        frames: frames processed.
+        seconds: wall time from the first decode to the last output (video opening and model building excluded).
+        stages: seconds per stage (empty for a plain run).
+    """
+
+    frames: int
+    seconds: float
+    stages: dict[str, float]
+
+
+def _writer(out_dir: Path | None, fps: float, size: tuple[int, int]):
+    if out_dir is None:
+        return None
+    from tracker.video import AtomicVideoWriter
+
+    return AtomicVideoWriter(out_dir / "overlay.mp4", fps, size)
+
+
+def run_points(
+    featurizer: Featurizer,
+    config: MatchConfig,
+    video_path: str,
+    n_points: int,
+    frames: int | None,
+    batch: int,
+    clock: StageClock,
+    write: bool = False,
+) -> RunTiming:
+    """Track ``n_points`` random points through the first ``frames`` frames as ``track`` does; with ``write``
+    also draw the overlay and encode it to an mp4 (in a temporary folder)."""
+    from tracker.drawing import TrackOverlay
+    from tracker.video import open_video
+
+    with open_video(video_path) as video, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        info = video.info
+        source = TimedFrames(video, frames, clock, keep=write)
+        tracker = PointTracker(featurizer, config)
+        queries = random_queries(n_points, info.height, info.width)
+        overlay = TrackOverlay() if write else None
+        writer = _writer(Path(tmp) if write else None, info.fps, (info.width, info.height))
+        step = 0.0
+        with instrumented(featurizer, clock):
+            start = time.perf_counter()
+            results = tracker.track(source, queries, batch_size=batch)
+            while True:
+                t0 = time.perf_counter()
+                result = next(results, None)
+                step += time.perf_counter() - t0
+                if result is None:
+                    break
+                if writer is not None:
+                    frame = source.pop(result.frame_index)
+                    with clock("drawing"):
+                        image = overlay.draw(frame, result)
+                    with clock("encoding"):
+                        writer.write(image)
+            if writer is not None:
+                with clock("encoding"):
+                    writer.close()
+            seconds = time.perf_counter() - start
+    return RunTiming(source.count, seconds, _stages(clock, step, "matching"))
+
+
+def run_masks(
+    featurizer: Featurizer,
+    model: str,
+    video_path: str,
+    mask: np.ndarray | None,
+    frames: int | None,
+    batch: int,
+    clock: StageClock,
+) -> RunTiming:
+    """Propagate a first-frame mask (default: a centred box) with :class:`~tracker.propagation.MaskPropagator`."""
+    from tracker.propagation import MaskPropagator, default_propagation_config
+    from tracker.video import open_video
+
+    with open_video(video_path) as video:
+        info = video.info
+        given = mask if mask is not None else centre_box_mask(info.height, info.width)
+        source = TimedFrames(video, frames, clock)
+        propagator = MaskPropagator(featurizer, default_propagation_config(model))
+        step = 0.0
+        with instrumented(featurizer, clock):
+            start = time.perf_counter()
+            results = propagator.propagate(source, {0: given}, batch_size=batch)
+            while True:
+                t0 = time.perf_counter()
+                result = next(results, None)
+                step += time.perf_counter() - t0
+                if result is None:
+                    break
+            seconds = time.perf_counter() - start
+    return RunTiming(source.count, seconds, _stages(clock, step, "propagation"))
+
+
+def _stages(clock: StageClock, step: float, rest: str) -> dict[str, float]:
+    """The clock's stages plus ``rest``: the step's time not spent decoding or in the featurizer."""
+    if not clock.enabled:
+        return {}
+    stages = dict(clock.seconds)
+    inside = sum(stages.get(k, 0.0) for k in ("decode", "upload", "preprocess", "featurizer"))
+    stages[rest] = max(step - inside, 0.0)
+    return stages
+
+
+# --------------------------------------------------------------------------- the naive baseline
+
+
+class NaivePointTracker:
+    """The straightforward implementation every end-to-end figure is compared with.
+
+    One frame at a time through an fp32 eager featurizer; the whole feature map bilinearly upsampled to the
+    frame (``[C, H, W]``) and re-normalised per pixel; each point's descriptor read at its query pixel on
+    frame 0; in every frame the cosine of each descriptor with every pixel and an argmax. Points go through
+    the cosine in chunks of ``chunk`` to bound memory (the arithmetic is the same). A point is visible when
+    its best cosine reaches ``min_score`` (no forward-backward check).
+
+    Args:
+        featurizer: an fp32 eager featurizer, called with one frame at a time.
+        min_score: visibility threshold.
+        chunk: points per similarity matmul.
+    """
+
+    def __init__(self, featurizer: Featurizer, min_score: float = 0.5, chunk: int = 256):
+        self.featurizer = featurizer
+        self.min_score = min_score
+        self.chunk = chunk
+
+    @torch.inference_mode()
+    def track(
+        self, frames: Iterable[np.ndarray], queries: Queries, clock: StageClock | None = None
+    ) -> Iterator[TrackResult]:
+        """Yield one :class:`~tracker.tracking.TrackResult` per frame (queries on frame 0)."""
+        clock = clock or StageClock(torch.device("cpu"), sync=False, enabled=False)
+        descriptors = None
+        for t, frame in enumerate(frames):
+            with clock("featurizer"):
+                grid = self.featurizer(frames_to_tensor([frame]))[0]
+            h, w = frame.shape[:2]
+            with clock("upsample"):
+                dense = F.interpolate(grid[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+                dense /= dense.norm(dim=0, keepdim=True).clamp_min(1e-12)
+            with clock("matching"):
+                flat = dense.reshape(dense.shape[0], h * w)
+                if descriptors is None:
+                    xi = queries.xy[:, 0].round().long().clamp(0, w - 1).to(flat.device)
+                    yi = queries.xy[:, 1].round().long().clamp(0, h - 1).to(flat.device)
+                    descriptors = flat[:, yi * w + xi].T.clone()  # [N, C]
+                scores, index = [], []
+                for part in descriptors.split(self.chunk):
+                    best, where = (part @ flat).max(1)
+                    scores.append(best)
+                    index.append(where)
+                score = torch.cat(scores).cpu()
+                where = torch.cat(index).cpu()
+                xy = torch.stack([(where % w).float(), (where // w).float()], 1)
+            del dense, flat
+            yield TrackResult(frame_index=t, xy=xy, visible=score >= self.min_score, score=score)
+
+
+def run_naive_points(
+    featurizer: Featurizer,
+    video_path: str,
+    n_points: int,
+    frames: int | None,
+    clock: StageClock,
+    write: bool = False,
+    min_score: float = 0.5,
+) -> RunTiming:
+    """The naive baseline on the first ``frames`` frames, optionally drawing and encoding the overlay."""
+    from tracker.drawing import TrackOverlay
+    from tracker.video import open_video
+
+    with open_video(video_path) as video, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        info = video.info
+        source = TimedFrames(video, frames, clock, keep=write)
+        queries = random_queries(n_points, info.height, info.width)
+        naive = NaivePointTracker(featurizer, min_score=min_score)
+        overlay = TrackOverlay() if write else None
+        writer = _writer(Path(tmp) if write else None, info.fps, (info.width, info.height))
+        start = time.perf_counter()
+        for result in naive.track(source, queries, clock):
+            if writer is not None:
+                frame = source.pop(result.frame_index)
+                with clock("drawing"):
+                    image = overlay.draw(frame, result)
+                with clock("encoding"):
+                    writer.write(image)
+        if writer is not None:
+            with clock("encoding"):
+                writer.close()
+        seconds = time.perf_counter() - start
+    return RunTiming(source.count, seconds, dict(clock.seconds) if clock.enabled else {})
