@@ -1,0 +1,248 @@
+"""Web demo: the HTTP API in-process, then end to end in Debian's Chromium driven by Playwright.
+
+The browser test uploads a synthetic clip, clicks points on its first frame, receives the tracked points
+streamed back and checks them against the clip's known motion, downloads the tracks, has a bad upload
+refused with a clear message and a following good one accepted, and records the (fake) camera. It skips,
+saying why, only when no ``chromium`` is installed (``.ci/run`` installs Debian's).
+
+Set ``TRACKER_SCREENSHOTS=DIR`` to write the page after tracking to ``DIR/serve.png`` (the README's picture).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tracker.formats import read_tracks
+from tracker.serve import ID, ServeConfig, create_app, sniff_container
+from tracker.synthetic import moving_objects, write_video
+
+NUM_FRAMES, SIZE = 24, (240, 320)
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.fixture(scope="module")
+def video():
+    return moving_objects(num_frames=NUM_FRAMES, size=SIZE, seed=0)
+
+
+@pytest.fixture(scope="module")
+def files(video, tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("serve")
+    write_video(str(d / "clip.mp4"), video.frames, fps=25)
+    write_video(str(d / "one_frame.mp4"), video.frames[:1], fps=25)
+    (d / "not_a_video.mp4").write_text("hello, I am a text file with a video's name\n")
+    head = (d / "clip.mp4").read_bytes()
+    (d / "truncated.mp4").write_bytes(head[:2000])  # an mp4 header, no decodable frame
+    (d / "playlist.mp4").write_text("#EXTM3U\n#EXTINF:1,\nfile:///etc/passwd\n#EXT-X-ENDLIST\n")
+    return {p.stem: p for p in d.iterdir()}
+
+
+def object_points(video, n: int = 4) -> np.ndarray:
+    x0, y0, x1, y1 = video.object_boxes[0]
+    rng = np.random.default_rng(1)
+    return np.stack([rng.uniform(x0 + 14, x1 - 14, n), rng.uniform(y0 + 14, y1 - 14, n)], 1)
+
+
+@pytest.fixture
+def client(tmp_path):
+    from fastapi.testclient import TestClient
+
+    app = create_app(ServeConfig(model="sift", max_upload_mb=1, workdir=tmp_path / "work"))
+    with TestClient(app) as c:
+        yield c
+
+
+def read_events(client, url: str) -> list[tuple[str, dict]]:
+    events, kind = [], None
+    with client.stream("GET", url) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[6:])))
+    return events
+
+
+def test_bad_uploads_are_refused_clearly_and_the_server_keeps_serving(client, files):
+    cases = [
+        ("not_a_video", 415, "not a video: its content is none of MP4/MOV, WebM/MKV"),
+        ("playlist", 415, "not a video"),  # an HLS playlist is never handed to FFmpeg
+        ("truncated", 415, "cannot decode the video (mp4 container, but no frame decodes)"),
+        ("one_frame", 415, "the video has 1 frame; tracking needs at least 2"),
+    ]
+    for name, status, message in cases:
+        r = client.post("/api/videos", content=files[name].read_bytes())
+        assert r.status_code == status and message in r.json()["error"], (name, r.text)
+    r = client.post("/api/videos", content=b"")
+    assert r.status_code == 400 and "empty" in r.json()["error"]
+    big = b"\x00" * (1 << 20) + b"x"
+    r = client.post("/api/videos", content=big)  # declared length over the limit
+    assert r.status_code == 413 and r.json()["error"] == "the upload is 1.0 MB; the limit is 1 MB"
+    r = client.post("/api/videos", content=iter([big[:600_000], big[600_000:]]))  # chunked, no length given
+    assert r.status_code == 413 and "larger than the 1 MB limit" in r.json()["error"]
+    good = client.post("/api/videos", content=files["clip"].read_bytes())
+    assert good.status_code == 200, good.text
+    body = good.json()
+    assert (body["width"], body["height"], body["num_frames"], body["container"]) == (320, 240, NUM_FRAMES, "mp4")
+    stored = sorted(p.name for p in (client.app.state.service.videos_dir).iterdir())
+    assert stored == sorted([f"{body['video']}.video", f"{body['video']}.jpg"])  # refused uploads left nothing
+    assert ID.match(body["video"])
+    first = client.get(body["first_frame"])
+    assert first.status_code == 200 and first.headers["content-type"] == "image/jpeg"
+
+
+def test_client_text_never_becomes_a_path(client):
+    for url in ["/api/videos/..%2F..%2Fetc%2Fpasswd/first.jpg", "/api/videos/ABC/first.jpg", "/api/jobs/x/tracks.json"]:
+        r = client.get(url)
+        assert r.status_code == 404 and "error" in r.json(), url
+    r = client.post(f"/api/videos/{'0' * 32}/jobs", json={"points": [[1, 1]]})
+    assert r.status_code == 404 and "upload it again" in r.json()["error"]
+    assert sniff_container(b"\x00\x00\x00\x18ftypmp42") == "mp4" and sniff_container(b"#EXTM3U\n...") is None
+
+
+def test_tracking_job_streams_points_and_tracks_match_the_motion(client, files, video):
+    vid = client.post("/api/videos", content=files["clip"].read_bytes()).json()["video"]
+    r = client.post(f"/api/videos/{vid}/jobs", json={"points": [[10.0, 10.0], [400.0, 5.0]]})
+    assert r.status_code == 400 and r.json()["error"] == "point (400, 5) is outside the 320x240 frame"
+    r = client.post(f"/api/videos/{vid}/jobs", json={"points": []})
+    assert r.status_code == 400 and "no points" in r.json()["error"]
+    r = client.post(f"/api/videos/{vid}/jobs", content=b"{not json")
+    assert r.status_code == 400 and "must be JSON" in r.json()["error"]
+    points = object_points(video)
+    job = client.post(f"/api/videos/{vid}/jobs", json={"points": points.tolist()}).json()
+    events = read_events(client, job["events"])
+    frames = [e for kind, e in events if kind == "frame"]
+    assert [e["frame"] for e in frames] == list(range(NUM_FRAMES)) and events[-1][0] == "done"
+    assert all(e["image"].startswith("data:image/jpeg;base64,") for e in frames)
+    xy = np.array([e["xy"] for e in frames], np.float64)
+    error = np.linalg.norm(xy - video.ground_truth(points), axis=-1)
+    assert error.mean() < 1.5  # sift on this clip: about 1 px
+    done = events[-1][1]
+    assert done["frames"] == NUM_FRAMES and done["points"] == 4 and done["model"] == "sift"
+    for suffix in ("json", "csv"):
+        r = client.get(done[f"tracks_{suffix}"])
+        assert r.status_code == 200 and f'filename="tracks.{suffix}"' in r.headers["content-disposition"]
+    tracks = json.loads(client.get(done["tracks_json"]).content)
+    assert np.allclose(np.stack([tracks["x"], tracks["y"]], -1), xy, atol=2e-3)
+
+
+# --------------------------------------------------------------------------- in the browser
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The app served by uvicorn on a free port of 127.0.0.1, in a background thread."""
+    import uvicorn
+
+    app = create_app(ServeConfig(model="sift", workdir=tmp_path_factory.mktemp("work")))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(timeout=30)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"],
+        )
+        context = browser.new_context(viewport={"width": 1000, "height": 1100}, accept_downloads=True)
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(server)
+        yield page
+        browser.close()
+
+
+def upload(page, path: Path) -> dict:
+    """Choose a file in the page; returns what the page shows afterwards."""
+    page.evaluate("window.tracker.video = null; window.tracker.error = null")
+    page.set_input_files("#file", str(path))
+    page.wait_for_function("window.tracker.video || window.tracker.error")
+    return page.evaluate("({video: window.tracker.video, error: window.tracker.error})")
+
+
+def click_image(page, xy: np.ndarray, size: tuple[int, int]) -> None:
+    """Click at pixel ``xy`` of the frame shown in the canvas (pixel centres at integers)."""
+    box = page.locator("#view").bounding_box()
+    h, w = size
+    for x, y in xy:
+        page.mouse.click(box["x"] + (x + 0.5) * box["width"] / w, box["y"] + (y + 0.5) * box["height"] / h)
+
+
+def test_browser_upload_click_track_download_and_a_bad_upload(page, files, video, tmp_path):
+    shown = upload(page, files["clip"])
+    assert shown["error"] is None and shown["video"]["num_frames"] == NUM_FRAMES
+    assert "Click points" in page.inner_text("#status")
+    wanted = object_points(video)
+    click_image(page, wanted, SIZE)
+    clicked = np.array(page.evaluate("window.tracker.points"))
+    assert clicked.shape == (4, 2) and np.abs(clicked - wanted).max() < 0.6  # CSS pixels are 2.6 image pixels
+    assert page.inner_text("#count") == "4 points"
+    page.click("#track")
+    page.wait_for_function("window.tracker.done || window.tracker.error")
+    assert page.evaluate("window.tracker.error") is None
+    frames = page.evaluate("window.tracker.frames")
+    assert [f["frame"] for f in frames] == list(range(NUM_FRAMES))
+    xy = np.array([f["xy"] for f in frames], np.float64)
+    error = np.linalg.norm(xy - video.ground_truth(clicked), axis=-1)
+    assert error.mean() < 1.5 and np.array([f["visible"] for f in frames]).mean() > 0.8
+    assert "Done: 4 points through 24 frames" in page.inner_text("#status")
+    if os.environ.get("TRACKER_SCREENSHOTS"):
+        page.wait_for_timeout(300)  # the last overlay image decodes
+        page.screenshot(path=str(Path(os.environ["TRACKER_SCREENSHOTS"]) / "serve.png"), full_page=True)
+
+    with page.expect_download() as download:
+        page.click("#dl-json")
+    assert download.value.suggested_filename == "tracks.json"
+    saved = tmp_path / "tracks.json"
+    download.value.save_as(saved)
+    tracks = read_tracks(saved)
+    assert np.allclose(np.stack([tracks["x"], tracks["y"]], -1), xy, atol=2e-3)
+    assert json.loads(saved.read_text())["model"] == "sift"
+
+    bad = upload(page, files["not_a_video"])
+    assert bad["video"] is None and "Upload refused: not a video" in page.inner_text("#error")
+    assert page.is_disabled("#track")
+    again = upload(page, files["clip"])
+    assert again["error"] is None and again["video"]["width"] == 320 and page.inner_text("#error") == ""
+    click_image(page, wanted[:1], SIZE)
+    page.click("#track")
+    page.wait_for_function("window.tracker.done || window.tracker.error")
+    assert page.evaluate("window.tracker.done.frames") == NUM_FRAMES
+
+
+def test_browser_camera_recording_is_uploaded(page):
+    """Chromium's fake camera (640x480 test pattern) recorded for 3 s with MediaRecorder, decoded by the server."""
+    page.evaluate("window.tracker.video = null; window.tracker.error = null")
+    page.click("#camera")
+    page.wait_for_function("window.tracker.video || window.tracker.error", timeout=30_000)
+    shown = page.evaluate("({video: window.tracker.video, error: window.tracker.error})")
+    assert shown["error"] is None, shown["error"]
+    assert (shown["video"]["width"], shown["video"]["height"]) == (640, 480)
+    assert shown["video"]["container"] == "matroska" and shown["video"]["num_frames"] >= 10

@@ -1,0 +1,658 @@
+"""Web demo: ``track serve`` starts a small web app on localhost (FastAPI + uvicorn, one static page).
+
+Upload a video (or record a few seconds of the browser's camera), click query points on its first frame,
+watch the tracked overlay stream back, download the tracks. The HTTP interface (JSON errors as
+``{"error": "one line"}``):
+
+- ``POST /api/videos``: the video as the raw request body (no file name is sent or used). It is streamed to
+  a temporary folder under a server-made name, refused beyond the size limit (413), refused unless its first
+  bytes are a known video container (415), and decoded with OpenCV before it is accepted (415 when it
+  cannot be, or has fewer than 2 frames). Answers the video's id, size, frame rate and frame count.
+- ``GET /api/videos/{id}/first.jpg``: its first frame.
+- ``POST /api/videos/{id}/jobs`` ``{"points": [[x, y], ...]}`` (pixels of the first frame): starts tracking
+  in a worker thread (never on the event loop); answers the job id.
+- ``GET /api/jobs/{id}/events``: server-sent events, ``frame`` (points of one frame and the overlay as a
+  JPEG data URL) then ``done`` (or ``failed``).
+- ``GET /api/jobs/{id}/tracks.json`` / ``tracks.csv``: the tracks once the job is done (409 before).
+
+Ids are random hex made by the server and checked against that shape, so no client text becomes a path.
+Old uploads and jobs are deleted when newer ones arrive (``max_videos``, ``max_jobs``).
+"""
+
+import asyncio
+import base64
+import contextlib
+import json
+import re
+import secrets
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from tracker.errors import TrackerError
+
+ID = re.compile(r"^[0-9a-f]{32}$")
+MB = 1 << 20
+
+# First bytes of the containers accepted (the video is then decoded with OpenCV before it is taken).
+CONTAINERS = "MP4/MOV, WebM/MKV, AVI, Ogg, FLV, MPEG-PS/TS"
+
+
+def sniff_container(head: bytes) -> str | None:
+    """The container named by a file's first bytes (at least 12; 189 for MPEG-TS), or None."""
+    if len(head) >= 12 and head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip"):
+        return "mp4"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "avi"
+    if head.startswith(b"OggS"):
+        return "ogg"
+    if head.startswith(b"FLV"):
+        return "flv"
+    if head.startswith(b"\x00\x00\x01\xba"):
+        return "mpeg-ps"
+    if len(head) > 188 and head[0] == 0x47 and head[188] == 0x47:
+        return "mpeg-ts"
+    return None
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Settings of the web demo.
+
+    Attributes:
+        model: a concrete model name (``sift``, ``distilldift``, ...).
+        weights, size, keep_aspect, device: as for ``track``.
+        max_upload_mb: uploads larger than this are refused.
+        max_frames: frames tracked at most per job (the rest of a longer video is not tracked).
+        max_points: query points at most per job.
+        max_videos, max_jobs: uploads and finished jobs kept; older ones are deleted.
+        preview_width: overlay frames streamed back are scaled down to at most this width.
+        workdir: folder for uploads and results (None: a new temporary folder, removed on shutdown).
+    """
+
+    model: str = "sift"
+    weights: str | None = None
+    size: str | None = None
+    keep_aspect: bool = False
+    device: str = "cpu"
+    max_upload_mb: float = 64.0
+    max_frames: int = 900
+    max_points: int = 256
+    max_videos: int = 16
+    max_jobs: int = 32
+    preview_width: int = 640
+    workdir: Path | None = None
+
+
+@dataclass
+class Video:
+    """An accepted upload.
+
+    Attributes:
+        id: server-made hex id.
+        path: where it is stored (``<workdir>/videos/<id>.video``).
+        width, height: frame size in pixels.
+        fps: frames per second (25 when the container does not say).
+        num_frames: frames decoded (at most ``max_frames + 1``; ``truncated`` when there were more).
+        container: what its first bytes said.
+    """
+
+    id: str
+    path: Path
+    width: int
+    height: int
+    fps: float
+    num_frames: int
+    truncated: bool
+    container: str
+
+    def public(self) -> dict:
+        return {
+            "video": self.id,
+            "width": self.width,
+            "height": self.height,
+            "fps": round(self.fps, 3),
+            "num_frames": self.num_frames,
+            "truncated": self.truncated,
+            "container": self.container,
+            "first_frame": f"/api/videos/{self.id}/first.jpg",
+        }
+
+
+@dataclass
+class Job:
+    """Tracking of one video's query points, run in the worker thread; readers poll ``messages``.
+
+    Attributes:
+        messages: ``(kind, payload)`` in order: ``frame`` per frame, then ``done`` or ``failed``. Overlay
+            images are kept for the last ``images`` frames only, points for all (memory stays small).
+        status: ``queued``, ``running``, ``done``, ``failed`` or ``cancelled``.
+    """
+
+    id: str
+    video: Video
+    points: np.ndarray
+    folder: Path
+    status: str = "queued"
+    messages: list = field(default_factory=list)
+    images: deque = field(default_factory=lambda: deque(maxlen=48))
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def push(self, kind: str, payload: dict, image: str | None = None) -> None:
+        with self.lock:
+            index = len(self.messages)
+            self.messages.append((kind, payload))
+            if image is not None:
+                self.images.append((index, image))
+
+    def read(self, start: int) -> list[tuple[int, str, dict, str | None]]:
+        """Messages from ``start`` on, each with its overlay image when still kept."""
+        with self.lock:
+            images = dict(self.images)
+            return [(i, *self.messages[i], images.get(i)) for i in range(start, len(self.messages))]
+
+
+class TrackingService:
+    """Uploads, jobs and the worker thread behind the web app (no HTTP in here).
+
+    Args:
+        config: the demo's settings.
+    """
+
+    def __init__(self, config: ServeConfig):
+        from tracker.featurizers import default_match_config
+
+        self.config = config
+        self._tmp = None
+        if config.workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="tracker-serve-")
+            root = Path(self._tmp.name)
+        else:
+            root = Path(config.workdir)
+        self.videos_dir, self.jobs_dir = root / "videos", root / "jobs"
+        self.videos_dir.mkdir(parents=True, exist_ok=True)
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.match = default_match_config(config.model)
+        self.videos: OrderedDict[str, Video] = OrderedDict()
+        self.jobs: OrderedDict[str, Job] = OrderedDict()
+        self._featurizers: OrderedDict[tuple[int, int], object] = OrderedDict()
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="track-job")
+
+    # ----------------------------------------------------------------- uploads
+
+    def new_upload_path(self) -> tuple[str, Path]:
+        video_id = secrets.token_hex(16)
+        return video_id, self.videos_dir / f"{video_id}.video"
+
+    def accept(self, video_id: str, path: Path) -> Video:
+        """Check an uploaded file by its first bytes and by decoding it; keep it, or delete it and raise.
+
+        Raises:
+            TrackerError: not a video container, not decodable, or fewer than 2 frames.
+        """
+        try:
+            with path.open("rb") as f:
+                head = f.read(512)
+            container = sniff_container(head)
+            if container is None:
+                raise TrackerError(f"not a video: its content is none of {CONTAINERS}")
+            video = self._probe(video_id, path, container)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        with self._lock:
+            self.videos[video_id] = video
+            while len(self.videos) > self.config.max_videos:
+                _, old = self.videos.popitem(last=False)
+                old.path.unlink(missing_ok=True)
+        return video
+
+    def _probe(self, video_id: str, path: Path, container: str) -> Video:
+        from tracker.video import open_video
+
+        try:
+            source = open_video(path)
+        except TrackerError:
+            raise TrackerError(f"cannot decode the video ({container} container, but no frame decodes)") from None
+        count, first = 0, None
+        try:
+            for frame in source:
+                if first is None:
+                    first = frame
+                count += 1
+                if count > self.config.max_frames:
+                    break
+        except TrackerError:
+            if count == 0:
+                raise TrackerError("cannot decode the video: its first frame is corrupt") from None
+        finally:
+            source.close()
+        if count < 2:
+            raise TrackerError(f"the video has {count} frame{'s' * (count != 1)}; tracking needs at least 2")
+        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(first, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+        if ok:
+            (self.videos_dir / f"{video_id}.jpg").write_bytes(jpeg.tobytes())
+        fps = source.info.fps if 1.0 <= source.info.fps <= 240.0 else 25.0  # recorded webm reports odd rates
+        truncated = count > self.config.max_frames
+        return Video(
+            video_id,
+            path,
+            first.shape[1],
+            first.shape[0],
+            float(fps),
+            min(count, self.config.max_frames),
+            truncated,
+            container,
+        )
+
+    def first_frame(self, video_id: str) -> Path | None:
+        with self._lock:
+            video = self.videos.get(video_id)
+        path = self.videos_dir / f"{video_id}.jpg"
+        return path if video is not None and path.is_file() else None
+
+    # ----------------------------------------------------------------- jobs
+
+    def start(self, video_id: str, points: list) -> Job:
+        """Queue tracking of ``points`` (``[[x, y], ...]`` pixels of the first frame) through a video.
+
+        Raises:
+            TrackerError: unknown video, no points, too many, or a point outside the frame.
+            KeyError: no such video.
+        """
+        with self._lock:
+            video = self.videos.get(video_id)
+        if video is None:
+            raise KeyError(video_id)
+        try:
+            xy = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        except (TypeError, ValueError):
+            raise TrackerError("points must be a list of [x, y] pixel pairs") from None
+        if len(xy) == 0:
+            raise TrackerError("no points: click on the first frame to add some")
+        if len(xy) > self.config.max_points:
+            raise TrackerError(f"{len(xy)} points; at most {self.config.max_points}")
+        outside = ~np.isfinite(xy).all(1) | (xy[:, 0] < -0.5) | (xy[:, 0] > video.width - 0.5)
+        outside |= (xy[:, 1] < -0.5) | (xy[:, 1] > video.height - 0.5)
+        if outside.any():
+            x, y = xy[int(np.argmax(outside))]
+            raise TrackerError(f"point ({x:g}, {y:g}) is outside the {video.width}x{video.height} frame")
+        job_id = secrets.token_hex(16)
+        folder = self.jobs_dir / job_id
+        folder.mkdir()
+        job = Job(job_id, video, xy.astype(np.float32), folder)
+        with self._lock:
+            self.jobs[job_id] = job
+            finished = [j for j in self.jobs.values() if j.status in ("done", "failed", "cancelled")]
+            for old in finished[: max(0, len(self.jobs) - self.config.max_jobs)]:
+                self.jobs.pop(old.id, None)
+                shutil.rmtree(old.folder, ignore_errors=True)
+        self._executor.submit(self._run, job)
+        return job
+
+    def job(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self.jobs.get(job_id)
+
+    def featurizer(self, frame_hw: tuple[int, int]):
+        """The featurizer for frames of ``frame_hw`` (the last two sizes are kept)."""
+        from tracker.featurizers import create_featurizer
+
+        if frame_hw not in self._featurizers:
+            c = self.config
+            self._featurizers[frame_hw] = create_featurizer(
+                c.model, frame_hw, size=c.size, keep_aspect=c.keep_aspect, weights=c.weights, device=c.device
+            )
+            while len(self._featurizers) > 2:
+                self._featurizers.popitem(last=False)
+        return self._featurizers[frame_hw]
+
+    def _run(self, job: Job) -> None:
+        """The worker thread: track, stream each frame, write the tracks."""
+        import torch
+
+        from tracker.drawing import TrackOverlay
+        from tracker.formats import TrackLog, write_tracks
+        from tracker.tracking import PointTracker, Queries
+        from tracker.video import open_video
+
+        if job.cancel.is_set():
+            job.status = "cancelled"
+            return
+        job.status = "running"
+        video = job.video
+        start = time.perf_counter()
+        try:
+            featurizer = self.featurizer((video.height, video.width))
+            tracker = PointTracker(featurizer, self.match)
+            queries = Queries.create(job.points)
+            log = TrackLog(queries)
+            overlay = TrackOverlay()
+            scale = min(1.0, self.config.preview_width / video.width)
+            preview = (round(video.width * scale), round(video.height * scale))
+            source = open_video(video.path)
+            try:
+                with torch.inference_mode():
+                    state = None
+                    for index, frame in enumerate(source):
+                        if job.cancel.is_set() or index >= video.num_frames:
+                            break
+                        if state is None:
+                            state = tracker.init(frame, queries)
+                            result = state.latest
+                        else:
+                            result, state = tracker.step(state, frame)
+                        log.append(result)
+                        drawn = overlay.draw(frame, result)
+                        if scale < 1.0:
+                            drawn = cv2.resize(drawn, preview, interpolation=cv2.INTER_AREA)
+                        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+                        image = "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode() if ok else None
+                        job.push("frame", _frame_message(result, video.num_frames), image)
+            finally:
+                source.close()
+            if job.cancel.is_set():
+                job.status = "cancelled"
+                job.push("failed", {"error": "cancelled"})
+                return
+            meta = {
+                "video": "upload",
+                "width": video.width,
+                "height": video.height,
+                "fps": video.fps,
+                "model": self.config.model,
+                "weights": self.config.weights or ("none" if self.config.model == "sift" else "table"),
+                "input_size": list(featurizer.input_hw[::-1]),
+                "grid_size": list(featurizer.grid_hw[::-1]),
+                "device": self.config.device,
+                "match": vars(self.match),
+                "coordinates": "pixels of the original frame, centre of the top-left pixel at (0, 0)",
+                "status": "done",
+            }
+            write_tracks(job.folder / "tracks.json", log, meta)
+            write_tracks(job.folder / "tracks.csv", log, meta)
+            seconds = time.perf_counter() - start
+            job.status = "done"
+            job.push(
+                "done",
+                {
+                    "frames": len(log),
+                    "points": len(queries),
+                    "seconds": round(seconds, 3),
+                    "fps": round(len(log) / seconds, 2) if seconds > 0 else None,
+                    "model": self.config.model,
+                    "device": self.config.device,
+                    "tracks_json": f"/api/jobs/{job.id}/tracks.json",
+                    "tracks_csv": f"/api/jobs/{job.id}/tracks.csv",
+                },
+            )
+        except TrackerError as exc:
+            job.status = "failed"
+            job.push("failed", {"error": str(exc)})
+        except Exception as exc:  # a bug: the job fails with a line, the server keeps serving
+            job.status = "failed"
+            job.push("failed", {"error": f"internal error: {type(exc).__name__}: {exc}"})
+
+    def close(self) -> None:
+        """Cancel the jobs, stop the worker, remove the temporary folder."""
+        with self._lock:
+            for job in self.jobs.values():
+                job.cancel.set()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def _frame_message(result, num_frames: int) -> dict:
+    xy = result.xy.numpy()
+    return {
+        "frame": result.frame_index,
+        "num_frames": num_frames,
+        "xy": [None if not np.isfinite(p).all() else [round(float(p[0]), 3), round(float(p[1]), 3)] for p in xy],
+        "visible": [bool(v) for v in result.visible.numpy()],
+        "score": [None if not np.isfinite(s) else round(float(s), 4) for s in result.score.numpy()],
+    }
+
+
+# --------------------------------------------------------------------------- the web app
+
+
+def create_app(config: ServeConfig):
+    """The FastAPI app of the web demo (its service is ``app.state.service``, closed on shutdown)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+
+    service = TrackingService(config)
+    web = resources.files("tracker").joinpath("web")
+    page = web.joinpath("index.html").read_text()
+    script = web.joinpath("app.js").read_text()
+    limit = int(config.max_upload_mb * MB)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        try:
+            yield
+        finally:
+            await run_in_threadpool(service.close)
+
+    app = FastAPI(title="semantic-tracker web demo", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.service = service
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request, exc: HTTPException):
+        return error(exc.status_code, str(exc.detail))
+
+    @app.middleware("http")
+    async def _headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index():
+        return HTMLResponse(page)
+
+    @app.get("/app.js")
+    async def app_js():
+        return Response(script, media_type="text/javascript")
+
+    @app.get("/favicon.ico")
+    async def favicon():
+        return Response(status_code=204)
+
+    @app.get("/api/info")
+    async def info():
+        return {
+            "model": config.model,
+            "device": config.device,
+            "max_upload_mb": config.max_upload_mb,
+            "max_frames": config.max_frames,
+            "max_points": config.max_points,
+            "containers": CONTAINERS,
+        }
+
+    @app.post("/api/videos")
+    async def upload(request: Request):
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return error(413, f"the upload is {int(declared) / MB:.1f} MB; the limit is {config.max_upload_mb:g} MB")
+        video_id, path = service.new_upload_path()
+        size = 0
+        try:
+            with path.open("wb") as out:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        break
+                    await run_in_threadpool(out.write, chunk)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        if size > limit:
+            path.unlink(missing_ok=True)
+            return error(413, f"the upload is larger than the {config.max_upload_mb:g} MB limit")
+        if size == 0:
+            path.unlink(missing_ok=True)
+            return error(400, "the upload is empty: send the video file as the request body")
+        try:
+            video = await run_in_threadpool(service.accept, video_id, path)
+        except TrackerError as exc:
+            return error(415, str(exc))
+        return video.public()
+
+    @app.get("/api/videos/{video_id}/first.jpg")
+    async def first_frame(video_id: str):
+        path = service.first_frame(video_id) if ID.match(video_id) else None
+        if path is None:
+            return error(404, "no such video (uploads are kept for a while only; upload it again)")
+        return FileResponse(path, media_type="image/jpeg")
+
+    @app.post("/api/videos/{video_id}/jobs")
+    async def start_job(video_id: str, request: Request):
+        if not ID.match(video_id):
+            return error(404, "no such video")
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return error(400, 'the body must be JSON: {"points": [[x, y], ...]}')
+        if not isinstance(body, dict) or not isinstance(body.get("points"), list):
+            return error(400, 'the body must be JSON: {"points": [[x, y], ...]}')
+        try:
+            job = service.start(video_id, body["points"])
+        except KeyError:
+            return error(404, "no such video (uploads are kept for a while only; upload it again)")
+        except TrackerError as exc:
+            return error(400, str(exc))
+        return {"job": job.id, "events": f"/api/jobs/{job.id}/events", "num_frames": job.video.num_frames}
+
+    @app.get("/api/jobs/{job_id}/events")
+    async def events(job_id: str, request: Request):
+        job = service.job(job_id) if ID.match(job_id) else None
+        if job is None:
+            return error(404, "no such job")
+
+        async def stream():
+            cursor = 0
+            yield ": tracking\n\n"
+            while True:
+                batch = job.read(cursor)
+                for index, kind, payload, image in batch:
+                    data = {**payload, "image": image} if image is not None else payload
+                    yield f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+                    cursor = index + 1
+                    if kind in ("done", "failed"):
+                        return
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(0.02)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/jobs/{job_id}/tracks.{suffix}")
+    async def tracks(job_id: str, suffix: str):
+        job = service.job(job_id) if ID.match(job_id) else None
+        if job is None or suffix not in ("json", "csv"):
+            return error(404, "no such job or format (tracks.json, tracks.csv)")
+        if job.status != "done":
+            return error(409, f"the job is {job.status}; tracks are ready when it is done")
+        media = "application/json" if suffix == "json" else "text/csv"
+        return FileResponse(job.folder / f"tracks.{suffix}", media_type=media, filename=f"tracks.{suffix}")
+
+    return app
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def build_parser():
+    from tracker.cli import Parser
+    from tracker.featurizers import MODEL_NAMES
+
+    p = Parser(
+        prog="track serve",
+        description="Web demo: upload a video or use the browser's camera, click points, watch them tracked.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument("--model", default="auto", help=f"one of {', '.join(MODEL_NAMES)} (default: auto)")
+    p.add_argument("--weights", help="'random' (architecture only) or local weights file(s), comma-separated")
+    p.add_argument("--size", help="featurizer input size: N or WxH (defaults as for `track`)")
+    p.add_argument("--keep-aspect", action="store_true", help="preserve the frame's aspect ratio")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--max-upload-mb", type=float, default=64.0, help="largest upload accepted (default 64)")
+    p.add_argument("--max-frames", type=int, default=900, help="frames tracked at most per video (default 900)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """``track serve ...``: serve until Ctrl-C."""
+    import uvicorn
+
+    from tracker.featurizers import resolve_model
+    from tracker.live import pick_device
+
+    args = build_parser().parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        raise TrackerError(f"--port must be in 0..65535, got {args.port}")
+    if args.max_upload_mb <= 0 or args.max_frames < 2:
+        raise TrackerError("--max-upload-mb must be > 0 and --max-frames at least 2")
+    device = pick_device(args.device)
+    model, warning = resolve_model(args.model, args.weights)
+    if warning:
+        print(f"track serve: warning: {warning}", file=sys.stderr)
+    config = ServeConfig(
+        model=model,
+        weights=args.weights,
+        size=args.size,
+        keep_aspect=args.keep_aspect,
+        device=device,
+        max_upload_mb=args.max_upload_mb,
+        max_frames=args.max_frames,
+    )
+    app = create_app(config)
+    app.state.service.featurizer((240, 320))  # bad weights or size: fail now, not on the first job
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        sock.close()
+        raise TrackerError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    host, port = sock.getsockname()[:2]
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"track serve: warning: listening on {args.host}: anyone who can reach it can upload", file=sys.stderr)
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    print(f"track serve: {model} on {device}; open http://{shown}:{port}/ (Ctrl-C stops)", file=sys.stderr)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    from tracker.cli import main as track_main
+
+    sys.exit(track_main(["serve", *sys.argv[1:]]))
