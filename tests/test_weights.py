@@ -224,3 +224,32 @@ def test_weights_commands_list_verify_download(monkeypatch, capsys):
     torch.save(meta_state(grid=37, c=384, depth=11), files / "dinov2_vits14_reg4_pretrain.pth")  # a block short
     assert main(["weights", "verify", "dinov2-s"]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_merged_weights_load_alone_and_get_no_lora_from_the_table(tmp_path, monkeypatch):
+    """`track distill` writes merged weights marked in the safetensors metadata; the table's LoRA is not added."""
+    monkeypatch.setattr(W, "_reachable", lambda url, timeout=5.0: pytest.fail("network touched"))
+    spec = W.get_spec("distilldift")
+    reference = tiny_vit(hw=HW)
+    W.merge_lora_qv(reference, W.parse_distilldift(lora_state(), depth=2).lora)
+    state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    merged = tmp_path / "merged.safetensors"
+    save_file(state, merged, metadata={W.KIND_METADATA: "merged"})
+    assert W.classify(merged)[0] == "merged"
+    model = W.load_model(spec, HW, str(merged), **TINY)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    # the same tensors without the mark are a base, which distilldift completes with its (unavailable) LoRA
+    plain = tmp_path / "plain.safetensors"
+    save_file(state, plain)
+    assert W.classify(plain)[0] == "base"
+    monkeypatch.setattr(W, "_reachable", lambda url, timeout=5.0: False)
+    with pytest.raises(WeightsUnavailable):
+        W.load_model(spec, HW, str(plain), **TINY)
+    lora_path = tmp_path / "distilldift_us.ckpt"
+    torch.save(lora_state(), lora_path)
+    with pytest.raises(TrackerError, match="already hold their LoRA"):
+        W.load_model(spec, HW, f"{merged},{lora_path}", **TINY)
+    with pytest.raises(TrackerError, match="already hold their LoRA"):
+        W.load_model(spec, HW, f"{plain},{merged}", **TINY)
+    with pytest.raises(TrackerError, match="two merged weights"):
+        W.load_model(spec, HW, f"{merged},{merged}", **TINY)

@@ -8,6 +8,9 @@ the q and v slices of the fused qkv output only) and, when the whole student was
 Meta format with the wrapped base projection at ``model.blocks.{i}.attn.qkv.qkv.{weight,bias}``.
 The LoRA is merged into the qkv weights at load time, so inference needs neither peft nor the wrapper.
 Anything downloaded is read with safetensors or ``torch.load(weights_only=True)``.
+
+``track distill`` writes adapters in the same LoRA key layout (safetensors) and merged weights: a timm state
+dict whose safetensors metadata says ``tracker_kind: merged``; those load as they are, with no LoRA added.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from torch import Tensor, nn
 from tracker.errors import TrackerError, WeightsUnavailable
 
 LORA_KEY = re.compile(r"^model\.blocks\.(\d+)\.attn\.qkv\.linear_([ab])_([qv])\.weight$")
+KIND_METADATA = "tracker_kind"  # safetensors metadata key: "lora" (adapter) or "merged" (LoRA already merged)
 
 
 @dataclass(frozen=True)
@@ -346,11 +350,26 @@ def create_vit(arch: str, input_hw: tuple[int, int], **overrides) -> nn.Module:
     return timm.create_model(arch, pretrained=False, img_size=input_hw, num_classes=0, **overrides)
 
 
+def read_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file ({} for other files or none)."""
+    if Path(path).suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:
+        return {}
+
+
 def classify(path: Path) -> tuple[str, dict[str, Tensor]]:
-    """Read a weights file and say what it holds: ``"lora"`` (DistillDIFT) or ``"base"`` (timm/Meta)."""
+    """Read a weights file and say what it holds: ``"lora"`` (DistillDIFT layout), ``"merged"`` (a timm base with
+    the LoRA already merged, as ``track distill`` writes it) or ``"base"`` (timm/Meta)."""
     state = read_state_dict(path)
-    kind = "lora" if any(LORA_KEY.match(k) for k in state) else "base"
-    return kind, state
+    if any(LORA_KEY.match(k) for k in state):
+        return "lora", state
+    return ("merged" if read_metadata(path).get(KIND_METADATA) == "merged" else "base"), state
 
 
 def load_model(
@@ -367,7 +386,8 @@ def load_model(
         spec: model of the table.
         input_hw: ``(height, width)`` input size, multiples of 14.
         weights: None for the table's sources; ``"random"`` for random weights (explicit only); or a comma-
-            separated list of local files: a base (timm or Meta format) and/or a DistillDIFT checkpoint.
+            separated list of local files: a base (timm or Meta format) and/or a DistillDIFT checkpoint or
+            adapter; or one merged file (``track distill``'s ``merged.safetensors``, nothing added to it).
             What is not given comes from the cache or a download.
         download: allow downloads for what is not cached.
         **overrides: timm architecture overrides (tests build tiny models of the same architecture).
@@ -384,15 +404,20 @@ def load_model(
     for item in filter(None, (part.strip() for part in (weights or "").split(","))):
         kind, state = classify(Path(item))
         if kind in seen:
-            raise TrackerError(f"--weights names two {'LoRA checkpoints' if kind == 'lora' else 'base weights'}")
+            what = {"lora": "LoRA checkpoints", "merged": "merged weights"}.get(kind, "base weights")
+            raise TrackerError(f"--weights names two {what}")
+        if seen and "merged" in seen | {kind}:
+            raise TrackerError("--weights: merged weights already hold their LoRA; pass the merged file alone")
         seen.add(kind)
-        if kind == "lora":
+        if kind == "merged":
+            base_state = state
+        elif kind == "lora":
             if spec.lora is None:
                 raise TrackerError(f"{item} is a DistillDIFT LoRA checkpoint but {spec.name} takes no LoRA")
             lora_ckpt = parse_distilldift(state, depth=len(model.blocks))
         else:
             base_state = state
-    if spec.lora is not None and lora_ckpt is None:
+    if spec.lora is not None and lora_ckpt is None and "merged" not in seen:
         lora_ckpt = parse_distilldift(read_state_dict(_get(spec.lora, download)), depth=len(model.blocks))
     if base_state is None and lora_ckpt is not None and lora_ckpt.base is not None:
         base_state = lora_ckpt.base
