@@ -27,6 +27,7 @@ from tracker.live import (
     MouseGesture,
     Paint,
     every_frame,
+    has_gui,
     paint_region,
     read_script,
 )
@@ -217,10 +218,16 @@ def test_file_at_its_frame_rate_drops_frames_and_keeps_tracking(tmp_path, video)
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, clip, capsys, argv, message):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"frame": 0, "click": [1, "a"]}]))
-    argv = [a.format(clip=clip, bad=bad) for a in argv]
+    argv = [a.format(clip=clip, bad=bad) for a in argv] + ["--headless"]
     assert track_main(["live", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("track: error: ") and message in err[0], err
+
+
+@pytest.mark.skipif(has_gui(), reason="this OpenCV can open windows")
+def test_a_window_without_gui_support_is_a_clear_error(clip, capsys):
+    assert track_main(["live", "--camera", str(clip), "--model", "sift"]) == 2
+    assert "run with --headless, or replace it: pip uninstall -y opencv-python-headless" in capsys.readouterr().err
 
 
 def test_script_reading(tmp_path):

@@ -135,6 +135,23 @@ def test_tracking_job_streams_points_and_tracks_match_the_motion(client, files, 
     assert np.allclose(np.stack([tracks["x"], tracks["y"]], -1), xy, atol=2e-3)
 
 
+def test_serve_command_bad_input_is_one_line(capsys):
+    from tracker.cli import main as track_main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for argv, message in [
+            (["--port", str(port), "--model", "sift"], f"cannot listen on 127.0.0.1:{port}"),
+            (["--max-frames", "1", "--model", "sift"], "--max-frames at least 2"),
+            (["--model", "sift", "--weights", "random"], "--weights does not apply to sift"),
+        ]:
+            assert track_main(["serve", *argv]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith("track: error: ") and message in err[0], err
+
+
 # --------------------------------------------------------------------------- in the browser
 
 

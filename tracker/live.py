@@ -53,6 +53,7 @@ from tracker.tracking import PointTracker, Queries, TrackResult, TrackState
 
 KEYS = {"c": "clear", "p": "pause", " ": "pause", "s": "save", "q": "quit", "\x1b": "quit"}
 KEY_NAMES = {"space": " ", "esc": "\x1b", "escape": "\x1b"}
+MESSAGE_SECONDS = 3.0  # how long the overlay shows what the last event did
 HELP = "click: point  drag: mask  c: clear  p/space: pause  s: save  q/esc: quit"
 
 
@@ -230,14 +231,22 @@ class LiveStats:
     ms: float = 0.0
     processed: int = 0
     dropped: int = 0
+    _first: float | None = field(default=None, repr=False)
     _last: float | None = field(default=None, repr=False)
 
     def tick(self, now: float, ms: float) -> None:
         if self._last is not None and now > self._last:
             rate = 1.0 / (now - self._last)
             self.fps = rate if self.fps == 0 else 0.8 * self.fps + 0.2 * rate
+        self._first = now if self._first is None else self._first
         self._last, self.ms = now, ms
         self.processed += 1
+
+    @property
+    def mean_fps(self) -> float:
+        """Frames per second over the whole run (from the first processed frame to the last)."""
+        span = (self._last or 0.0) - (self._first or 0.0)
+        return (self.processed - 1) / span if span > 0 else 0.0
 
 
 class LiveSession:
@@ -272,7 +281,8 @@ class LiveSession:
         self.stats = LiveStats()
         self.paused = False
         self.stopped = False
-        self.message = ""  # the last thing an event did (shown on the overlay)
+        self.message = ""  # the last thing an event did (shown on the overlay for MESSAGE_SECONDS)
+        self.message_time = -math.inf
         self.frame: _Frame | None = None
         self.points: TrackState | None = None  # after the frame shown
         self.masks: MaskState | None = None
@@ -331,10 +341,15 @@ class LiveSession:
             self.message = self.save(save_path)
         elif action == "quit":
             self.stopped = True
-            self.message = "quit"
+            return "quit"
         else:
             raise TrackerError(f"unknown key {event.key!r}")
-        return self.message
+        return self.note(self.message)
+
+    def note(self, message: str) -> str:
+        """Show ``message`` on the overlay for a few seconds; returns it."""
+        self.message, self.message_time = message, self.clock()
+        return message
 
     def _require_frame(self) -> _Frame:
         if self.frame is None:
@@ -348,8 +363,7 @@ class LiveSession:
         f.points_before = self.tracker.add_queries(f.points_before, queries)  # validates the position
         self._advance()
         self.results[-1] = self.points.latest
-        self.message = f"point {len(self.points.queries) - 1} at ({x:.0f}, {y:.0f})"
-        return self.message
+        return self.note(f"point {len(self.points.queries) - 1} at ({x:.0f}, {y:.0f})")
 
     def paint(self, paint: Paint) -> str:
         """Add a mask object: the region painted on the frame shown; it is propagated from this frame on."""
@@ -368,8 +382,7 @@ class LiveSession:
         f.given = np.zeros(hw, np.uint8) if f.given is None else f.given.copy()
         f.given[region] = new_id
         self._advance()
-        self.message = f"mask {new_id}: {int(region.sum())} pixels"
-        return self.message
+        return self.note(f"mask {new_id}: {int(region.sum())} pixels")
 
     def clear(self) -> str:
         """Forget every point and mask; the frame shown becomes frame 0 of the tracks saved from now on."""
@@ -379,8 +392,7 @@ class LiveSession:
         self._advance()
         self.results, self.source_frames = [self.points.latest], [f.source_index]
         self._overlay.history.clear()
-        self.message = "cleared"
-        return self.message
+        return self.note("cleared")
 
     # ----------------------------------------------------------------- outputs
 
@@ -446,7 +458,7 @@ class LiveSession:
                 f"{s.fps:.1f} frames/s  {s.ms:.0f} ms/frame  dropped {s.dropped}",
                 f"{self.num_points} points  {self.num_masks} masks" + ("  PAUSED" if self.paused else ""),
             ]
-            if self.message:
+            if self.message and self.clock() - self.message_time < MESSAGE_SECONDS:
                 lines.append(self.message)
             _text_block(out, lines, (6, 6), scale)
             _text_block(out, [HELP], (6, out.shape[0] - round(20 * scale)), scale * 0.8)
@@ -696,7 +708,7 @@ def _apply(session: LiveSession, event: Event, options: RunOptions, say: Callabl
     try:
         say(session.handle(event, options.save))
     except TrackerError as exc:
-        session.message = str(exc)
+        session.note(str(exc))
         say(f"ignored: {exc}")
 
 
@@ -714,7 +726,7 @@ def has_gui() -> bool:
 
 def _open_window(gesture: MouseGesture, pending: list[Event]) -> None:
     try:
-        cv2.namedWindow(WINDOW, cv2.WINDOW_AUTOSIZE)
+        cv2.namedWindow(WINDOW, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
     except cv2.error:
         raise TrackerError(NO_GUI) from None
 
@@ -863,7 +875,7 @@ def main(argv: list[str]) -> int:
         featurizer = create_featurizer(
             model, first.shape[:2], size=args.size, keep_aspect=args.keep_aspect, weights=args.weights, device=device
         )
-        description = f"{model} | torch | {device} | {featurizer.input_hw[1]}x{featurizer.input_hw[0]}"
+        description = f"{model} | torch | {device} | input {featurizer.input_hw[1]}x{featurizer.input_hw[0]}"
         meta = {
             "source": kind,
             "width": first.shape[1],
@@ -887,7 +899,7 @@ def main(argv: list[str]) -> int:
         release()
     s = session.stats
     say(
-        f"{s.processed} frames processed ({s.dropped} dropped) at {s.fps:.1f} frames/s, {session.description}; "
+        f"{s.processed} frames processed ({s.dropped} dropped) at {s.mean_fps:.1f} frames/s, {session.description}; "
         f"{session.num_points} points, {session.num_masks} masks"
     )
     return 0

@@ -629,8 +629,6 @@ def main(argv: list[str]) -> int:
         max_upload_mb=args.max_upload_mb,
         max_frames=args.max_frames,
     )
-    app = create_app(config)
-    app.state.service.featurizer((240, 320))  # bad weights or size: fail now, not on the first job
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -639,14 +637,21 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         sock.close()
         raise TrackerError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
-    host, port = sock.getsockname()[:2]
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"track serve: warning: listening on {args.host}: anyone who can reach it can upload", file=sys.stderr)
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
-    print(f"track serve: {model} on {device}; open http://{shown}:{port}/ (Ctrl-C stops)", file=sys.stderr)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    app = None
     try:
-        server.run(sockets=[sock])
+        app = create_app(config)
+        app.state.service.featurizer((240, 320))  # bad weights or size: fail now, not on the first job
+        host, port = sock.getsockname()[:2]
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"track serve: warning: on {args.host} anyone who can reach it can upload", file=sys.stderr)
+        shown = f"[{host}]" if family == socket.AF_INET6 else host
+        print(f"track serve: {model} on {device}; open http://{shown}:{port}/ (Ctrl-C stops)", file=sys.stderr)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
+        server.run(sockets=[sock])  # the app's shutdown closes its service
+    except BaseException:
+        if app is not None:
+            app.state.service.close()
+        raise
     finally:
         sock.close()
     return 0
