@@ -456,13 +456,17 @@ class LiveSession:
             lines = [
                 self.description,
                 f"{s.fps:.1f} frames/s  {s.ms:.0f} ms/frame  dropped {s.dropped}",
-                f"{self.num_points} points  {self.num_masks} masks" + ("  PAUSED" if self.paused else ""),
+                f"{_count(self.num_points, 'point')}  {_count(self.num_masks, 'mask')}{'  PAUSED' * self.paused}",
             ]
             if self.message and self.clock() - self.message_time < MESSAGE_SECONDS:
                 lines.append(self.message)
             _text_block(out, lines, (6, 6), scale)
             _text_block(out, [HELP], (6, out.shape[0] - round(20 * scale)), scale * 0.8)
         return out
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def _text_block(image: np.ndarray, lines: list[str], origin: tuple[int, int], scale: float) -> None:
@@ -900,7 +904,7 @@ def main(argv: list[str]) -> int:
     s = session.stats
     say(
         f"{s.processed} frames processed ({s.dropped} dropped) at {s.mean_fps:.1f} frames/s, {session.description}; "
-        f"{session.num_points} points, {session.num_masks} masks"
+        f"{_count(session.num_points, 'point')}, {_count(session.num_masks, 'mask')}"
     )
     return 0
 

@@ -79,6 +79,7 @@ class ServeConfig:
         max_frames: frames tracked at most per job (the rest of a longer video is not tracked).
         max_points: query points at most per job.
         max_videos, max_jobs: uploads and finished jobs kept; older ones are deleted.
+        max_pending: jobs queued or running at most; more are refused (503) until one finishes.
         preview_width: overlay frames streamed back are scaled down to at most this width.
         workdir: folder for uploads and results (None: a new temporary folder, removed on shutdown).
     """
@@ -93,6 +94,7 @@ class ServeConfig:
     max_points: int = 256
     max_videos: int = 16
     max_jobs: int = 32
+    max_pending: int = 4
     preview_width: int = 640
     workdir: Path | None = None
 
@@ -164,6 +166,10 @@ class Job:
         with self.lock:
             images = dict(self.images)
             return [(i, *self.messages[i], images.get(i)) for i in range(start, len(self.messages))]
+
+
+class Busy(TrackerError):
+    """Too many jobs waiting; the client should try again later."""
 
 
 class TrackingService:
@@ -272,7 +278,8 @@ class TrackingService:
         """Queue tracking of ``points`` (``[[x, y], ...]`` pixels of the first frame) through a video.
 
         Raises:
-            TrackerError: unknown video, no points, too many, or a point outside the frame.
+            TrackerError: no points, too many, or a point outside the frame.
+            Busy: ``max_pending`` jobs are already queued or running.
             KeyError: no such video.
         """
         with self._lock:
@@ -294,9 +301,12 @@ class TrackingService:
             raise TrackerError(f"point ({x:g}, {y:g}) is outside the {video.width}x{video.height} frame")
         job_id = secrets.token_hex(16)
         folder = self.jobs_dir / job_id
-        folder.mkdir()
         job = Job(job_id, video, xy.astype(np.float32), folder)
         with self._lock:
+            pending = sum(j.status in ("queued", "running") for j in self.jobs.values())
+            if pending >= self.config.max_pending:
+                raise Busy(f"busy: {pending} jobs are queued or running; try again when one has finished")
+            folder.mkdir()
             self.jobs[job_id] = job
             finished = [j for j in self.jobs.values() if j.status in ("done", "failed", "cancelled")]
             for old in finished[: max(0, len(self.jobs) - self.config.max_jobs)]:
@@ -541,6 +551,8 @@ def create_app(config: ServeConfig):
             job = service.start(video_id, body["points"])
         except KeyError:
             return error(404, "no such video (uploads are kept for a while only; upload it again)")
+        except Busy as exc:
+            return error(503, str(exc))
         except TrackerError as exc:
             return error(400, str(exc))
         return {"job": job.id, "events": f"/api/jobs/{job.id}/events", "num_frames": job.video.num_frames}

@@ -24,6 +24,7 @@ function setError(text) { state.error = text || null; $("error").textContent = t
 function setBusy(busy) {
   state.busy = busy;
   $("file").disabled = busy;
+  document.querySelector("label[for=file]").classList.toggle("disabled", busy);
   $("camera").disabled = busy;
   $("track").disabled = busy || !state.video || state.points.length === 0;
   $("clear").disabled = busy || state.points.length === 0;
