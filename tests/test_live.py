@@ -86,7 +86,7 @@ def test_headless_scripted_run_through_the_command_line(tmp_path, video, clip):
     )
     assert proc.returncode == 0, proc.stderr
     assert "saved 5 points x 13 frames" in proc.stderr  # key s after frame 12
-    assert "21 frames processed (0 dropped)" in proc.stderr  # q after frame 20
+    assert "quit: 21 frames processed (0 dropped)" in proc.stderr  # q after frame 20
     tracks = read_tracks(tmp_path / "tracks.json")
     doc = json.loads((tmp_path / "tracks.json").read_text())
     assert doc["source_frame"] == list(range(21)) and doc["model"] == "sift" and doc["dropped_frames"] == 0
@@ -148,7 +148,7 @@ def test_painted_mask_follows_its_object_and_clear_starts_over(video, tmp_path):
     session.handle(Click(50.0, 60.0))
     session.feed(video.frames[10])
     message = session.handle(Key("s"), save_path=tmp_path / "t.csv")
-    assert message == f"saved 1 points x 2 frames -> {tmp_path / 't.csv'}"
+    assert message == f"saved 1 point x 2 frames -> {tmp_path / 't.csv'}"
     assert read_tracks(tmp_path / "t.csv")["x"].shape == (2, 1)
 
 
@@ -202,6 +202,23 @@ def test_file_at_its_frame_rate_drops_frames_and_keeps_tracking(tmp_path, video)
     xy = np.stack([tracks["x"], tracks["y"]], -1)
     error = np.linalg.norm(xy - video.ground_truth(points)[source_frames // 4], axis=-1)
     assert error.mean() < 2.0
+
+
+def test_a_source_failing_half_way_keeps_the_tracks(tmp_path, video, capsys):
+    import cv2
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(video.frames[:8]):
+        cv2.imwrite(str(folder / f"{i:05d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    (folder / "00005.png").write_bytes(b"not a png")
+    (tmp_path / "s.json").write_text(json.dumps([{"frame": 0, "click": [100.0, 100.0]}]))
+    argv = ["live", "--camera", str(folder), "--every-frame", "--headless", "--model", "sift"]
+    argv += ["--script", str(tmp_path / "s.json"), "--save", str(tmp_path / "t.json")]
+    assert track_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("track: error: cannot read frame") and f"(tracks of 5 frames saved to {tmp_path}" in err
+    assert read_tracks(tmp_path / "t.json")["x"].shape == (5, 1)
 
 
 @pytest.mark.parametrize(

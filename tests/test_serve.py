@@ -100,6 +100,14 @@ def test_bad_uploads_are_refused_clearly_and_the_server_keeps_serving(client, fi
     assert first.status_code == 200 and first.headers["content-type"] == "image/jpeg"
 
 
+def test_frames_over_the_pixel_limit_are_refused(files, tmp_path):
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(ServeConfig(model="sift", max_pixels=320 * 239, workdir=tmp_path))) as small:
+        r = small.post("/api/videos", content=files["clip"].read_bytes())
+    assert r.status_code == 415 and r.json()["error"] == "the frames are 320x240, over the limit of 0.07648 megapixels"
+
+
 def test_client_text_never_becomes_a_path(client):
     for url in ["/api/videos/..%2F..%2Fetc%2Fpasswd/first.jpg", "/api/videos/ABC/first.jpg", "/api/jobs/x/tracks.json"]:
         r = client.get(url)

@@ -289,8 +289,7 @@ class LiveSession:
         self.results: list[TrackResult] = []  # one per processed frame since the last clear
         self.source_frames: list[int] = []
         self._overlay = TrackOverlay()
-        self._drawn: tuple[int, int] | None = None  # (frame index, version) last drawn
-        self._version = 0
+        self._drawn: int | None = None  # index of the frame drawn last (its trail entry is replaced on redraw)
 
     # ----------------------------------------------------------------- frames
 
@@ -319,7 +318,6 @@ class LiveSession:
         with torch.inference_mode():
             self.points = self.tracker.advance(f.points_before, f.grid)
             self.masks = None if f.masks_before is None else self.propagator.advance(f.masks_before, f.grid, f.given)
-        self._version += 1
 
     # ----------------------------------------------------------------- events
 
@@ -334,17 +332,15 @@ class LiveSession:
             return self.clear()
         if action == "pause":
             self.paused = not self.paused
-            self.message = "paused" if self.paused else "resumed"
-        elif action == "save":
+            return self.note("paused" if self.paused else "resumed")
+        if action == "save":
             if save_path is None:
                 raise TrackerError("no path to save the tracks to")
-            self.message = self.save(save_path)
-        elif action == "quit":
+            return self.note(self.save(save_path))
+        if action == "quit":
             self.stopped = True
             return "quit"
-        else:
-            raise TrackerError(f"unknown key {event.key!r}")
-        return self.note(self.message)
+        raise TrackerError(f"unknown key {event.key!r}")
 
     def note(self, message: str) -> str:
         """Show ``message`` on the overlay for a few seconds; returns it."""
@@ -392,6 +388,7 @@ class LiveSession:
         self._advance()
         self.results, self.source_frames = [self.points.latest], [f.source_index]
         self._overlay.history.clear()
+        self._drawn = None
         return self.note("cleared")
 
     # ----------------------------------------------------------------- outputs
@@ -432,7 +429,7 @@ class LiveSession:
             "coordinates": "pixels of the original frame, centre of the top-left pixel at (0, 0)",
         }
         write_tracks(path, log, meta)
-        return f"saved {len(log.queries)} points x {len(log)} frames -> {path}"
+        return f"saved {_count(len(log.queries), 'point')} x {_count(len(log), 'frame')} -> {path}"
 
     def render(self, stroke: list[tuple[float, float]] | None = None, hud: bool = True) -> np.ndarray:
         """``[H, W, 3]`` RGB: the frame shown with masks, points (with trails), a drag in progress and the HUD."""
@@ -442,11 +439,10 @@ class LiveSession:
         out = f.pixels
         if self.masks is not None and self.masks.latest is not None and self.masks.latest.labels.any():
             out = draw_masks(out, self.masks.latest.labels)
-        key = (f.index, self._version)
-        if self._drawn is not None and self._drawn[0] == f.index and self._overlay.history:
+        if self._drawn == f.index and self._overlay.history:
             self._overlay.history.pop()  # the same frame again (after an event): replace, not extend, the trail
         out = self._overlay.draw(out, self.points.latest)
-        self._drawn = key
+        self._drawn = f.index
         scale = max(1.0, max(out.shape[:2]) / 640)
         if stroke and len(stroke) > 1:
             pts = np.round(np.asarray(stroke)).astype(np.int32).reshape(-1, 1, 2)
@@ -556,6 +552,7 @@ class LatestFrame:
                     raise TrackerError(f"no frame from the source within {timeout:g} s")
                 self._cond.wait(left)
             self._taken = self._latest[0]
+            self._cond.notify_all()  # a paced file waits for its first frame to be taken
             return self._latest
 
     def close(self) -> None:
@@ -603,7 +600,7 @@ class RunOptions:
         window: show an OpenCV window and take mouse and key events from it.
         script: frame-indexed events (headless runs).
         save: where ``s`` writes the tracks; also written at the end when ``save_on_exit``.
-        record: an ``.mp4`` of the rendered overlay, one frame per processed frame.
+        record: an ``.mp4`` of the rendered overlay, one frame per processed frame (written at 25 frames/s).
         snapshot: a PNG of the last rendered overlay, written at the end.
         max_frames: stop after this many processed frames.
         first_frame_timeout: seconds to wait for the source's first frame.
@@ -627,14 +624,21 @@ def run(
     source: LatestFrame | Iterator[tuple[int, np.ndarray]],
     options: RunOptions,
     say: Callable[[str], None] = lambda line: None,
-) -> LiveSession:
+) -> tuple[LiveSession, str]:
     """Drive a session from a frame source, the window (or the script) and the keys, until quit or the end.
+
+    Ctrl-C and a source failing half-way end the run like a quit: the snapshot and the tracks are still
+    written (the failure is raised afterwards, naming what was kept).
 
     Args:
         make_session: builds the session from the first frame (its size decides the featurizer's).
         source: :class:`LatestFrame` (drops frames while busy) or an iterator of ``(index, frame)``.
         options: window, script and outputs.
         say: where one-line messages go (the command prints them; the library does not).
+
+    Returns:
+        ``(session, why it ended)``: ``quit``, ``ended`` (the source), ``max-frames``, ``paused`` (headless,
+        paused with no scripted events left), ``window closed`` or ``interrupted``.
     """
 
     def take() -> tuple[int, np.ndarray] | None:
@@ -651,6 +655,7 @@ def run(
     pending: list[Event] = []
     script = list(options.script)
     writer = None
+    failure: TrackerError | None = None
     if options.window:
         _open_window(gesture, pending)
     try:
@@ -678,19 +683,31 @@ def run(
                 for event in pending:  # the frame they were given on is still the one shown
                     _apply(session, event, options, say)
                 pending.clear()
+                if cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1:
+                    status = "window closed"
+                    break
             if session.stopped:
+                status = "quit"
                 break
             if options.max_frames is not None and session.stats.processed >= options.max_frames:
+                status = "max-frames"
                 break
             if session.paused:
                 if not options.window and not script:
-                    say("paused with no scripted events left: stopping")
+                    status = "paused"
                     break
                 item = None
                 continue
-            item = take()
-            if item is None:
+            try:
+                item = take()
+            except TrackerError as exc:
+                status, failure = "failed", exc
                 break
+            if item is None:
+                status = "ended"
+                break
+    except KeyboardInterrupt:
+        status = "interrupted"
     finally:
         if options.window:
             cv2.destroyAllWindows()
@@ -704,7 +721,10 @@ def run(
             atomic_write(options.snapshot, png.tobytes())
     if options.save_on_exit:
         say(session.save(options.save))
-    return session
+    if failure is not None:
+        kept = f"tracks of {session.stats.processed} frames saved to {options.save}" if options.save_on_exit else ""
+        raise TrackerError(f"{failure}{f' ({kept})' if kept else ''}")
+    return session, status
 
 
 def _apply(session: LiveSession, event: Event, options: RunOptions, say: Callable[[str], None]) -> None:
@@ -896,17 +916,17 @@ def main(argv: list[str]) -> int:
 
     say(f"{kind}; {'headless' if args.headless else HELP}")
     try:
-        session = run(make_session, source, options, say)
+        session, status = run(make_session, source, options, say)
     finally:
         if isinstance(source, LatestFrame):
             source.close()
         release()
     s = session.stats
     say(
-        f"{s.processed} frames processed ({s.dropped} dropped) at {s.mean_fps:.1f} frames/s, {session.description}; "
-        f"{_count(session.num_points, 'point')}, {_count(session.num_masks, 'mask')}"
+        f"{status}: {s.processed} frames processed ({s.dropped} dropped) at {s.mean_fps:.1f} frames/s, "
+        f"{session.description}; {_count(session.num_points, 'point')}, {_count(session.num_masks, 'mask')}"
     )
-    return 0
+    return 130 if status == "interrupted" else 0
 
 
 def _parse_size(text: str) -> tuple[int, int]:

@@ -80,6 +80,7 @@ class ServeConfig:
         max_points: query points at most per job.
         max_videos, max_jobs: uploads and finished jobs kept; older ones are deleted.
         max_pending: jobs queued or running at most; more are refused (503) until one finishes.
+        max_pixels: largest frame (width x height) accepted (default 3840 x 2160).
         preview_width: overlay frames streamed back are scaled down to at most this width.
         workdir: folder for uploads and results (None: a new temporary folder, removed on shutdown).
     """
@@ -95,6 +96,7 @@ class ServeConfig:
     max_videos: int = 16
     max_jobs: int = 32
     max_pending: int = 4
+    max_pixels: int = 3840 * 2160
     preview_width: int = 640
     workdir: Path | None = None
 
@@ -226,6 +228,7 @@ class TrackingService:
             while len(self.videos) > self.config.max_videos:
                 _, old = self.videos.popitem(last=False)
                 old.path.unlink(missing_ok=True)
+                old.path.with_suffix(".jpg").unlink(missing_ok=True)
         return video
 
     def _probe(self, video_id: str, path: Path, container: str) -> Video:
@@ -235,6 +238,10 @@ class TrackingService:
             source = open_video(path)
         except TrackerError:
             raise TrackerError(f"cannot decode the video ({container} container, but no frame decodes)") from None
+        w, h = source.info.width, source.info.height
+        if w * h > self.config.max_pixels:
+            source.close()
+            raise TrackerError(f"the frames are {w}x{h}, over the limit of {self.config.max_pixels / 1e6:g} megapixels")
         count, first = 0, None
         try:
             for frame in source:
