@@ -182,10 +182,10 @@ def test_latest_frame_source_drops_and_never_queues():
 
 
 def test_file_at_its_frame_rate_drops_frames_and_keeps_tracking(tmp_path, video):
-    """A clip at 100 frames/s (each synthetic frame 4 times): the tracker cannot keep up, so frames are dropped
+    """A clip at 200 frames/s (each synthetic frame 8 times): the tracker cannot keep up, so frames are dropped
     and the points are tracked across them; the newest frame is always the one processed."""
     fast = tmp_path / "fast.mp4"
-    write_video(str(fast), np.repeat(video.frames, 4, axis=0), fps=100)
+    write_video(str(fast), np.repeat(video.frames, 8, axis=0), fps=200)
     points = inner_points(video, 0, 3, seed=5)
     (tmp_path / "s.json").write_text(json.dumps([{"frame": 0, "click": p.tolist()} for p in points]))
     code = track_main(
@@ -195,12 +195,12 @@ def test_file_at_its_frame_rate_drops_frames_and_keeps_tracking(tmp_path, video)
     assert code == 0
     doc = json.loads((tmp_path / "t.json").read_text())
     source_frames = np.array(doc["source_frame"])
-    total = 4 * NUM_FRAMES
+    total = 8 * NUM_FRAMES
     assert doc["dropped_frames"] > 0 and len(source_frames) + doc["dropped_frames"] == total
     assert source_frames[0] == 0 and source_frames[-1] == total - 1 and (np.diff(source_frames) > 0).all()
     tracks = read_tracks(tmp_path / "t.json")
     xy = np.stack([tracks["x"], tracks["y"]], -1)
-    error = np.linalg.norm(xy - video.ground_truth(points)[source_frames // 4], axis=-1)
+    error = np.linalg.norm(xy - video.ground_truth(points)[source_frames // 8], axis=-1)
     assert error.mean() < 2.0
 
 

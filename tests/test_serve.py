@@ -25,6 +25,7 @@ from tracker.formats import read_tracks
 from tracker.serve import ID, ServeConfig, create_app, sniff_container
 from tracker.synthetic import moving_objects, write_video
 
+pytest.importorskip("fastapi", reason="the web extra is not installed (pip install '.[web]')")
 NUM_FRAMES, SIZE = 24, (240, 320)
 CHROMIUM = shutil.which("chromium")
 

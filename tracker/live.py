@@ -486,8 +486,9 @@ class LatestFrame:
 
     Args:
         frames: an iterator of ``[H, W, 3]`` uint8 RGB frames (a camera or a video file); it runs in the thread.
-        fps: pace the iterator at this rate (a file standing in for a camera), from when the first frame is
-            taken; None reads as fast as the iterator gives (a camera paces itself).
+        fps: pace the iterator at this rate (a file standing in for a camera); the first frame waits until the
+            reader asks for the second (the model is built on the first), then the file plays on whether the
+            reader keeps up or not. None reads as fast as the iterator gives (a camera paces itself).
     """
 
     def __init__(self, frames: Iterator[np.ndarray], fps: float | None = None):
@@ -497,6 +498,7 @@ class LatestFrame:
         self._latest: tuple[int, np.ndarray] | None = None
         self._taken = -1
         self._stop = threading.Event()
+        self._playing = threading.Event()
         self.ended = False
         self.error: BaseException | None = None
         self.dropped = 0
@@ -504,15 +506,14 @@ class LatestFrame:
         self._thread.start()
 
     def _run(self) -> None:
-        start = None  # a paced file starts playing when its first frame is taken
+        start = None  # a paced file plays on once the reader, done with its first frame, asks for more
         try:
             for index, frame in enumerate(self._frames):
                 if self._stop.is_set():
                     break
                 if self._fps and index == 1:
-                    with self._cond:
-                        while self._taken < 0 and not self._stop.is_set():
-                            self._cond.wait(0.1)
+                    while not self._playing.wait(0.1) and not self._stop.is_set():
+                        pass
                     start = time.perf_counter() - 1 / self._fps
                 if self._fps and start is not None:
                     delay = start + index / self._fps - time.perf_counter()
@@ -537,6 +538,8 @@ class LatestFrame:
             TrackerError: no frame within ``timeout`` seconds, or the source failed.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._taken >= 0:
+            self._playing.set()
         with self._cond:
             while self._latest is None or self._latest[0] <= self._taken:
                 if self.ended:
@@ -552,7 +555,6 @@ class LatestFrame:
                     raise TrackerError(f"no frame from the source within {timeout:g} s")
                 self._cond.wait(left)
             self._taken = self._latest[0]
-            self._cond.notify_all()  # a paced file waits for its first frame to be taken
             return self._latest
 
     def close(self) -> None:

@@ -625,7 +625,11 @@ def build_parser():
 
 def main(argv: list[str]) -> int:
     """``track serve ...``: serve until Ctrl-C."""
-    import uvicorn
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise TrackerError("track serve needs FastAPI and uvicorn: pip install '.[web]'") from None
 
     from tracker.featurizers import resolve_model
     from tracker.live import pick_device
