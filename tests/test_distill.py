@@ -23,6 +23,7 @@ from tracker.distill import adapter as A
 from tracker.distill import student as S
 from tracker.distill import teachers as T
 from tracker.distill import train as TR
+from tracker.distill.cli import build_parser, config_from_args
 from tracker.distill.data import describe_images, list_images
 from tracker.distill.loss import dense_distillation_loss
 from tracker.distill.pairs import PairSampler, retrieval_neighbours
@@ -291,6 +292,7 @@ def tiny_sdxl_pipeline(folder: Path) -> Path:
     return folder / "pipe"
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers' Euler scheduler and numpy 2
 def test_real_loading_path_from_a_local_diffusers_sdxl_folder(tmp_path, capsys):
     source = tiny_sdxl_pipeline(tmp_path / "sdxl")
     capsys.readouterr()
@@ -548,6 +550,16 @@ def test_cli_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     (tmp_path / "not_a_pipeline").mkdir()
     assert run("--images", str(images), "--unet", str(tmp_path / "not_a_pipeline")) == 2
     assert "cannot load the diffusion teacher" in one_line_error(capsys)
+    monkeypatch.setattr(T, "_hub_reachable", lambda timeout=5.0: False)  # offline, with an empty hub cache
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert run("--images", str(images), "--unet", "stabilityai/sdxl-turbo") == 2
+    line = one_line_error(capsys)
+    assert "cannot load the diffusion teacher 'stabilityai/sdxl-turbo'" in line
+    assert "huggingface-cli download stabilityai/sdxl-turbo" in line
+    monkeypatch.setattr(W, "_reachable", lambda url, timeout=5.0: False)
+    no_tiny = ["distill", "--images", str(images), "--out", str(tmp_path / "o2"), "--unet", "none", "--no-progress"]
+    assert track_main(no_tiny) == 2
+    assert "DINOv2 base weights (dinov2-b) unavailable" in one_line_error(capsys)
     assert run("--images", str(images), "--size", "71") == 2
     assert "multiple of 14" in one_line_error(capsys)
     assert run("--images", str(images), "--timesteps", "51,x") == 2
@@ -556,6 +568,22 @@ def test_cli_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     assert run("--images", str(images)) == 2
     line = one_line_error(capsys)
     assert "needs about" in line and "GiB free" in line and "--teacher-batch" in line
+
+
+def test_the_real_defaults_are_the_papers_and_validate():
+    config = TR.DistillConfig(images="x").validate()
+    assert (config.input_size, config.grid_hw, config.base_weights) == (434, (31, 31), None)
+    assert config.diffusion == T.DiffusionConfig("stabilityai/sdxl-turbo", 980, (51, 101, 151, 201), 1, "")
+    assert (config.lora.rank, config.lora.alpha, config.lora.dropout, config.lora.scaling) == (8, 8.0, 0.05, 1.0)
+    assert (config.lr, config.weight_decay, config.temperature, config.pairs, config.top_k) == (
+        1e-4,
+        0.05,
+        0.01,
+        "retrieval",
+        10,
+    )
+    args = build_parser().parse_args(["--images", "x"])
+    assert config_from_args(args) == replace(config, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_memory_estimate_of_the_real_student_and_the_check(monkeypatch):

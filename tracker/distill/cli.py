@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="diffusers pipeline: hub id (default stabilityai/sdxl-turbo; also SD 1.5 / 2.1), local folder, "
         "'random' (tiny, no download) or 'none' (DINOv2 teacher only)",
     )
-    d.add_argument("--unet-size", type=int, help="UNet input side, a multiple of 8 (980: 31x31 at layer 1 for SDXL)")
+    d.add_argument(
+        "--unet-size", type=int, help="UNet input side in pixels, at least 64 (980: 31x31 at layer 1 for SDXL)"
+    )
     d.add_argument("--timesteps", help="comma-separated noise timesteps, features averaged (51,101,151,201)")
     d.add_argument("--unet-layer", type=int, help="decoder layer, DistillDIFT numbering (1: first up-block layer)")
     d.add_argument("--prompt", help="prompt; {category} is the image's sub-folder name (default: empty)")

@@ -245,7 +245,13 @@ def load_base_vit(arch: str, input_hw: tuple[int, int], weights: str | None, see
         raise TrackerError(f"no base weights known for architecture {arch!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = W.load_model(spec, input_hw, weights, **overrides)
+        try:
+            model = W.load_model(spec, input_hw, weights, **overrides)
+        except W.WeightsUnavailable as exc:
+            raise W.WeightsUnavailable(
+                f"DINOv2 base weights ({spec.name}) unavailable: {exc}; run `track weights download {spec.name}` on "
+                f"a machine with internet, or pass --base FILE (timm or Meta format, cache: {W.cache_dir()})"
+            ) from None
     if weights == "random":
         with torch.no_grad():
             for block in model.blocks:

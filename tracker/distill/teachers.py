@@ -60,7 +60,7 @@ class DiffusionConfig:
             in the diffusers layout (``unet/``, ``vae/``, ``scheduler/``, text encoders), ``"random"`` (a tiny
             SDXL-like UNet and VAE with random weights and random prompt embeddings: the toolchain without
             downloads), or ``"none"`` (DINOv2 teacher only).
-        input_size: square input side in pixels (multiple of 8).
+        input_size: square input side in pixels (the VAE floors odd sizes: 980 gives a 122x122 latent).
         timesteps: noise levels, one UNet run each; features averaged.
         layer: decoder layer in DistillDIFT's numbering (see the module docstring).
         prompt: prompt template; ``{category}`` is replaced by the image's sub-folder name.
@@ -412,17 +412,24 @@ def _pipeline(diffusers, source: str, unet, vae, scheduler, kwargs: dict):
 
 
 class _quiet_loading:
-    """Silence diffusers' and transformers' loading progress bars (the library prints nothing), then restore."""
+    """Silence diffusers' and transformers' loading progress bars and their deprecation warnings (the library
+    prints nothing), then restore them."""
 
     def __enter__(self):
+        import warnings
+
         import diffusers.utils.logging as dlog
         import transformers.utils.logging as tlog
 
         self.saved = [(m, m.is_progress_bar_enabled()) for m in (dlog, tlog)]
         for module, _ in self.saved:
             module.disable_progress_bar()
+        self.warnings = warnings.catch_warnings()
+        self.warnings.__enter__()
+        warnings.simplefilter("ignore")
 
     def __exit__(self, *exc):
+        self.warnings.__exit__(*exc)
         for module, enabled in self.saved:
             if enabled:
                 module.enable_progress_bar()

@@ -129,8 +129,8 @@ class DistillConfig:
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
             (self.workers >= 0, "--workers must not be negative"),
             (
-                self.diffusion.input_size > 0 and self.diffusion.input_size % 8 == 0,
-                f"--unet-size must be a multiple of 8, got {self.diffusion.input_size}",
+                self.diffusion.input_size >= 64,
+                f"--unet-size must be at least 64 pixels, got {self.diffusion.input_size}",
             ),
             (len(self.diffusion.timesteps) >= 1, "--timesteps needs at least one timestep"),
             (self.diffusion.layer >= 0, "--unet-layer must not be negative"),
