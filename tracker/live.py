@@ -808,6 +808,10 @@ def build_parser():
     p.add_argument("--size", help="featurizer input size: N or WxH (defaults as for `track`)")
     p.add_argument("--keep-aspect", action="store_true", help="preserve the frame's aspect ratio")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--backend", default="auto", help="torch, onnx, tensorrt or auto (as for `track`)")
+    p.add_argument("--precision", help="fp32, fp16 or bf16 (default: fp16 for ViT models on CUDA, else fp32)")
+    p.add_argument("--onnx", help="ONNX featurizer written by `track export onnx`")
+    p.add_argument("--engine", help="TensorRT engine written by `track export tensorrt`")
     p.add_argument("--context", type=int, help="masks: last N predictions as references (live sift: 1)")
     p.add_argument("--radius", type=float, help="masks: spatial radius in grid cells (live sift: 8)")
     p.add_argument("--pool", type=int, help="masks: propagate on a grid pooled by this factor (1)")
@@ -839,7 +843,7 @@ def _check_output(path: Path, option: str, suffixes: tuple[str, ...]) -> Path:
 
 def main(argv: list[str]) -> int:
     """``track live ...``; returns the exit code (bad input raises TrackerError)."""
-    from tracker.featurizers import MODEL_NAMES, create_featurizer, default_match_config, resolve_model
+    from tracker.featurizers import MODEL_NAMES, default_match_config, resolve_model
     from tracker.propagation import default_propagation_config
     from tracker.video import open_video
 
@@ -871,8 +875,12 @@ def main(argv: list[str]) -> int:
     else:
         video = open_video(camera)  # a clear error now for a missing or broken file
         kind = f"file {camera}" + (" (every frame)" if args.every_frame else f" (at {video.info.fps:g} frames/s)")
+    from tracker.backends import BackendOptions, build_featurizer
+
+    backend = BackendOptions(backend=args.backend, precision=args.precision, onnx=args.onnx, engine=args.engine)
     try:
-        model, warning = resolve_model(args.model, args.weights)
+        # an exported file brings its own (ViT) model; every ViT model has the same matcher settings
+        model, warning = ("distilldift", None) if args.onnx or args.engine else resolve_model(args.model, args.weights)
         if warning:
             say(f"warning: {warning}")
         try:
@@ -898,16 +906,23 @@ def main(argv: list[str]) -> int:
         source = every_frame(iter(video)) if args.every_frame else LatestFrame(iter(video), fps=video.info.fps)
 
     def make_session(first: np.ndarray) -> LiveSession:
-        featurizer = create_featurizer(
-            model, first.shape[:2], size=args.size, keep_aspect=args.keep_aspect, weights=args.weights, device=device
+        featurizer, how = build_featurizer(
+            model,
+            first.shape[:2],
+            backend,
+            size=args.size,
+            keep_aspect=args.keep_aspect,
+            weights=args.weights,
+            device=device,
         )
-        description = f"{model} | torch | {device} | input {featurizer.input_hw[1]}x{featurizer.input_hw[0]}"
+        how = how.split(" (auto:")[0]
+        description = f"{featurizer.name} | {how} | input {featurizer.input_hw[1]}x{featurizer.input_hw[0]}"
         meta = {
             "source": kind,
             "width": first.shape[1],
             "height": first.shape[0],
-            "model": model,
-            "backend": "torch",
+            "model": featurizer.name,
+            "backend": how,
             "device": device,
             "weights": args.weights or ("none" if model == "sift" else "table"),
             "input_size": list(featurizer.input_hw[::-1]),

@@ -74,7 +74,7 @@ class ServeConfig:
 
     Attributes:
         model: a concrete model name (``sift``, ``distilldift``, ...).
-        weights, size, keep_aspect, device: as for ``track``.
+        weights, size, keep_aspect, device, backend, precision: as for ``track``.
         max_upload_mb: uploads larger than this are refused.
         max_frames: frames tracked at most per job (the rest of a longer video is not tracked).
         max_points: query points at most per job.
@@ -90,6 +90,8 @@ class ServeConfig:
     size: str | None = None
     keep_aspect: bool = False
     device: str = "cpu"
+    backend: str = "auto"
+    precision: str | None = None
     max_upload_mb: float = 64.0
     max_frames: int = 900
     max_points: int = 256
@@ -328,12 +330,18 @@ class TrackingService:
 
     def featurizer(self, frame_hw: tuple[int, int]):
         """The featurizer for frames of ``frame_hw`` (the last two sizes are kept)."""
-        from tracker.featurizers import create_featurizer
+        from tracker.backends import BackendOptions, build_featurizer
 
         if frame_hw not in self._featurizers:
             c = self.config
-            self._featurizers[frame_hw] = create_featurizer(
-                c.model, frame_hw, size=c.size, keep_aspect=c.keep_aspect, weights=c.weights, device=c.device
+            self._featurizers[frame_hw], _ = build_featurizer(
+                c.model,
+                frame_hw,
+                BackendOptions(backend=c.backend, precision=c.precision),
+                size=c.size,
+                keep_aspect=c.keep_aspect,
+                weights=c.weights,
+                device=c.device,
             )
             while len(self._featurizers) > 2:
                 self._featurizers.popitem(last=False)
@@ -618,6 +626,8 @@ def build_parser():
     p.add_argument("--size", help="featurizer input size: N or WxH (defaults as for `track`)")
     p.add_argument("--keep-aspect", action="store_true", help="preserve the frame's aspect ratio")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--backend", default="auto", help="torch, tensorrt or auto (as for `track`)")
+    p.add_argument("--precision", help="fp32, fp16 or bf16 (default: fp16 for ViT models on CUDA, else fp32)")
     p.add_argument("--max-upload-mb", type=float, default=64.0, help="largest upload accepted (default 64)")
     p.add_argument("--max-frames", type=int, default=900, help="frames tracked at most per video (default 900)")
     return p
@@ -640,6 +650,11 @@ def main(argv: list[str]) -> int:
     if args.max_upload_mb <= 0 or args.max_frames < 2:
         raise TrackerError("--max-upload-mb must be > 0 and --max-frames at least 2")
     device = pick_device(args.device)
+    from tracker.backends import BackendOptions
+
+    BackendOptions(backend=args.backend, precision=args.precision)  # validates both in one line
+    if args.backend == "onnx":
+        raise TrackerError("track serve runs --backend torch, tensorrt or auto")
     model, warning = resolve_model(args.model, args.weights)
     if warning:
         print(f"track serve: warning: {warning}", file=sys.stderr)
@@ -649,6 +664,8 @@ def main(argv: list[str]) -> int:
         size=args.size,
         keep_aspect=args.keep_aspect,
         device=device,
+        backend=args.backend,
+        precision=args.precision,
         max_upload_mb=args.max_upload_mb,
         max_frames=args.max_frames,
     )
