@@ -596,3 +596,28 @@ def test_memory_estimate_of_the_real_student_and_the_check(monkeypatch):
         TR.check_memory(
             TR.training_bytes(model, (434, 434), 8, 2), torch.device("cpu"), "training at batch 8", "lower --batch"
         )
+
+
+def test_cli_ctrl_c_keeps_the_last_checkpoint_and_the_same_command_resumes(tmp_path, capsys, monkeypatch):
+    images = write_images(tmp_path / "images", n_per_class=1)
+    out = tmp_path / "out"
+    argv = ["distill", "--images", str(images), "--out", str(out), "--tiny", "--steps", "5"]
+    argv += ["--checkpoint-every", "2", "--no-progress"]
+    calls = {"n": 0}
+    loss = TR.dense_distillation_loss
+
+    def interrupted_at_step_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return loss(*args, **kwargs)
+
+    monkeypatch.setattr(TR, "dense_distillation_loss", interrupted_at_step_3)
+    assert track_main(argv) == 130
+    err = capsys.readouterr().err
+    assert "interrupted after step 2" in err and "rerun the same command to resume" in err
+    assert not (out / "adapter.safetensors").exists()
+    monkeypatch.setattr(TR, "dense_distillation_loss", loss)
+    assert track_main(argv) == 0
+    assert "5 steps" in capsys.readouterr().out
+    assert json.loads((out / "adapter.json").read_text())["training"]["steps"] == 5

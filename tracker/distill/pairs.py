@@ -7,7 +7,6 @@ uninterrupted one.
 from __future__ import annotations
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -69,9 +68,3 @@ class PairSampler:
                 j += j >= i
             out.append((i, j))
         return out
-
-
-def stack_pairs(pairs: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
-    """``([B], [B])`` source and target indices."""
-    src, tgt = zip(*pairs, strict=True)
-    return torch.tensor(src), torch.tensor(tgt)

@@ -51,15 +51,13 @@ class SplitQKV(nn.Module):
         if qkv.out_features != 3 * c:
             raise TrackerError(f"qkv projection {qkv.out_features}x{c} is not a fused q,k,v of width {c}")
         bias = qkv.bias is not None
-        self.q, self.k, self.v = (nn.Linear(c, c, bias=bias) for _ in range(3))
+        like = dict(device=qkv.weight.device, dtype=qkv.weight.dtype)
+        self.q, self.k, self.v = (nn.Linear(c, c, bias=bias, **like) for _ in range(3))
         with torch.no_grad():
             for i, lin in enumerate((self.q, self.k, self.v)):
                 lin.weight.copy_(qkv.weight[i * c : (i + 1) * c])
                 if bias:
                     lin.bias.copy_(qkv.bias[i * c : (i + 1) * c])
-        self.q.to(qkv.weight.device, qkv.weight.dtype)
-        self.k.to(qkv.weight.device, qkv.weight.dtype)
-        self.v.to(qkv.weight.device, qkv.weight.dtype)
         self.in_features = c
 
     def forward(self, x: Tensor) -> Tensor:
