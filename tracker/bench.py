@@ -424,14 +424,25 @@ def run_end_to_end(config: BenchConfig, factory: Factory, model_records: list[di
             variant = Variant("torch", config.precisions[0] if vit else "fp32")
             how = "torch (no model-only measurement of this model and size)"
     size = config.size if vit else None
-    log(f"end to end: building {config.model} ({variant.name}) ...")
+    log(f"end to end: building {config.model} ({variant.name}) and the naive baseline's featurizer ...")
     featurizer, description = _build_e2e(factory, config, frame_hw, size, variant)
+    naive_variant = Variant("torch", "fp32")
+    shared = variant == naive_variant or config.model == "sift"  # the same module serves both (same weights)
+    if shared:
+        naive_featurizer, naive_description = featurizer, description
+    else:
+        naive_featurizer, naive_description = _build_e2e(factory, config, frame_hw, size, naive_variant)
+        if device.type == "cuda":
+            naive_featurizer.to("cpu")
     match = default_match_config(config.model)
-    warm = 2 * config.batch if device.type == "cuda" else 2  # a CPU has no kernels to tune
     off = StageClock(device, sync=False, enabled=False)
+    warm = 2 * config.batch if device.type == "cuda" else 2  # a CPU has no kernels to tune
     run_points(featurizer, match, config.video, max(config.points), warm, config.batch, off)  # warm-up
+    with _parked(naive_featurizer, device, shared):
+        run_naive_points(naive_featurizer, config.video, 16, 1, off, min_score=match.min_score)  # warm-up
     written_points = 256 if 256 in config.points else config.points[len(config.points) // 2]
 
+    # ours and the naive baseline alternate, so that both figures of a ratio see the same machine
     plan = [(f"points-{n}", "points", n, False) for n in config.points]
     plan += [(f"points-{written_points}+video", "points", written_points, True), ("mask", "mask", None, False)]
     runs = []
@@ -441,40 +452,26 @@ def run_end_to_end(config: BenchConfig, factory: Factory, model_records: list[di
             fn = lambda clock, n=n, write=write: run_points(  # noqa: E731
                 featurizer, match, config.video, n, config.frames, config.batch, clock, write=write
             )
-            stages = POINT_STAGES if write else POINT_STAGES[:5]
+            naive_fn = lambda clock, n=n, write=write: run_naive_points(  # noqa: E731
+                naive_featurizer, config.video, n, config.naive_frames, clock, write=write, min_score=match.min_score
+            )
+            stages, naive_stages = POINT_STAGES[: 7 if write else 5], NAIVE_STAGES[: 6 if write else 4]
         else:
             fn = lambda clock: run_masks(  # noqa: E731
                 featurizer, config.model, config.video, mask, config.frames, config.batch, clock
             )
-            stages = MASK_STAGES
-        plain, staged, memory = _run_both(fn, device, nvml)
-        runs.append(_e2e_record(name, mode, n, write, plain, staged, memory, stages))
-        log(f"  {runs[-1]['fps']:.2f} frames/s, bottleneck {runs[-1]['bottleneck']}")
-    featurizer = None
-    _free(device)
-
-    naive_variant = Variant("torch", "fp32")
-    log("end to end: naive baseline (torch fp32 eager, batch 1) ...")
-    naive_featurizer, naive_description = _build_e2e(factory, config, frame_hw, size, naive_variant)
-    run_naive_points(naive_featurizer, config.video, 16, 1, off, min_score=match.min_score)  # warm-up
-    for run, (name, mode, n, write) in zip(runs, plan, strict=True):
-        log(f"end to end: naive {name} ...")
-        if mode == "points":
-            fn = lambda clock, n=n, write=write: run_naive_points(  # noqa: E731
-                naive_featurizer, config.video, n, config.naive_frames, clock, write=write, min_score=match.min_score
-            )
-            stages = NAIVE_STAGES if write else NAIVE_STAGES[:4]
-        else:
-            fn = lambda clock: run_masks(  # noqa: E731
+            naive_fn = lambda clock: run_masks(  # noqa: E731
                 naive_featurizer, config.model, config.video, mask, config.naive_frames, 1, clock
             )
-            stages = MASK_STAGES
-        plain, staged, memory = _run_both(fn, device, nvml)
-        naive = _e2e_record(name, mode, n, write, plain, staged, memory, stages)
-        run["naive"] = naive
-        run["speedup_vs_naive"] = run["fps"] / naive["fps"]
-        log(f"  naive {naive['fps']:.3f} frames/s -> ours {run['speedup_vs_naive']:.1f}x")
-    naive_featurizer = None
+            stages = naive_stages = MASK_STAGES
+        run = _e2e_record(name, mode, n, write, *_run_both(fn, device, nvml), stages)
+        log(f"  {run['fps']:.2f} frames/s, bottleneck {run['bottleneck']}; naive ...")
+        with _parked(naive_featurizer, device, shared):
+            run["naive"] = _e2e_record(name, mode, n, write, *_run_both(naive_fn, device, nvml), naive_stages)
+        run["speedup_vs_naive"] = run["fps"] / run["naive"]["fps"]
+        log(f"  naive {run['naive']['fps']:.3f} frames/s: ours {run['speedup_vs_naive']:.1f}x")
+        runs.append(run)
+    featurizer = naive_featurizer = None
     _free(device)
     return {
         "video": str(config.video),
@@ -500,6 +497,21 @@ def run_end_to_end(config: BenchConfig, factory: Factory, model_records: list[di
         "mask": config.mask or "centre box (middle third of the frame)",
         "runs": runs,
     }
+
+
+@contextlib.contextmanager
+def _parked(featurizer, device: torch.device, shared: bool):
+    """On a GPU the naive baseline's own featurizer waits in host memory, so that it does not count in the GPU
+    memory of our runs; it comes to the device for its runs, and its cached buffers are freed after them."""
+    move = not shared and device.type == "cuda"
+    if move:
+        featurizer.to(device)
+    try:
+        yield
+    finally:
+        if move:
+            featurizer.to("cpu")
+            _free(device)
 
 
 def _build_e2e(factory: Factory, config: BenchConfig, frame_hw, size, variant: Variant):
@@ -591,6 +603,15 @@ def _notes(report: dict) -> list[str]:
         notes.append(
             f"the machine was shared: 1-minute load average {start} at the start on {cores} cores; "
             "timings are disturbed by other processes"
+        )
+    s = report["settings"]
+    if s["device"] == "cpu":
+        larger = max(1, s["iters"] // 4)
+        notes.append(
+            f"CPU settings keep the run to minutes: {s['warmup']} warm-up call(s), up to {s['iters']} timed batch-1 "
+            f"calls and {larger} per larger batch (at most {s['max_seconds']:g} s each); end to end "
+            f"{s['frames'] or 'all'} frames per run, naive baseline {s['naive_frames']} frames per run"
+            + ("; batch 32 not run (pass --batches 1,8,32)" if 32 not in s["batches"] else "")
         )
     if report["settings"]["weights"] == "random" or report["settings"]["model"] == "sift":
         notes.append("random weights of the real architecture: speed only (speed does not depend on weight values)")
