@@ -41,7 +41,6 @@ DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "shared" / "data" / "video
 TINY = {"embed_dim": 48, "depth": 2, "num_heads": 2}  # --tiny: the real architecture, tiny widths (tests, CI)
 VIT_B_FAMILY = ("distilldift", "distilldift-ws", "distilldift-s", "dinov2-b")
 ARCH_LABEL = {"dinov2-s": "ViT-S/14-reg4", **{m: "ViT-B/14-reg4" for m in VIT_B_FAMILY}}
-GIGABYTES_2 = 2e9 / 2**20  # the 2 GB GPU memory target, in MiB
 
 
 @dataclass(frozen=True)

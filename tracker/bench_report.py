@@ -261,7 +261,7 @@ def to_markdown(report: dict) -> str:
         "",
         f"Featurizer alone on `[B, S, S, 3]` uint8 frames already on `{s['device']}` at the input size (no decode, "
         "upload or resize), unit feature grid out; weights random (speed does not depend on weight values). "
-        f"Timing: {s['warmup']} warm-up calls, then up to {s['iters']} timed batch-1 calls (a quarter of that for "
+        f"Timing: {s['warmup']} warm-up call(s), then up to {s['iters']} timed batch-1 calls (a quarter of that for "
         f"larger batches; at most {s['max_seconds']:g} s per batch size), "
         + ("CUDA events with the device synchronised around each call" if s["device"] != "cpu" else "wall clock")
         + "; frames/s = batch / p50. GFLOP per frame: "
