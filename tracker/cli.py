@@ -253,7 +253,14 @@ def track_command(args: argparse.Namespace) -> int:
     visible = float(log.arrays()["visible"].mean()) if len(log) else 0.0
     what = f"{len(queries)} points through {len(log)} frames"
     return _finish(
-        status, error, elapsed, len(log), writer, written, what, f"{model}, {backend}, {100 * visible:.0f}% visible"
+        status,
+        error,
+        elapsed,
+        len(log),
+        writer,
+        written,
+        what,
+        f"{model} on {device}, {backend.split(' (auto:')[0]}, {100 * visible:.0f}% visible",
     )
 
 
@@ -408,7 +415,7 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
         writer,
         written,
         f"{mode.strip('-')} through {done} frames",
-        f"{model}, {backend}",
+        f"{model} on {device}, {backend.split(' (auto:')[0]}",
     )
 
 
