@@ -103,6 +103,7 @@ def test_bench_writes_well_formed_results(tiny_video, tmp_path, capsys):
             assert _positive(b["fps"]) and _positive(b["achieved_tflops"])
             assert b["peak_fraction"] is None  # CPU: peak unknown
         assert _positive(r["vs_naive"]["latency"]) and _positive(r["memory"]["host_rss_mib"])
+        assert 0 <= r["memory"]["others_cpu_share"] <= 1
 
     e2e = report["end_to_end"]
     assert e2e["frame_size"] == [160, 120]

@@ -218,6 +218,8 @@ class MemoryPeak:
         torch_allocated_mib: torch's ``max_memory_allocated`` (tensors only), None on CPU.
         host_rss_mib: peak resident set size of the process.
         sm_clock_mhz: median SM clock while it ran (NVML), None on CPU.
+        others_cpu_share: CPU time other processes used while it ran, as a fraction of all cores' time (how
+            disturbed a measurement on a shared machine was; 0.5 on 2 cores: one core's worth).
     """
 
     gpu_mib: float | None
@@ -225,10 +227,18 @@ class MemoryPeak:
     torch_allocated_mib: float | None
     host_rss_mib: float
     sm_clock_mhz: float | None = None
+    others_cpu_share: float | None = None
+
+
+def _busy_seconds() -> float:
+    """CPU seconds all processes have spent busy since boot (every core)."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0) + getattr(t, "steal", 0.0)
 
 
 class MemoryMonitor:
-    """Context manager polling GPU memory (NVML), SM clock and host RSS in a background thread.
+    """Context manager polling GPU memory (NVML), SM clock and host RSS in a background thread; it also notes how
+    much CPU other processes took meanwhile.
 
     Args:
         nvml: the process's :class:`Nvml` (created before any CUDA work).
@@ -267,6 +277,7 @@ class MemoryMonitor:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         self._sample()
+        self._cpu = (time.perf_counter(), _busy_seconds(), sum(self.process.cpu_times()[:4]))
         self._thread = threading.Thread(target=self._run, name="bench-memory", daemon=True)
         self._thread.start()
         return self
@@ -284,7 +295,11 @@ class MemoryMonitor:
             gpu, source = self._gpu_device - self.nvml.baseline_mib, "nvml-device-delta"
         allocated = torch.cuda.max_memory_allocated(self.device) / MIB if self.device.type == "cuda" else None
         clock = float(np.median(self._clocks)) if self._clocks else None
-        self.peak = MemoryPeak(gpu, source, allocated, self._rss, clock)
+        wall = time.perf_counter() - self._cpu[0]
+        ours = sum(self.process.cpu_times()[:4]) - self._cpu[2]
+        others = (_busy_seconds() - self._cpu[1] - ours) / (wall * (os.cpu_count() or 1)) if wall > 0 else None
+        others = min(max(others, 0.0), 1.0) if others is not None else None
+        self.peak = MemoryPeak(gpu, source, allocated, self._rss, clock, others)
 
 
 def host_peak_rss_mib() -> float:

@@ -154,7 +154,7 @@ def _model_table(report: dict) -> list[str]:
     head = ["model", "input", "backend", "precision", "GFLOP/frame", "batch 1 p50 / p90 / p99 ms"]
     head += [f"batch {b} frames/s" for b in big]
     head += [f"achieved {rate} (batch {max(batches)})", "of peak", "vs naive: latency / throughput"]
-    head += ["peak GPU MiB" if not cpu else "peak RSS MiB"]
+    head += ["peak GPU MiB" if not cpu else "peak RSS MiB", "others' CPU"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         name = r["arch"] + (" (naive reference)" if r.get("role") else "")
@@ -175,9 +175,14 @@ def _model_table(report: dict) -> list[str]:
         else:
             cells.append("-")
         mem = r["memory"]["host_rss_mib"] if cpu else r["memory"]["gpu_mib"]
-        cells.append(_fmt(mem, 0))
+        cells += [_fmt(mem, 0), _share(r["memory"])]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _share(memory: dict) -> str:
+    share = memory.get("others_cpu_share")
+    return "-" if share is None else f"{100 * share:.0f}%"
 
 
 def _e2e_tables(report: dict) -> list[str]:
@@ -193,11 +198,12 @@ def _e2e_tables(report: dict) -> list[str]:
         f"{e2e['naive']['featurizer']}, {e2e['naive']['frames']} frames per run. Mask mode: {e2e['mask']}.",
         "",
         "| run | frames/s | ms/frame | naive frames/s | speedup vs naive | bottleneck | "
-        + ("peak RSS MiB |" if cpu else "peak GPU MiB | peak RSS MiB |"),
-        "|---|---|---|---|---|---|---|" + ("" if cpu else "---|"),
+        + ("peak RSS MiB |" if cpu else "peak GPU MiB | peak RSS MiB |")
+        + " others' CPU (ours / naive) |",
+        "|---|---|---|---|---|---|---|---|" + ("" if cpu else "---|"),
     ]
     for r in e2e["runs"]:
-        mem = [_fmt(r["memory"]["host_rss_mib"], 0)]
+        mem = [_fmt(r["memory"]["host_rss_mib"], 0), f"{_share(r['memory'])} / {_share(r['naive']['memory'])}"]
         if not cpu:
             mem.insert(0, _fmt(r["memory"]["gpu_mib"], 0))
         lines.append(
