@@ -603,11 +603,16 @@ def _notes(report: dict) -> list[str]:
         shares += [run["memory"].get("others_cpu_share"), run["naive"]["memory"].get("others_cpu_share")]
     shares = [s for s in shares if s is not None]
     busiest = max(shares) if shares else 0.0
-    if start > 0.25 * cores or busiest > 0.1:
+    if busiest > 0.1:
         notes.append(
-            f"the machine was shared: 1-minute load average {start} at the start on {cores} cores, other processes "
-            f"took up to {100 * busiest:.0f}% of all cores' time during a measurement (column \"others' CPU\"); "
-            "those timings are disturbed (ours and the naive baseline alternate, so the ratios less so)"
+            f"the machine was shared: other processes took up to {100 * busiest:.0f}% of all {cores} cores' time "
+            f"during a measurement (the others' CPU column; 1-minute load average {start} at the start); those "
+            "timings are disturbed (ours and the naive baseline alternate, so the ratios less so)"
+        )
+    elif shares:
+        notes.append(
+            f"other processes took at most {100 * busiest:.0f}% of all {cores} cores' time during any measurement "
+            f"(the others' CPU column; 1-minute load average {start} at the start)"
         )
     s = report["settings"]
     if s["device"] == "cpu":
