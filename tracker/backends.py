@@ -59,6 +59,17 @@ class BackendOptions:
             raise TrackerError("--compile applies to the torch backend only")
 
 
+def pick_device(requested: str | None) -> str:
+    """``--device``: cuda when available by default; a clear error when the request cannot be met."""
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested not in ("cpu", "cuda") and not requested.startswith("cuda:"):
+        raise TrackerError(f"--device must be cpu or cuda, got {requested!r}")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise TrackerError("--device cuda: no CUDA GPU is available to torch on this machine")
+    return requested
+
+
 def available_backends(device: str | torch.device) -> dict[str, str]:
     """Which backends can run on ``device``: name -> ``""`` when usable, else the reason it is not."""
     cuda = torch.device(device).type == "cuda"

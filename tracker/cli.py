@@ -143,15 +143,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _pick_device(requested: str | None) -> str:
-    import torch
+    from tracker.backends import pick_device
 
-    if requested is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested not in ("cpu", "cuda") and not requested.startswith("cuda:"):
-        raise TrackerError(f"--device must be cpu or cuda, got {requested!r}")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise TrackerError("--device cuda: no CUDA GPU is available to torch on this machine")
-    return requested
+    return pick_device(requested)
 
 
 def _check_writable(path: Path, what: str) -> None:

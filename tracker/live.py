@@ -818,17 +818,6 @@ def build_parser():
     return p
 
 
-def pick_device(requested: str | None) -> str:
-    """``--device``: cuda when available by default; a clear error when the request cannot be met."""
-    if requested is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested not in ("cpu", "cuda") and not requested.startswith("cuda:"):
-        raise TrackerError(f"--device must be cpu or cuda, got {requested!r}")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise TrackerError("--device cuda: no CUDA GPU is available to torch on this machine")
-    return requested
-
-
 def _check_output(path: Path, option: str, suffixes: tuple[str, ...]) -> Path:
     if path.suffix.lower() not in suffixes:
         names = " or ".join(filter(None, [", ".join(suffixes[:-1]), suffixes[-1]]))
@@ -849,6 +838,8 @@ def main(argv: list[str]) -> int:
 
     args = build_parser().parse_args(argv)
     say = lambda line: print(f"track live: {line}", file=sys.stderr)  # noqa: E731
+    from tracker.backends import pick_device
+
     device = pick_device(args.device)
     if args.max_frames is not None and args.max_frames < 1:
         raise TrackerError("--max-frames must be at least 1")

@@ -641,8 +641,8 @@ def main(argv: list[str]) -> int:
     except ImportError:
         raise TrackerError("track serve needs FastAPI and uvicorn: pip install '.[web]'") from None
 
+    from tracker.backends import BackendOptions, pick_device
     from tracker.featurizers import resolve_model
-    from tracker.live import pick_device
 
     args = build_parser().parse_args(argv)
     if not 0 <= args.port <= 65535:
@@ -650,8 +650,6 @@ def main(argv: list[str]) -> int:
     if args.max_upload_mb <= 0 or args.max_frames < 2:
         raise TrackerError("--max-upload-mb must be > 0 and --max-frames at least 2")
     device = pick_device(args.device)
-    from tracker.backends import BackendOptions
-
     BackendOptions(backend=args.backend, precision=args.precision)  # validates both in one line
     if args.backend == "onnx":
         raise TrackerError("track serve runs --backend torch, tensorrt or auto")
