@@ -30,6 +30,23 @@ def points_schema() -> dict:
     return json.loads(resources.files("tracker").joinpath("schemas/points.schema.json").read_text())
 
 
+def read_json(path: str | Path, what: str):
+    """Parse a JSON file given on the command line; ``what`` names it in the one-line errors.
+
+    Raises:
+        TrackerError: missing, unreadable, or not JSON.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise TrackerError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrackerError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise TrackerError(f"{what} {path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+
+
 def read_points(path: str | Path) -> Queries:
     """Read and validate a points file.
 
@@ -38,15 +55,7 @@ def read_points(path: str | Path) -> Queries:
     """
     import jsonschema
 
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise TrackerError(f"points file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrackerError(f"cannot read points file {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise TrackerError(f"points file {path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    data = read_json(path, "points file")
     if data == [] or (isinstance(data, dict) and data.get("points") == []):
         raise TrackerError(f"points file {path} holds no points")
     try:

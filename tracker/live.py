@@ -26,7 +26,6 @@ featurizer does not run twice).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -43,7 +42,7 @@ import torch
 
 from tracker.errors import TrackerError
 from tracker.featurizers import Featurizer
-from tracker.formats import TRACK_SUFFIXES, TrackLog, write_tracks
+from tracker.formats import TRACK_SUFFIXES, TrackLog, read_json, write_tracks
 from tracker.geometry import frames_to_tensor
 from tracker.matching import MatchConfig
 from tracker.propagation import MaskPropagator, MaskState, PropagationConfig
@@ -108,14 +107,7 @@ def read_script(path: str | Path) -> list[ScriptEvent]:
         TrackerError: unreadable, not JSON, or an event of the wrong shape.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise TrackerError(f"script not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrackerError(f"cannot read script {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise TrackerError(f"script {path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    data = read_json(path, "script")
     items = data.get("events") if isinstance(data, dict) else data
     if not isinstance(items, list):
         raise TrackerError(f"script {path}: expected a list of events or {{'events': [...]}}")
