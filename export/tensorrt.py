@@ -25,12 +25,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from tracker.atomic import atomic_write
 from tracker.errors import TrackerError
-from tracker.featurizers import Featurizer, ViTFeaturizer
+from tracker.featurizers import Featurizer, ViTFeaturizer, to_input_size
 
 MIN_COSINE = 0.999
 PLATFORM_FIELDS = ("gpu", "compute_capability", "tensorrt")
@@ -258,11 +257,7 @@ class TensorRTFeaturizer(Featurizer):
         batch = frames.shape[0]
         if batch > self.meta.max_batch:
             return torch.cat([self(chunk) for chunk in frames.split(self.meta.max_batch)])
-        if frames.device.type == "cpu":
-            frames = frames.pin_memory()
-        y = frames.to(self._device, non_blocking=True).permute(0, 3, 1, 2).float()
-        if tuple(y.shape[-2:]) != self.input_hw:
-            y = F.interpolate(y, size=self.input_hw, mode="bilinear", align_corners=False, antialias=True)
+        y = to_input_size(frames, self._device, self.input_hw)
         x, out = self._io(batch)
         x.copy_(y.permute(0, 2, 3, 1))
         stream = self._stream
@@ -315,7 +310,7 @@ def engine_for(
         TrackerError: TensorRT or a GPU missing, the build failing, or the engine's features below cosine
             0.999 against torch fp32 on the check image.
     """
-    from export.onnx import cosine_per_cell, export_onnx
+    from export.onnx import check_images, cosine_per_cell, export_onnx
 
     _trt()
     device = torch.device(device)
@@ -343,7 +338,7 @@ def engine_for(
             build_engine(onnx_path, engine_path, meta, timing_cache=folder / "timing.cache")
         where = f"built {engine_path}"
     trt_featurizer = TensorRTFeaturizer.load(engine_path, device)
-    check = _check_frames(featurizer.input_hw)
+    check = check_images(featurizer.input_hw)
     with torch.inference_mode():
         want = featurizer.to(device)(check).float().cpu().numpy()
         got = trt_featurizer(check).float().cpu().numpy()
@@ -364,16 +359,6 @@ def engine_for(
         atomic_write(out, engine_path.read_bytes())
         meta.write(out)
     return trt_featurizer, where
-
-
-def _check_frames(input_hw: tuple[int, int]) -> Tensor:
-    """Two textured check images at the input size (uint8 ``[2, H, W, 3]``)."""
-    import numpy as np
-
-    from tracker.synthetic import texture
-
-    rng = np.random.default_rng(0)
-    return torch.from_numpy(np.stack([texture(*input_hw, rng) for _ in range(2)]))
 
 
 def default_engine_dir() -> Path:

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from tracker.errors import TrackerError
-from tracker.featurizers import VIT_MODELS, Featurizer, ViTFeaturizer, create_featurizer
+from tracker.featurizers import VIT_MODELS, Featurizer, ViTFeaturizer, create_featurizer, to_input_size
 
 BACKENDS = ("auto", "torch", "onnx", "tensorrt")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -237,17 +236,9 @@ class OnnxFeaturizer(Featurizer):
     def provider(self) -> str:
         return self.session.get_providers()[0]
 
-    def _resize(self, frames: Tensor) -> Tensor:
-        if frames.device.type == "cpu" and self._device.type == "cuda":
-            frames = frames.pin_memory()
-        x = frames.to(self._device, non_blocking=True).permute(0, 3, 1, 2).float()
-        if tuple(x.shape[-2:]) != self.input_hw:
-            x = F.interpolate(x, size=self.input_hw, mode="bilinear", align_corners=False, antialias=True)
-        return x.permute(0, 2, 3, 1).contiguous()
-
     @torch.inference_mode()
     def forward(self, frames: Tensor) -> Tensor:
-        x = self._resize(frames)
+        x = to_input_size(frames, self._device, self.input_hw).permute(0, 2, 3, 1).contiguous()
         b = x.shape[0]
         h, w = self.grid_hw
         out = torch.empty(b, self.channels, h, w, device=self._device)

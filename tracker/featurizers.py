@@ -19,6 +19,20 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def to_input_size(frames: Tensor, device: torch.device, input_hw: tuple[int, int]) -> Tensor:
+    """``[B, H, W, 3]`` uint8 frames -> ``[B, 3, h_in, w_in]`` float32 0..255 on ``device``.
+
+    uint8 frames go to a GPU as they are (a quarter of the float bytes), through pinned memory so the copy is
+    asynchronous; conversion and the antialiased bilinear resize run on ``device``. Every backend uses this.
+    """
+    if frames.device.type == "cpu" and device.type == "cuda":
+        frames = frames.pin_memory()
+    x = frames.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+    if tuple(x.shape[-2:]) != tuple(input_hw):
+        x = F.interpolate(x, size=input_hw, mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
 class Featurizer(nn.Module):
     """Interface shared by all featurizers.
 
@@ -95,17 +109,9 @@ class ViTFeaturizer(Featurizer):
         return self
 
     def preprocess(self, frames: Tensor) -> Tensor:
-        """``[B, H, W, 3]`` uint8 -> ``[B, 3, h_in, w_in]`` ImageNet-normalised float32 on device.
-
-        uint8 frames go to a GPU as they are (a quarter of the float bytes), through pinned memory so the
-        copy is asynchronous; conversion, resize and normalisation run on the featurizer's device.
-        """
-        if frames.device.type == "cpu" and self.device.type == "cuda":
-            frames = frames.pin_memory()
-        x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        if tuple(x.shape[-2:]) != self.input_hw:
-            x = F.interpolate(x, size=self.input_hw, mode="bilinear", align_corners=False, antialias=True)
-        return (x - self.mean) / self.std
+        """``[B, H, W, 3]`` uint8 -> ``[B, 3, h_in, w_in]`` ImageNet-normalised float32 on device
+        (:func:`to_input_size`, then normalisation on the featurizer's device)."""
+        return (to_input_size(frames, self.device, self.input_hw) - self.mean) / self.std
 
     def features(self, x: Tensor) -> Tensor:
         """Pre-processed ``[B, 3, h_in, w_in]`` -> ``[B, C, h, w]`` L2-normalised (normalisation in fp32)."""
