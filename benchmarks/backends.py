@@ -24,16 +24,10 @@ import numpy as np
 import torch
 from _common import machine
 
+from export.onnx import check_images, cosine_per_cell
 from tracker.atomic import atomic_write
 from tracker.backends import BackendOptions, available_backends, build_featurizer
 from tracker.errors import TrackerError
-
-
-def check_frames(input_hw: tuple[int, int]) -> torch.Tensor:
-    from tracker.synthetic import texture
-
-    rng = np.random.default_rng(0)
-    return torch.from_numpy(np.stack([texture(*input_hw, rng) for _ in range(2)]))
 
 
 def timed(featurizer, frames: torch.Tensor, iters: int, warmup: int) -> list[float]:
@@ -95,7 +89,7 @@ def main() -> None:
     reference, _ = build_featurizer(
         args.model, frame_hw, BackendOptions(backend="torch", precision="fp32"), size=args.size, weights=args.weights
     )
-    check = check_frames(reference.input_hw)
+    check = check_images(reference.input_hw)
     with torch.inference_mode():
         want = reference(check).numpy()
     status = available_backends(args.device)
@@ -111,8 +105,6 @@ def main() -> None:
             try:
                 featurizer = make(label, option, reference, args, frame_hw, Path(tmp))
                 got = featurizer(check).float().cpu().numpy()
-                from export.onnx import cosine_per_cell
-
                 row["min_cosine"] = float(cosine_per_cell(got, want).min())
                 lat = timed(featurizer, check[:1], args.iters, warmup)
                 row["latency_ms"] = {q: float(np.percentile(lat, q)) for q in (50, 90, 99)}

@@ -128,6 +128,14 @@ def keep_fp32(model, ops: tuple[str, ...] = FP32_OPS) -> int:
     return count
 
 
+def check_images(input_hw: tuple[int, int]) -> Tensor:
+    """Two textured check images at the input size (uint8 ``[2, H, W, 3]``), for parity checks of backends."""
+    from tracker.synthetic import texture
+
+    rng = np.random.default_rng(0)
+    return torch.from_numpy(np.stack([texture(*input_hw, rng) for _ in range(2)]))
+
+
 def export_onnx(
     featurizer: ViTFeaturizer,
     path: str | Path,
