@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import gc
-import inspect
 import json
 import os
 import sys
@@ -144,10 +143,7 @@ class Factory:
         torch.manual_seed(0)
         torch_featurizer = create_featurizer(model, (size, size), size=str(size), weights=weights, **self.overrides)
         path = self.folder / f"{model}_{size}_{precision}.onnx"
-        if "precision" in inspect.signature(export_onnx).parameters:
-            export_onnx(torch_featurizer, path, precision=precision)
-        else:  # the first version of the exporter took fp16=
-            export_onnx(torch_featurizer, path, fp16=precision == "fp16")
+        export_onnx(torch_featurizer, path, precision=precision)
         self._onnx[key] = path
         return path
 
