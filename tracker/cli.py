@@ -295,26 +295,25 @@ def _featurizer_for(args: argparse.Namespace, info, device: str):
     options = BackendOptions(
         backend=args.backend, precision=args.precision, compile=args.compile, onnx=args.onnx, engine=args.engine
     )
-    if options.onnx or options.engine:
-        featurizer, how = build_featurizer(
-            "", (info.height, info.width), options, size=args.size, weights=args.weights, device=device
-        )
-        model = featurizer.name
-        match, prop = _settings(args, model)
-    else:
+    from_file = bool(options.onnx or options.engine)  # the file brings its model and size
+    model = ""
+    if not from_file:
         model, warning = resolve_model(args.model, args.weights)
         match, prop = _settings(args, model)
         if warning:
             print(f"track: warning: {warning}", file=sys.stderr)
-        featurizer, how = build_featurizer(
-            model,
-            (info.height, info.width),
-            options,
-            size=args.size,
-            keep_aspect=args.keep_aspect,
-            weights=args.weights,
-            device=device,
-        )
+    featurizer, how = build_featurizer(
+        model,
+        (info.height, info.width),
+        options,
+        size=args.size,
+        keep_aspect=args.keep_aspect,
+        weights=args.weights,
+        device=device,
+    )
+    if from_file:
+        model = featurizer.name
+        match, prop = _settings(args, model)
     return model, featurizer, how, match, prop
 
 
