@@ -190,15 +190,8 @@ def run_points(
                 step += time.perf_counter() - t0
                 if result is None:
                     break
-                if writer is not None:
-                    frame = source.pop(result.frame_index)
-                    with clock("drawing"):
-                        image = overlay.draw(frame, result)
-                    with clock("encoding"):
-                        writer.write(image)
-            if writer is not None:
-                with clock("encoding"):
-                    writer.close()
+                _render(result, source, overlay, writer, clock)
+            _close(writer, clock)
             seconds = time.perf_counter() - start
     return RunTiming(source.count, seconds, _stages(clock, step, "matching"))
 
@@ -324,14 +317,24 @@ def run_naive_points(
         writer = _writer(Path(tmp) if write else None, info.fps, (info.width, info.height))
         start = time.perf_counter()
         for result in naive.track(source, queries, clock):
-            if writer is not None:
-                frame = source.pop(result.frame_index)
-                with clock("drawing"):
-                    image = overlay.draw(frame, result)
-                with clock("encoding"):
-                    writer.write(image)
-        if writer is not None:
-            with clock("encoding"):
-                writer.close()
+            _render(result, source, overlay, writer, clock)
+        _close(writer, clock)
         seconds = time.perf_counter() - start
     return RunTiming(source.count, seconds, dict(clock.seconds) if clock.enabled else {})
+
+
+def _render(result, source, overlay, writer, clock) -> None:
+    """Draw ``result`` on its frame and encode it (timed as drawing and encoding); nothing without a writer."""
+    if writer is not None:
+        frame = source.pop(result.frame_index)
+        with clock("drawing"):
+            image = overlay.draw(frame, result)
+        with clock("encoding"):
+            writer.write(image)
+
+
+def _close(writer, clock) -> None:
+    """Finish the overlay video (timed as encoding)."""
+    if writer is not None:
+        with clock("encoding"):
+            writer.close()
