@@ -106,6 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_featurizer_options(p: argparse.ArgumentParser, backends: str = "torch, onnx, tensorrt or auto") -> None:
+    """The model and backend options ``track live`` and ``track serve`` share with ``track``."""
+    from tracker.featurizers import MODEL_NAMES
+
+    p.add_argument("--model", default="auto", help=f"one of {', '.join(MODEL_NAMES)} (default: auto)")
+    p.add_argument("--weights", help="'random' (architecture only) or local weights file(s), comma-separated")
+    p.add_argument("--size", help="featurizer input size: N or WxH (defaults as for `track`)")
+    p.add_argument("--keep-aspect", action="store_true", help="preserve the frame's aspect ratio")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--backend", default="auto", help=f"{backends} (as for `track`)")
+    p.add_argument("--precision", help="fp32, fp16 or bf16 (default: fp16 for ViT models on CUDA, else fp32)")
+
+
 def build_weights_parser() -> argparse.ArgumentParser:
     p = Parser(prog="track weights", description="Model weights: list the table, download, verify the cache.")
     sub = p.add_subparsers(dest="action", required=True, parser_class=Parser)

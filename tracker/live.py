@@ -770,8 +770,7 @@ LIVE_SIFT_PROPAGATION = {"radius": 8.0, "context": 1}
 
 
 def build_parser():
-    from tracker.cli import Parser
-    from tracker.featurizers import MODEL_NAMES
+    from tracker.cli import Parser, add_featurizer_options
 
     p = Parser(
         prog="track live",
@@ -795,13 +794,7 @@ def build_parser():
     p.add_argument("--record", help="write the rendered overlay as an .mp4")
     p.add_argument("--snapshot", help="write the last rendered overlay as a .png")
     p.add_argument("--max-frames", type=int, help="stop after this many processed frames")
-    p.add_argument("--model", default="auto", help=f"one of {', '.join(MODEL_NAMES)} (default: auto)")
-    p.add_argument("--weights", help="'random' (architecture only) or local weights file(s), comma-separated")
-    p.add_argument("--size", help="featurizer input size: N or WxH (defaults as for `track`)")
-    p.add_argument("--keep-aspect", action="store_true", help="preserve the frame's aspect ratio")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--backend", default="auto", help="torch, onnx, tensorrt or auto (as for `track`)")
-    p.add_argument("--precision", help="fp32, fp16 or bf16 (default: fp16 for ViT models on CUDA, else fp32)")
+    add_featurizer_options(p)
     p.add_argument("--onnx", help="ONNX featurizer written by `track export onnx`")
     p.add_argument("--engine", help="TensorRT engine written by `track export tensorrt`")
     p.add_argument("--context", type=int, help="masks: last N predictions as references (live sift: 1)")

@@ -612,8 +612,7 @@ def create_app(config: ServeConfig):
 
 
 def build_parser():
-    from tracker.cli import Parser
-    from tracker.featurizers import MODEL_NAMES
+    from tracker.cli import Parser, add_featurizer_options
 
     p = Parser(
         prog="track serve",
@@ -621,13 +620,7 @@ def build_parser():
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
-    p.add_argument("--model", default="auto", help=f"one of {', '.join(MODEL_NAMES)} (default: auto)")
-    p.add_argument("--weights", help="'random' (architecture only) or local weights file(s), comma-separated")
-    p.add_argument("--size", help="featurizer input size: N or WxH (defaults as for `track`)")
-    p.add_argument("--keep-aspect", action="store_true", help="preserve the frame's aspect ratio")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--backend", default="auto", help="torch, tensorrt or auto (as for `track`)")
-    p.add_argument("--precision", help="fp32, fp16 or bf16 (default: fp16 for ViT models on CUDA, else fp32)")
+    add_featurizer_options(p, "torch, tensorrt or auto")
     p.add_argument("--max-upload-mb", type=float, default=64.0, help="largest upload accepted (default 64)")
     p.add_argument("--max-frames", type=int, default=900, help="frames tracked at most per video (default 900)")
     return p
