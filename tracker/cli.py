@@ -161,7 +161,8 @@ def _pick_device(requested: str | None) -> str:
     return pick_device(requested)
 
 
-def _check_writable(path: Path, what: str) -> None:
+def check_writable(path: Path, what: str) -> None:
+    """Refuse, in one line, an output path whose folder is missing or not writable, or that is a folder."""
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise TrackerError(f"{what} {path}: folder {parent} does not exist")
@@ -206,9 +207,9 @@ def track_command(args: argparse.Namespace) -> int:
         raise TrackerError(f"--out-tracks must end in .json, .csv or .npz, got {out_tracks.name}")
     if out_video is not None and out_video.suffix.lower() != ".mp4":
         raise TrackerError(f"--out-video must end in .mp4, got {out_video.name}")
-    _check_writable(out_tracks, "--out-tracks")
+    check_writable(out_tracks, "--out-tracks")
     if out_video is not None:
-        _check_writable(out_video, "--out-video")
+        check_writable(out_video, "--out-video")
 
     video = open_video(args.video)
     info = video.info
@@ -366,11 +367,11 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
     if out_video is not None:
         if out_video.suffix.lower() != ".mp4":
             raise TrackerError(f"--out-video must end in .mp4, got {out_video.name}")
-        _check_writable(out_video, "--out-video")
+        check_writable(out_video, "--out-video")
     if out_masks is not None:
         if out_masks.exists() and not out_masks.is_dir():
             raise TrackerError(f"--out-masks {out_masks} is a file, not a folder")
-        _check_writable(out_masks / "00000.png" if out_masks.is_dir() else out_masks, "--out-masks")
+        check_writable(out_masks / "00000.png" if out_masks.is_dir() else out_masks, "--out-masks")
 
     video = open_video(source)
     info = video.info
@@ -579,7 +580,7 @@ def eval_command(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TrackerError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
-    _check_writable(out / "report.json", "--out")
+    check_writable(out / "report.json", "--out")
     featurizers: dict = {}
 
     def make_featurizer(frame_hw):
@@ -668,7 +669,7 @@ def export_command(args: argparse.Namespace) -> int:
     suffix = ".onnx" if args.format == "onnx" else ".engine"
     if out.suffix.lower() != suffix:
         raise TrackerError(f"--out must end in {suffix}, got {out.name}")
-    _check_writable(out, "--out")
+    check_writable(out, "--out")
     spec = SizeSpec.parse(args.size)
     spec.resolve(spec.height or 1, spec.width or 1, multiple=14)  # refuses sides that are not multiples of 14
     if args.format == "tensorrt":

@@ -27,7 +27,6 @@ featurizer does not run twice).
 from __future__ import annotations
 
 import math
-import os
 import re
 import sys
 import threading
@@ -807,11 +806,9 @@ def _check_output(path: Path, option: str, suffixes: tuple[str, ...]) -> Path:
     if path.suffix.lower() not in suffixes:
         names = " or ".join(filter(None, [", ".join(suffixes[:-1]), suffixes[-1]]))
         raise TrackerError(f"{option} must end in {names}, got {path.name}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise TrackerError(f"{option} {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK) or path.is_dir():
-        raise TrackerError(f"{option} {path}: not writable")
+    from tracker.cli import check_writable
+
+    check_writable(path, option)
     return path
 
 
