@@ -25,9 +25,9 @@ import torch
 from _common import machine
 
 from export.onnx import check_images, cosine_per_cell
-from tracker.atomic import atomic_write
 from tracker.backends import BackendOptions, available_backends, build_featurizer
 from tracker.errors import TrackerError
+from tracker.io.atomic import atomic_write
 
 
 def timed(featurizer, frames: torch.Tensor, iters: int, warmup: int) -> list[float]:

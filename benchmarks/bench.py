@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from tracker.cli import main
+from tracker.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

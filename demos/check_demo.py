@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tracker.formats import read_tracks
+from tracker.io.formats import read_tracks
 
 
 def main(out: Path) -> int:

@@ -13,7 +13,7 @@ wheel); without one, add ``--headless --script events.json``. ``track live --hel
 
 import sys
 
-from tracker.cli import main
+from tracker.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["live", *sys.argv[1:]]))

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from tracker.atomic import atomic_write
 from tracker.errors import TrackerError
 from tracker.featurizers import Featurizer, ViTFeaturizer, to_input_size
+from tracker.io.atomic import atomic_write
 
 MIN_COSINE = 0.999
 PLATFORM_FIELDS = ("gpu", "compute_capability", "tensorrt")

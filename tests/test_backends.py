@@ -154,7 +154,7 @@ def test_weights_digest_follows_the_weights():
 
 
 def test_command_line_refusals(tmp_path, capsys):
-    from tracker.cli import main
+    from tracker.apps.cli import main
     from tracker.synthetic import write_video
 
     video = moving_objects(num_frames=3, size=(64, 96))
@@ -179,8 +179,8 @@ def test_command_line_refusals(tmp_path, capsys):
 
 
 def test_auto_backend_is_announced_on_the_command_line(tmp_path, capsys):
-    from tracker.cli import main
-    from tracker.formats import read_tracks
+    from tracker.apps.cli import main
+    from tracker.io.formats import read_tracks
     from tracker.synthetic import write_video
 
     video = moving_objects(num_frames=3, size=(64, 96))

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from tracker.bench_e2e import NaivePointTracker
-from tracker.bench_measure import Timing, peak_tflops, time_calls, vit_flops
-from tracker.cli import main
+from tracker.apps.cli import main
+from tracker.bench.e2e import NaivePointTracker
+from tracker.bench.measure import Timing, peak_tflops, time_calls, vit_flops
 from tracker.synthetic import moving_objects, write_video
 from tracker.tracking import Queries
 from tracker.weights import create_vit

@@ -1,6 +1,6 @@
 """Bad input through the real command line, as a user runs it.
 
-Every case is ``python -m tracker.cli`` in a subprocess and must end with exit code 2 and exactly one line
+Every case is ``python -m tracker.apps.cli`` in a subprocess and must end with exit code 2 and exactly one line
 on stderr, ``track: error: ...``, naming the file or option at fault, and write nothing. Each case differs
 from a valid run (the positive control, exit 0) in one thing. Ctrl-C (SIGINT) during tracking must exit
 130 and keep the tracks of the frames already finished.
@@ -32,7 +32,7 @@ import torch
 from tracker.synthetic import moving_objects, write_video
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "tracker.cli"]
+CLI = [sys.executable, "-m", "tracker.apps.cli"]
 NUM_FRAMES, SIZE = 6, (64, 96)  # (height, width)
 GOOD_POINTS = {"points": [{"x": 30.0, "y": 25.0, "label": "corner"}, {"x": 60.5, "y": 40.0, "frame": 2}]}
 TIMEOUT = 180

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from tracker import create_featurizer
 from tracker import weights as W
-from tracker.cli import main as track_main
+from tracker.apps.cli import main as track_main
 from tracker.distill import adapter as A
 from tracker.distill import student as S
 from tracker.distill import teachers as T

@@ -6,7 +6,7 @@ import pickle
 import numpy as np
 import pytest
 
-from tracker.cli import main
+from tracker.apps.cli import main
 from tracker.synthetic import texture
 
 

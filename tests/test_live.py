@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 
 from tracker import PointTracker, Queries, TrackerError, create_featurizer, default_match_config
-from tracker.cli import main as track_main
-from tracker.formats import read_tracks
-from tracker.live import (
+from tracker.apps.cli import main as track_main
+from tracker.apps.live import (
     Click,
     Key,
     LatestFrame,
@@ -31,6 +30,7 @@ from tracker.live import (
     paint_region,
     read_script,
 )
+from tracker.io.formats import read_tracks
 from tracker.propagation import default_propagation_config
 from tracker.synthetic import moving_objects, write_video
 
@@ -76,7 +76,7 @@ def test_headless_scripted_run_through_the_command_line(tmp_path, video, clip):
     events += [{"frame": 12, "key": "s"}, {"frame": 20, "key": "q"}]
     (tmp_path / "events.json").write_text(json.dumps({"events": events}))
     proc = subprocess.run(
-        [sys.executable, "-m", "tracker.cli", "live", "--camera", str(clip), "--every-frame", "--headless"]
+        [sys.executable, "-m", "tracker.apps.cli", "live", "--camera", str(clip), "--every-frame", "--headless"]
         + ["--script", "events.json", "--save", "tracks.json", "--model", "sift", "--snapshot", "last.png"],
         cwd=tmp_path,
         capture_output=True,

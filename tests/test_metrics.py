@@ -1,4 +1,4 @@
-"""Hand-computed checks of tracker.metrics (DAVIS J/F, PCK, TAP-Vid)."""
+"""Hand-computed checks of tracker.eval.metrics (DAVIS J/F, PCK, TAP-Vid)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tracker.metrics import _disk, _seg2bmap, boundary_f, jaccard_and_f, pck, region_jaccard, tapvid_metrics
+from tracker.eval.metrics import _disk, _seg2bmap, boundary_f, jaccard_and_f, pck, region_jaccard, tapvid_metrics
 
 
 def _square(r0: int, r1: int, c0: int, c1: int, shape=(20, 20)) -> np.ndarray:

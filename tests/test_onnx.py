@@ -84,8 +84,8 @@ def test_export_and_track_through_the_command_line(tmp_path):
 
     from safetensors.torch import save_file
 
-    from tracker.cli import main
-    from tracker.formats import read_tracks
+    from tracker.apps.cli import main
+    from tracker.io.formats import read_tracks
     from tracker.synthetic import write_video
     from tracker.weights import create_vit
 

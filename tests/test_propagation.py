@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 from tracker import MatchConfig, create_featurizer, default_match_config
-from tracker.drawing import draw_masks
-from tracker.evaluation import davis_sequence, given_masks
-from tracker.formats import read_mask, write_mask
-from tracker.metrics import region_jaccard
+from tracker.eval.evaluation import davis_sequence, given_masks
+from tracker.eval.metrics import region_jaccard
+from tracker.io.drawing import draw_masks
+from tracker.io.formats import read_mask, write_mask
+from tracker.io.video import open_video
 from tracker.propagation import (
     CorrespondenceField,
     MaskPropagator,
@@ -19,7 +20,6 @@ from tracker.propagation import (
     render_colormap,
 )
 from tracker.synthetic import moving_objects
-from tracker.video import open_video
 
 
 @pytest.fixture(scope="module")

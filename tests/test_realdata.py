@@ -3,7 +3,7 @@
 import numpy as np
 
 from tracker import PointTracker, Queries, create_featurizer, default_match_config, open_video
-from tracker.evaluation import badja_queries, load_badja, pck
+from tracker.eval.evaluation import badja_queries, load_badja, pck
 
 
 def badja_pck(shared_data, name: str) -> float:

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tracker.formats import read_tracks
-from tracker.serve import ID, ServeConfig, create_app, sniff_container
+from tracker.apps.serve import ID, ServeConfig, create_app, sniff_container
+from tracker.io.formats import read_tracks
 from tracker.synthetic import moving_objects, write_video
 
 pytest.importorskip("fastapi", reason="the web extra is not installed (pip install '.[web]')")
@@ -145,7 +145,7 @@ def test_tracking_job_streams_points_and_tracks_match_the_motion(client, files, 
 
 
 def test_serve_command_bad_input_is_one_line(capsys):
-    from tracker.cli import main as track_main
+    from tracker.apps.cli import main as track_main
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

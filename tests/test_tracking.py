@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tracker import MatchConfig, PointTracker, Queries, TrackerError, create_featurizer, default_match_config
-from tracker.formats import TrackLog, read_tracks, write_tracks
+from tracker.io.formats import TrackLog, read_tracks, write_tracks
 from tracker.synthetic import moving_objects, write_video
 
 
@@ -121,7 +121,7 @@ def test_tiny_random_vit_end_to_end_through_the_command_line(tmp_path, video, ob
         [
             sys.executable,
             "-m",
-            "tracker.cli",
+            "tracker.apps.cli",
             "clip.mp4",
             "--points",
             "points.json",

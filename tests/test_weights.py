@@ -205,7 +205,7 @@ def test_random_weights_are_explicit_and_never_download(monkeypatch):
 
 
 def test_weights_commands_list_verify_download(monkeypatch, capsys):
-    from tracker.cli import main
+    from tracker.apps.cli import main
 
     monkeypatch.setattr(W, "_reachable", lambda url, timeout=5.0: False)
     assert main(["weights", "list"]) == 0

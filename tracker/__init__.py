@@ -16,9 +16,9 @@ from tracker.featurizers import (
     resolve_model,
 )
 from tracker.geometry import GridGeometry, SizeSpec
+from tracker.io.video import VideoInfo, open_video
 from tracker.matching import MatchConfig
 from tracker.tracking import PointTracker, Queries, TrackResult, TrackState
-from tracker.video import VideoInfo, open_video
 
 __all__ = [
     "BackendOptions",

@@ -17,9 +17,9 @@ import torch
 from torch import Tensor
 
 from tracker import weights as W
-from tracker.atomic import atomic_write
 from tracker.distill.student import LoraFactors
 from tracker.errors import TrackerError
+from tracker.io.atomic import atomic_write
 
 ADAPTER_FORMAT = "distilldift-lora"
 

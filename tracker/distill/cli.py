@@ -19,7 +19,7 @@ EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tracker.cli import Parser
+    from tracker.apps.cli import Parser
 
     p = Parser(
         prog="track distill",
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_convert_parser() -> argparse.ArgumentParser:
-    from tracker.cli import Parser
+    from tracker.apps.cli import Parser
 
     p = Parser(
         prog="track distill convert",

@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tracker.atomic import atomic_write
 from tracker.distill.data import ImageEntry, decode_image, resize_image
 from tracker.errors import TrackerError
 from tracker.featurizers import IMAGENET_MEAN, IMAGENET_STD
+from tracker.io.atomic import atomic_write
 
 SDXL_TURBO = "stabilityai/sdxl-turbo"
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")

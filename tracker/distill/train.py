@@ -27,7 +27,6 @@ from typing import NamedTuple
 
 import torch
 
-from tracker.atomic import atomic_write
 from tracker.distill.adapter import ADAPTER_FORMAT, save_adapter, save_merged
 from tracker.distill.data import ImageEntry, decode_image, describe_images, list_images, resize_image
 from tracker.distill.loss import dense_distillation_loss
@@ -45,6 +44,7 @@ from tracker.distill.teachers import (
     prompt_for,
 )
 from tracker.errors import TrackerError
+from tracker.io.atomic import atomic_write
 
 GIB = 1 << 30
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

@@ -20,9 +20,9 @@ EXIT_INTERRUPTED = 130
 # Subcommands living in their own modules: each has ``main(argv) -> int`` and raises TrackerError on bad input
 # (reported here as one line, exit 2). Their parsers use :class:`Parser`.
 SUBCOMMANDS = {
-    "bench": "tracker.bench",
-    "live": "tracker.live",
-    "serve": "tracker.serve",
+    "bench": "tracker.bench.runner",
+    "live": "tracker.apps.live",
+    "serve": "tracker.apps.serve",
     "distill": "tracker.distill.cli",
 }
 
@@ -174,11 +174,11 @@ def check_writable(path: Path, what: str) -> None:
 
 def track_command(args: argparse.Namespace) -> int:
 
-    from tracker.drawing import TrackOverlay
     from tracker.featurizers import MODEL_NAMES
-    from tracker.formats import TRACK_SUFFIXES, TrackLog, read_points, write_tracks
+    from tracker.io.drawing import TrackOverlay
+    from tracker.io.formats import TRACK_SUFFIXES, TrackLog, read_points, write_tracks
+    from tracker.io.video import AtomicVideoWriter, open_video
     from tracker.tracking import PointTracker
-    from tracker.video import AtomicVideoWriter, open_video
 
     if args.batch < 1:
         raise TrackerError("--batch must be at least 1")
@@ -340,9 +340,10 @@ def _announce(args: argparse.Namespace, backend: str) -> None:
 def dense_command(args: argparse.Namespace, mode: str) -> int:
     """Masks (``--mask`` / ``--davis-root``), ``--colormap`` or ``--edit`` carried through a video."""
 
-    from tracker.drawing import draw_masks
-    from tracker.evaluation import davis_sequence, given_masks
-    from tracker.formats import fit_mask, read_mask, write_mask
+    from tracker.eval.evaluation import davis_sequence, given_masks
+    from tracker.io.drawing import draw_masks
+    from tracker.io.formats import fit_mask, read_mask, write_mask
+    from tracker.io.video import AtomicVideoWriter, open_video
     from tracker.propagation import (
         CorrespondenceField,
         MaskPropagator,
@@ -350,7 +351,6 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
         coordinate_colormap,
         render_colormap,
     )
-    from tracker.video import AtomicVideoWriter, open_video
 
     device = _pick_device(args.device)
     if mode == "--davis-root":
@@ -565,7 +565,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
 def eval_command(args: argparse.Namespace) -> int:
     import json
 
-    from tracker import evaluation as E
+    from tracker.eval import evaluation as E
     from tracker.featurizers import create_featurizer, resolve_model
 
     device = _pick_device(args.device)
@@ -616,7 +616,7 @@ def eval_command(args: argparse.Namespace) -> int:
     }
     report["seconds"] = round(time.perf_counter() - start, 1)
     stem = out / f"{args.benchmark}_{model}"
-    from tracker.atomic import atomic_write
+    from tracker.io.atomic import atomic_write
 
     atomic_write(stem.with_suffix(".json"), json.dumps(report, indent=1).encode())
     heading = (

@@ -9,7 +9,7 @@ Three parts, all in one run and one result file:
 - **End to end** on a real video, as ``track`` runs it: frames/s for several point counts and for mask
   propagation, with and without writing the overlay video, and the time per stage (decode, upload,
   pre-process, featurizer, matching, drawing, encoding) naming the bottleneck.
-- **The naive baseline** on the same frames (:class:`~tracker.bench_e2e.NaivePointTracker`: one frame at a
+- **The naive baseline** on the same frames (:class:`~tracker.bench.e2e.NaivePointTracker`: one frame at a
   time, fp32 eager, the feature map upsampled to the frame and an argmax per point), so every figure also
   appears as a ratio. Peak GPU memory (NVML) and host memory are recorded for every measurement.
 
@@ -36,7 +36,7 @@ import torch
 from tracker.errors import TrackerError
 
 SCHEMA = "semantic-tracker/bench/1"
-DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "01_dog.mp4"
+DEFAULT_VIDEO = Path(__file__).resolve().parents[3] / "shared" / "data" / "videos" / "01_dog.mp4"
 TINY = {"embed_dim": 48, "depth": 2, "num_heads": 2}  # --tiny: the real architecture, tiny widths (tests, CI)
 VIT_B_FAMILY = ("distilldift", "distilldift-ws", "distilldift-s", "dinov2-b")
 ARCH_LABEL = {"dinov2-s": "ViT-S/14-reg4", **{m: "ViT-B/14-reg4" for m in VIT_B_FAMILY}}
@@ -148,9 +148,9 @@ class Factory:
         return path
 
     def flops(self, model: str, size: int):
-        """Analytic :class:`~tracker.bench_measure.FlopCount` per frame (architecture built on the meta device)."""
+        """Analytic :class:`~tracker.bench.measure.FlopCount` per frame (architecture built on the meta device)."""
         from tracker import weights as W
-        from tracker.bench_measure import vit_flops
+        from tracker.bench.measure import vit_flops
 
         key = (model, size)
         if key not in self._flops:
@@ -193,7 +193,7 @@ def measure_model(
     factory: Factory, config: BenchConfig, model: str, size: int, variant: Variant, nvml, batches=None
 ) -> dict:
     """Latency and throughput of one featurizer variant; ``status`` says why it was skipped if it was."""
-    from tracker.bench_measure import MemoryMonitor, time_calls
+    from tracker.bench.measure import MemoryMonitor, time_calls
 
     device = factory.device
     batches = batches or config.batches
@@ -350,8 +350,8 @@ def _stage_record(timing, stages_order) -> dict:
 
 def _run_both(fn, device: torch.device, nvml):
     """On a GPU a plain run (frames/s) and a synchronised stage run; on the CPU one run gives both."""
-    from tracker.bench_e2e import StageClock
-    from tracker.bench_measure import MemoryMonitor
+    from tracker.bench.e2e import StageClock
+    from tracker.bench.measure import MemoryMonitor
 
     with MemoryMonitor(nvml, device) as monitor:
         if device.type == "cuda":
@@ -389,7 +389,7 @@ def _e2e_record(name, mode, points, write, plain, staged, memory, stage_names) -
 
 
 def run_end_to_end(config: BenchConfig, factory: Factory, model_records: list[dict], nvml, log: Log) -> dict:
-    from tracker.bench_e2e import (
+    from tracker.bench.e2e import (
         MASK_STAGES,
         NAIVE_STAGES,
         POINT_STAGES,
@@ -399,8 +399,8 @@ def run_end_to_end(config: BenchConfig, factory: Factory, model_records: list[di
         run_points,
     )
     from tracker.featurizers import default_match_config
-    from tracker.formats import fit_mask, read_mask
-    from tracker.video import open_video
+    from tracker.io.formats import fit_mask, read_mask
+    from tracker.io.video import open_video
 
     device = factory.device
     with open_video(config.video) as video:
@@ -530,8 +530,8 @@ def _weights_label(weights: str | None, model: str) -> str:
 
 def run_bench(config: BenchConfig, log: Log = lambda line: None, command: str = "") -> dict:
     """Run the benchmark described by ``config``; returns the result dictionary (see ``docs/bench.md``)."""
-    from tracker.bench_measure import Nvml, host_peak_rss_mib, machine_info, peak_tflops
-    from tracker.bench_report import evaluate_targets
+    from tracker.bench.measure import Nvml, host_peak_rss_mib, machine_info, peak_tflops
+    from tracker.bench.report import evaluate_targets
 
     device = torch.device(config.device)
     nvml = Nvml() if device.type == "cuda" else None  # before any CUDA work: its baseline is memory used by others
@@ -630,7 +630,7 @@ def _notes(report: dict) -> list[str]:
 
 
 def build_parser():
-    from tracker.cli import Parser
+    from tracker.apps.cli import Parser
 
     p = Parser(
         prog="track bench",
@@ -822,8 +822,8 @@ def output_paths(target: str) -> tuple[Path, Path, Path]:
 
 
 def main(argv: list[str]) -> int:
-    from tracker.atomic import atomic_write
-    from tracker.bench_report import plot_png, summary_lines, to_markdown
+    from tracker.bench.report import plot_png, summary_lines, to_markdown
+    from tracker.io.atomic import atomic_write
 
     args = build_parser().parse_args(argv)
     config = config_from_args(args)

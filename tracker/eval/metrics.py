@@ -194,7 +194,7 @@ def pck(pred: np.ndarray, truth: np.ndarray, visible: np.ndarray, threshold: np.
     """Percentage of correct keypoints with a pixel threshold.
 
     A visible ground-truth point is correct when ``||pred - truth|| <= threshold`` (the ``<=`` of
-    ``tracker.evaluation.pck``); NaN predictions count as wrong, invisible points are ignored. For BADJA the
+    ``tracker.eval.evaluation.pck``); NaN predictions count as wrong, invisible points are ignored. For BADJA the
     caller passes ``0.2 * sqrt(mask area)`` per annotated frame.
 
     Args:

@@ -41,8 +41,8 @@ import torch
 
 from tracker.errors import TrackerError
 from tracker.featurizers import Featurizer
-from tracker.formats import TRACK_SUFFIXES, TrackLog, read_json, write_tracks
 from tracker.geometry import frames_to_tensor
+from tracker.io.formats import TRACK_SUFFIXES, TrackLog, read_json, write_tracks
 from tracker.matching import MatchConfig
 from tracker.propagation import MaskPropagator, MaskState, PropagationConfig
 from tracker.tracking import PointTracker, Queries, TrackResult, TrackState
@@ -261,7 +261,7 @@ class LiveSession:
         meta: dict | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ):
-        from tracker.drawing import TrackOverlay
+        from tracker.io.drawing import TrackOverlay
 
         self.featurizer = featurizer
         self.tracker = PointTracker(featurizer, match)
@@ -424,7 +424,7 @@ class LiveSession:
 
     def render(self, stroke: list[tuple[float, float]] | None = None, hud: bool = True) -> np.ndarray:
         """``[H, W, 3]`` RGB: the frame shown with masks, points (with trails), a drag in progress and the HUD."""
-        from tracker.drawing import draw_masks
+        from tracker.io.drawing import draw_masks
 
         f = self._require_frame()
         out = f.pixels
@@ -664,7 +664,7 @@ def run(
                 image = session.render(gesture.stroke if options.window else None)
                 if options.record and item is not None:
                     if writer is None:
-                        from tracker.video import AtomicVideoWriter
+                        from tracker.io.video import AtomicVideoWriter
 
                         writer = AtomicVideoWriter(options.record, 25.0, (image.shape[1], image.shape[0]))
                     writer.write(image)
@@ -707,7 +707,7 @@ def run(
         if writer is not None:
             writer.close()
     if options.snapshot is not None and session.frame is not None:
-        from tracker.atomic import atomic_write
+        from tracker.io.atomic import atomic_write
 
         ok, png = cv2.imencode(".png", cv2.cvtColor(session.render(), cv2.COLOR_RGB2BGR))
         if ok:
@@ -769,7 +769,7 @@ LIVE_SIFT_PROPAGATION = {"radius": 8.0, "context": 1}
 
 
 def build_parser():
-    from tracker.cli import Parser, add_featurizer_options
+    from tracker.apps.cli import Parser, add_featurizer_options
 
     p = Parser(
         prog="track live",
@@ -806,7 +806,7 @@ def _check_output(path: Path, option: str, suffixes: tuple[str, ...]) -> Path:
     if path.suffix.lower() not in suffixes:
         names = " or ".join(filter(None, [", ".join(suffixes[:-1]), suffixes[-1]]))
         raise TrackerError(f"{option} must end in {names}, got {path.name}")
-    from tracker.cli import check_writable
+    from tracker.apps.cli import check_writable
 
     check_writable(path, option)
     return path
@@ -815,8 +815,8 @@ def _check_output(path: Path, option: str, suffixes: tuple[str, ...]) -> Path:
 def main(argv: list[str]) -> int:
     """``track live ...``; returns the exit code (bad input raises TrackerError)."""
     from tracker.featurizers import MODEL_NAMES, default_match_config, resolve_model
+    from tracker.io.video import open_video
     from tracker.propagation import default_propagation_config
-    from tracker.video import open_video
 
     args = build_parser().parse_args(argv)
     say = lambda line: print(f"track live: {line}", file=sys.stderr)  # noqa: E731
@@ -930,6 +930,6 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 if __name__ == "__main__":
-    from tracker.cli import main as track_main
+    from tracker.apps.cli import main as track_main
 
     sys.exit(track_main(["live", *sys.argv[1:]]))

@@ -234,7 +234,7 @@ class TrackingService:
         return video
 
     def _probe(self, video_id: str, path: Path, container: str) -> Video:
-        from tracker.video import open_video
+        from tracker.io.video import open_video
 
         try:
             source = open_video(path)
@@ -351,10 +351,10 @@ class TrackingService:
         """The worker thread: track, stream each frame, write the tracks."""
         import torch
 
-        from tracker.drawing import TrackOverlay
-        from tracker.formats import TrackLog, write_tracks
+        from tracker.io.drawing import TrackOverlay
+        from tracker.io.formats import TrackLog, write_tracks
+        from tracker.io.video import open_video
         from tracker.tracking import PointTracker, Queries
-        from tracker.video import open_video
 
         if job.cancel.is_set():
             job.status = "cancelled"
@@ -465,7 +465,7 @@ def create_app(config: ServeConfig):
     from starlette.exceptions import HTTPException
 
     service = TrackingService(config)
-    web = resources.files("tracker").joinpath("web")
+    web = resources.files("tracker.apps").joinpath("web")
     page = web.joinpath("index.html").read_text()
     script = web.joinpath("app.js").read_text()
     limit = int(config.max_upload_mb * MB)
@@ -612,7 +612,7 @@ def create_app(config: ServeConfig):
 
 
 def build_parser():
-    from tracker.cli import Parser, add_featurizer_options
+    from tracker.apps.cli import Parser, add_featurizer_options
 
     p = Parser(
         prog="track serve",
@@ -689,6 +689,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from tracker.cli import main as track_main
+    from tracker.apps.cli import main as track_main
 
     sys.exit(track_main(["serve", *sys.argv[1:]]))

@@ -85,7 +85,7 @@ class TrackOverlay:
 
 def draw_masks(frame: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """``frame`` with each object id tinted in its DAVIS palette colour and outlined."""
-    from tracker.formats import davis_palette
+    from tracker.io.formats import davis_palette
 
     colours = davis_palette()
     out = frame.astype(np.float32)

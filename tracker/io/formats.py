@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tracker.atomic import atomic_write
 from tracker.errors import TrackerError
+from tracker.io.atomic import atomic_write
 from tracker.tracking import Queries, TrackResult
 
 TRACK_SUFFIXES = (".json", ".csv", ".npz")

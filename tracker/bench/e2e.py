@@ -153,7 +153,7 @@ class RunTiming:
 def _writer(out_dir: Path | None, fps: float, size: tuple[int, int]):
     if out_dir is None:
         return None
-    from tracker.video import AtomicVideoWriter
+    from tracker.io.video import AtomicVideoWriter
 
     return AtomicVideoWriter(out_dir / "overlay.mp4", fps, size)
 
@@ -170,8 +170,8 @@ def run_points(
 ) -> RunTiming:
     """Track ``n_points`` random points through the first ``frames`` frames as ``track`` does; with ``write``
     also draw the overlay and encode it to an mp4 (in a temporary folder)."""
-    from tracker.drawing import TrackOverlay
-    from tracker.video import open_video
+    from tracker.io.drawing import TrackOverlay
+    from tracker.io.video import open_video
 
     with open_video(video_path) as video, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         info = video.info
@@ -206,8 +206,8 @@ def run_masks(
     clock: StageClock,
 ) -> RunTiming:
     """Propagate a first-frame mask (default: a centred box) with :class:`~tracker.propagation.MaskPropagator`."""
+    from tracker.io.video import open_video
     from tracker.propagation import MaskPropagator, default_propagation_config
-    from tracker.video import open_video
 
     with open_video(video_path) as video:
         info = video.info
@@ -305,8 +305,8 @@ def run_naive_points(
     min_score: float = 0.5,
 ) -> RunTiming:
     """The naive baseline on the first ``frames`` frames, optionally drawing and encoding the overlay."""
-    from tracker.drawing import TrackOverlay
-    from tracker.video import open_video
+    from tracker.io.drawing import TrackOverlay
+    from tracker.io.video import open_video
 
     with open_video(video_path) as video, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         info = video.info

@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tracker.atomic import default_file_mode
 from tracker.errors import TrackerError
+from tracker.io.atomic import default_file_mode
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 

@@ -91,7 +91,7 @@ def given_masks(masks_dir: Path, frame_hw: tuple[int, int]) -> dict[int, np.ndar
     Returns:
         frame index -> ``[H, W]`` uint8 ids (DAVIS-2016 0/255 masks become 0/1).
     """
-    from tracker.formats import fit_mask, read_mask
+    from tracker.io.formats import fit_mask, read_mask
 
     paths = sorted(masks_dir.glob("*.png"))
     if not paths:
@@ -110,7 +110,7 @@ def given_masks(masks_dir: Path, frame_hw: tuple[int, int]) -> dict[int, np.ndar
 
 def pck(pred: np.ndarray, truth: np.ndarray, visible: np.ndarray, area: np.ndarray, alpha: float = 0.2) -> float:
     """BADJA PCK: visible joints predicted within ``alpha * sqrt(area)`` (``[A, J, 2]``, ``[A, J]``, ``[A]``)."""
-    from tracker.metrics import pck as pck_within
+    from tracker.eval.metrics import pck as pck_within
 
     return pck_within(pred, truth, visible, alpha * np.sqrt(np.asarray(area, np.float64)))
 
@@ -127,7 +127,7 @@ def badja_queries(seq: BadjaSequence) -> tuple[np.ndarray, int, np.ndarray]:
 
 
 def _frames(folder: Path) -> list[np.ndarray]:
-    from tracker.video import open_video
+    from tracker.io.video import open_video
 
     with open_video(folder) as video:
         return list(video)
@@ -140,9 +140,9 @@ def _mean(rows: list[dict], key: str) -> float:
 
 def eval_davis(root: str | Path, sequences: list[str] | None, make_featurizer, prop_config, batch: int = 8) -> dict:
     """DAVIS semi-supervised J, F, J&F (official toolkit frames ``[1:-1]``): ours vs OpenCV DIS flow."""
-    from tracker.baselines import dis_flow_masks
-    from tracker.formats import fit_mask, read_mask
-    from tracker.metrics import jaccard_and_f
+    from tracker.eval.baselines import dis_flow_masks
+    from tracker.eval.metrics import jaccard_and_f
+    from tracker.io.formats import fit_mask, read_mask
     from tracker.propagation import MaskPropagator
 
     root = Path(root)
@@ -186,7 +186,7 @@ def _jf(scores: dict) -> dict:
 
 def eval_badja(root: str | Path, davis_root: str | Path, make_featurizer, match_config, batch: int = 8) -> dict:
     """BADJA PCK@0.2 from the first annotated frame: ours vs OpenCV pyramidal Lucas-Kanade."""
-    from tracker.baselines import lucas_kanade
+    from tracker.eval.baselines import lucas_kanade
     from tracker.tracking import PointTracker, Queries
 
     root = Path(root)
@@ -229,8 +229,8 @@ def eval_tapvid(pkl: str | Path, make_featurizer, match_config, batch: int = 8) 
     """
     import pickle
 
-    from tracker.baselines import lucas_kanade
-    from tracker.metrics import tapvid_metrics
+    from tracker.eval.baselines import lucas_kanade
+    from tracker.eval.metrics import tapvid_metrics
     from tracker.tracking import PointTracker, Queries
 
     try:

@@ -1,0 +1,1 @@
+"""Accuracy evaluation: metrics equal to the official toolkits, benchmark data readers, OpenCV baselines."""
