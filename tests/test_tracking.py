@@ -157,3 +157,18 @@ def test_tiny_random_vit_end_to_end_through_the_command_line(tmp_path, video, ob
 
     cap = cv2.VideoCapture(str(tmp_path / "o.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
+
+
+def test_refine_modes_interface(video, object_points):
+    from tracker.tracking import FOLLOW, NOT_STARTED, OCCLUDED, REDETECT, REFINE_MODES
+
+    assert "none" in REFINE_MODES and len({FOLLOW, REDETECT, OCCLUDED, NOT_STARTED}) == 4
+    featurizer = create_featurizer("sift", (240, 320))
+    with pytest.raises(TrackerError, match="unknown refinement"):
+        PointTracker(featurizer, refine="magic")
+    tracker = PointTracker(featurizer, default_match_config("sift"), refine="none")
+    queries = Queries.create(object_points[:4], frame=[0, 0, 2, 2])
+    results = list(tracker.track(video.frames[:4], queries))
+    decision = torch.stack([r.decision for r in results])
+    assert decision.dtype == torch.int8 and decision.shape == (4, 4)
+    assert (decision[:2, 2:] == NOT_STARTED).all() and (decision[2:, 2:] != NOT_STARTED).all()

@@ -23,6 +23,13 @@ from tracker.featurizers import Featurizer
 from tracker.geometry import GridGeometry, frames_to_tensor
 from tracker.matching import MatchConfig, forward_backward_ok, match, sample_descriptors
 
+REFINE_MODES: tuple[str, ...] = ("none",)
+"""Refinement modes; the first is the default. ``none``: pure per-frame matching of the query descriptor."""
+
+NOT_STARTED, FOLLOW, REDETECT, OCCLUDED = -1, 0, 1, 2
+"""Per-point decisions (``TrackResult.decision``, int8): before the query frame; followed the local track;
+jumped to the semantic match; neither is trusted (the point is predicted and reported invisible)."""
+
 
 @dataclass(frozen=True)
 class Queries:
@@ -70,12 +77,15 @@ class TrackResult:
         xy: ``[N, 2]`` float32 pixel xy in the original frame; NaN before a point's query frame.
         visible: ``[N]`` bool; False before a point's query frame.
         score: ``[N]`` float32 cosine similarity at the match (1 on the query frame, NaN before it).
+        decision: ``[N]`` int8, one of :data:`FOLLOW`, :data:`REDETECT`, :data:`OCCLUDED` per point
+            (:data:`NOT_STARTED` before its query frame); None from producers that do not decide.
     """
 
     frame_index: int
     xy: Tensor
     visible: Tensor
     score: Tensor
+    decision: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -115,11 +125,18 @@ class PointTracker:
     Args:
         featurizer: any :class:`~tracker.featurizers.Featurizer`.
         config: matcher settings.
+        refine: one of :data:`REFINE_MODES` (the first is the default); ``none`` is pure matching.
+
+    Raises:
+        TrackerError: an unknown refinement mode.
     """
 
-    def __init__(self, featurizer: Featurizer, config: MatchConfig | None = None):
+    def __init__(self, featurizer: Featurizer, config: MatchConfig | None = None, refine: str = REFINE_MODES[0]):
+        if refine not in REFINE_MODES:
+            raise TrackerError(f"unknown refinement {refine!r}; choose from: {', '.join(REFINE_MODES)}")
         self.featurizer = featurizer
         self.config = config or MatchConfig()
+        self.refine = refine
 
     # ----------------------------------------------------------------- public API
 
@@ -269,7 +286,9 @@ class PointTracker:
         xy[starting] = q.xy[starting]
         score[starting] = 1.0
         visible[starting] = True
-        result = TrackResult(frame_index=t, xy=xy, visible=visible, score=score)
+        decision = torch.where(visible, FOLLOW, OCCLUDED).to(torch.int8)
+        decision[q.frame > t] = NOT_STARTED
+        result = TrackResult(frame_index=t, xy=xy, visible=visible, score=score, decision=decision)
         return replace(
             state,
             next_frame=t + 1,

@@ -36,6 +36,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from tracker.featurizers import MODEL_NAMES
+    from tracker.tracking import REFINE_MODES
 
     p = Parser(
         prog="track",
@@ -92,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--fb-tolerance", type=float, help="visibility: forward-backward tolerance, grid cells (1.5)")
     m.add_argument("--search-radius", type=float, help="search only this many cells around the previous estimate")
     m.add_argument("--update", type=float, help="descriptor update rate in [0, 1] (0: always the query's)")
+    m.add_argument(
+        "--refine",
+        choices=REFINE_MODES,
+        default=REFINE_MODES[0],
+        help=f"points: {' or '.join(REFINE_MODES)} (default {REFINE_MODES[0]}; none: pure per-frame matching)",
+    )
     d = p.add_argument_group("dense propagation (masks)")
     d.add_argument("--context", type=int, help="also use the last N predicted frames as references (sift: 7; ViT: 0)")
     d.add_argument("--topk", type=int, help="neighbours per cell (5)")
@@ -217,7 +224,7 @@ def track_command(args: argparse.Namespace) -> int:
     if last_query >= info.num_frames:
         raise TrackerError(f"a point is on frame {last_query}, but {args.video} has {info.num_frames} frames")
     model, featurizer, backend, config, _ = _featurizer_for(args, info, device)
-    tracker = PointTracker(featurizer, config)
+    tracker = PointTracker(featurizer, config, refine=args.refine)
     state = tracker.add_queries(tracker.empty_state(info.height, info.width), queries)  # validates positions
     _announce(args, backend)
 
@@ -236,6 +243,7 @@ def track_command(args: argparse.Namespace) -> int:
         "device": device,
         "backend": backend,
         "match": vars(config),
+        "refine": args.refine,
         "coordinates": "pixels of the original frame, centre of the top-left pixel at (0, 0)",
     }
     frames = _tee(video, writer is not None)
