@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from tracker.errors import TrackerError
 from tracker.geometry import GridGeometry
 from tracker.matching import MatchConfig
+from tracker.model_names import MODEL_NAMES, VIT_MODELS  # noqa: F401 - re-exported
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -176,8 +177,6 @@ class SiftFeaturizer(Featurizer):
 
 # --------------------------------------------------------------------------- construction
 
-VIT_MODELS = ("distilldift", "distilldift-ws", "distilldift-s", "dinov2-b", "dinov2-s")
-MODEL_NAMES = ("auto", *VIT_MODELS, "sift")
 DEFAULT_SIZE = {
     "vit": "434",
     "sift": "240",
