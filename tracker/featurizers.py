@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tracker.choices import MODEL_NAMES, VIT_MODELS  # noqa: F401 - re-exported
 from tracker.errors import TrackerError
 from tracker.geometry import GridGeometry
 from tracker.matching import MatchConfig
-from tracker.model_names import MODEL_NAMES, VIT_MODELS  # noqa: F401 - re-exported
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -118,6 +118,9 @@ class ViTFeaturizer(Featurizer):
         """Pre-processed ``[B, 3, h_in, w_in]`` -> ``[B, C, h, w]`` L2-normalised (normalisation in fp32)."""
         tokens = self._tokens(x.to(self.dtype))  # final norm applied
         patches = tokens[:, self.model.num_prefix_tokens :]
+        head = getattr(self.model, "patch_head", None)  # the supervised DistillDIFT student's head, if loaded
+        if head is not None:
+            patches = head(patches)  # [B, N, C] -> [B, N, C]: Linear, ReLU, Linear, ReLU
         b, _, c = patches.shape
         h, w = self.grid_hw
         grid = patches.transpose(1, 2).reshape(b, c, h, w)

@@ -2,12 +2,17 @@
 
 Base DINOv2-with-registers weights come from the Hugging Face hub in timm format
 (``timm/vit_base_patch14_reg4_dinov2.lvd142m``) or from a local file in timm or Meta
-(``dinov2_vitb14_reg4_pretrain.pth``) key format. DistillDIFT checkpoints are flat torch state dicts with
-keys ``model.blocks.{i}.attn.qkv.linear_{a,b}_{q,v}.weight`` (rank 8, no scaling, no bias; the LoRA adds to
-the q and v slices of the fused qkv output only) and, when the whole student was saved, the backbone in
-Meta format with the wrapped base projection at ``model.blocks.{i}.attn.qkv.qkv.{weight,bias}``.
-The LoRA is merged into the qkv weights at load time, so inference needs neither peft nor the wrapper.
-Anything downloaded is read with safetensors or ``torch.load(weights_only=True)``.
+(``dinov2_vitb14_reg4_pretrain.pth``) key format. DistillDIFT checkpoints are torch state dicts of the authors'
+``DistilledModel``: the DINOv2 backbone under ``model.`` in Meta key format, the base projection of each block
+wrapped at ``model.blocks.{i}.attn.qkv.qkv.{weight,bias}`` and the LoRA beside it at
+``model.blocks.{i}.attn.qkv.linear_{a,b}_{q,v}.weight`` (rank 8, no scaling, no bias; the LoRA adds to the q and
+v slices of the fused qkv output only). Every layout such a file can have loads (see docs/distilldift.md):
+LoRA only, a partial backbone (some tensors, laid over the base; never strict-loaded as the base), the whole
+student (then no base is needed); keys with accelerate's ``module.`` prefix, with ``model.``, or bare
+``blocks.``; and the supervised student's head ``head.{0,2}.{weight,bias}`` (Linear 768->1536, ReLU, Linear
+1536->768, ReLU on the normed patch tokens), which is kept and applied. The LoRA is merged into the qkv
+weights at load time, so inference needs neither peft nor the wrapper. Anything downloaded is read with
+safetensors or ``torch.load(weights_only=True)``.
 
 ``track distill`` writes adapters in the same LoRA key layout (safetensors) and merged weights: a timm state
 dict whose safetensors metadata says ``tracker_kind: merged``; those load as they are, with no LoRA added.
@@ -29,30 +34,59 @@ from torch import Tensor, nn
 
 from tracker.errors import TrackerError, WeightsUnavailable
 
-LORA_KEY = re.compile(r"^model\.blocks\.(\d+)\.attn\.qkv\.linear_([ab])_([qv])\.weight$")
+LORA_KEY = re.compile(r"^model\.blocks\.(\d+)\.attn\.qkv\.linear_([ab])_([qv])\.weight$")  # the saved layout
+_LORA = re.compile(r"^blocks\.(\d+)\.attn\.qkv\.linear_([ab])_([qv])\.weight$")  # after prefixes are removed
+_HEAD = re.compile(r"^head\.([02])\.(weight|bias)$")
+# Top-level names of Meta's DINOv2 backbone: what a bare (un-prefixed) checkpoint key starts with.
+_BACKBONE_ROOTS = ("blocks.", "patch_embed.", "norm.", "cls_token", "pos_embed", "register_tokens", "mask_token")
 KIND_METADATA = "tracker_kind"  # safetensors metadata key: "lora" (adapter) or "merged" (LoRA already merged)
+HEAD_PREFIX = "patch_head."  # the supervised student's head, attached to the timm model under this name
+
+
+@dataclass(frozen=True)
+class Location:
+    """One place a weights file can be downloaded from.
+
+    Attributes:
+        url: direct download URL.
+        filename: the name it is cached under (``$TRACKER_CACHE/files/<filename>``).
+        where: who publishes it, for messages and ``track weights list``.
+        git_blob: the file's git blob id (SHA-1 of ``"blob <size>\\0" + bytes``) where it lives in a public git
+            repository: checked after download (no sha256 is published).
+    """
+
+    url: str
+    filename: str
+    where: str = ""
+    git_blob: str | None = None
 
 
 @dataclass(frozen=True)
 class Source:
-    """Where one weights file comes from.
+    """Where one weights file comes from: the hub, then each location in order.
 
     Attributes:
         hub_id: Hugging Face hub repository (timm key format), or None.
-        url: direct download URL, or None (then only a local ``--weights`` file can provide it).
-        filename: file name inside the hub repository or the cache.
+        locations: direct downloads, tried in order after the hub; empty when only a local ``--weights`` file
+            can provide it.
+        filename: file name inside the hub repository (and a name a user may put into the cache by hand).
         sha256: expected digest where published, else None.
     """
 
     hub_id: str | None
-    url: str | None
+    locations: tuple[Location, ...]
     filename: str
     sha256: str | None = None
+
+    @property
+    def url(self) -> str | None:
+        """All download URLs in the order they are tried, ``" | "``-separated (None when there are none)."""
+        return " | ".join(loc.url for loc in self.locations) or None
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model of the table: timm architecture, base weights and an optional DistillDIFT LoRA."""
+    """A model of the table: timm architecture, base weights and an optional DistillDIFT checkpoint."""
 
     name: str
     arch: str
@@ -61,41 +95,76 @@ class ModelSpec:
     description: str
 
 
-_DINOV2_B = Source(
-    hub_id="timm/vit_base_patch14_reg4_dinov2.lvd142m",
-    url="https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth",
-    filename="model.safetensors",
-)
-_DINOV2_S = Source(
-    hub_id="timm/vit_small_patch14_reg4_dinov2.lvd142m",
-    url="https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_reg4_pretrain.pth",
-    filename="model.safetensors",
-)
+def _meta(size: str) -> tuple[Location, ...]:
+    name = f"dinov2_vit{size}14_reg4_pretrain.pth"
+    return (Location(f"https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{size}14/{name}", name, "Meta (DINOv2)"),)
 
-# Only the unsupervised student has a published URL (DistillDIFT README); no digests are published, so
-# `track weights download` prints the sha256 it computed. The weakly supervised and supervised students use
-# the same key format and load with --weights PATH.
+
+_DINOV2_B = Source("timm/vit_base_patch14_reg4_dinov2.lvd142m", _meta("b"), "model.safetensors")
+_DINOV2_S = Source("timm/vit_small_patch14_reg4_dinov2.lvd142m", _meta("s"), "model.safetensors")
+
+# The DistillDIFT students, every public source in the order tried (docs/distilldift.md says where each is
+# written down). 1. the release repository CompVis/distilldift, pinned to commit e21076e ("upload checkpoint
+# weights", 2025-01-28; plain git blobs, no Git LFS: the repository has no .gitattributes), each file checked
+# against its git blob id; 2. the same blobs in its mirror joh-schb/distilldift (commit 8bee88e);
+# 3. the whole students (348, 348, 357 MB) on the University of Ulm's Nextcloud, linked from the development
+# repository FrankFundel/DistillDIFT's README (a public share's file comes from <share>/download); 4. for the
+# unsupervised student, the URL of the release README's first version (commit 05924d3).
+_RELEASE = "https://raw.githubusercontent.com/CompVis/distilldift/e21076e8d6f032f6ec461ce0540b496caf5a4aec"
+_MIRROR = "https://raw.githubusercontent.com/joh-schb/distilldift/8bee88e14e9ccc1e9da80ef6041b3775ca8aa341"
+_BLOBS = {
+    "us": "43d0aec53448859fd86fbc4b3474b42861af9293",
+    "ws": "7a9e50c9f09af2d912d2ab743d3b3e702691a877",
+    "s": "1dfef101c69eb40ccc01a1d8e16e07fbcf47097b",
+}
+_ULM = {"us": "nDxtsL8k52wWFTY", "ws": "MN7Joo9XcLtXcYs", "s": "S8oTst4StDRrqz2"}
+
+
+def _student(variant: str) -> Source:
+    name = f"distilled_{variant}.ckpt"
+    path = f"eval/checkpoints/{name}"
+    locations = [
+        Location(f"{_RELEASE}/{path}", name, "release repository CompVis/distilldift", _BLOBS[variant]),
+        Location(f"{_MIRROR}/{path}", name, "mirror joh-schb/distilldift", _BLOBS[variant]),
+        Location(
+            f"https://cloudstore.uni-ulm.de/s/{_ULM[variant]}/download",
+            f"distilldift_{variant}_ulm.bin",
+            "Uni Ulm cloud store (FrankFundel/DistillDIFT README)",
+        ),
+    ]
+    if variant == "us":
+        locations.append(
+            Location(
+                "https://ommer-lab.com/files/distilldift/distilldift_us.ckpt",
+                "distilldift_us.ckpt",
+                "ommer-lab.com (first release README)",
+            )
+        )
+    return Source(None, tuple(locations), name)
+
+
+_STUDENT_ARCH = "vit_base_patch14_reg4_dinov2"
 MODELS: dict[str, ModelSpec] = {
     "distilldift": ModelSpec(
         "distilldift",
-        "vit_base_patch14_reg4_dinov2",
+        _STUDENT_ARCH,
         _DINOV2_B,
-        Source(None, "https://ommer-lab.com/files/distilldift/distilldift_us.ckpt", "distilldift_us.ckpt"),
+        _student("us"),
         "DistillDIFT student, unsupervised distillation (DINOv2 ViT-B/14-reg4 + LoRA r8 on q,v)",
     ),
     "distilldift-ws": ModelSpec(
         "distilldift-ws",
-        "vit_base_patch14_reg4_dinov2",
+        _STUDENT_ARCH,
         _DINOV2_B,
-        Source(None, None, "distilldift_ws.ckpt"),
-        "DistillDIFT student, weakly supervised (no public URL known: pass --weights PATH)",
+        _student("ws"),
+        "DistillDIFT student, weakly supervised distillation (DINOv2 ViT-B/14-reg4 + LoRA r8 on q,v)",
     ),
     "distilldift-s": ModelSpec(
         "distilldift-s",
-        "vit_base_patch14_reg4_dinov2",
+        _STUDENT_ARCH,
         _DINOV2_B,
-        Source(None, None, "distilldift_s.ckpt"),
-        "DistillDIFT student, supervised (no public URL known: pass --weights PATH)",
+        _student("s"),
+        "DistillDIFT student, supervised (DINOv2 ViT-B/14-reg4 + LoRA r8 on q,v; the 357 MB file adds a 2-layer head)",
     ),
     "dinov2-b": ModelSpec(
         "dinov2-b", "vit_base_patch14_reg4_dinov2", _DINOV2_B, None, "DINOv2 ViT-B/14 with 4 registers"
@@ -128,13 +197,17 @@ def _hub_cached(source: Source) -> Path | None:
 
 
 def cached_path(source: Source) -> Path | None:
-    """The local file of a source when it is in the cache, else None (never touches the network)."""
+    """The local file of a source when it is in the cache, else None (never touches the network).
+
+    Looks in the hub cache, then for each location's cache name in order, then for ``source.filename``.
+    """
     if source.hub_id and (found := _hub_cached(source)):
         return found
-    local = cache_dir() / "files" / source.filename
-    if source.url and source.url.endswith(".pth"):
-        local = cache_dir() / "files" / Path(source.url).name
-    return local if local.is_file() else None
+    for name in dict.fromkeys([*(loc.filename for loc in source.locations), source.filename]):
+        local = cache_dir() / "files" / name
+        if local.is_file():
+            return local
+    return None
 
 
 def sha256sum(path: Path) -> str:
@@ -145,7 +218,22 @@ def sha256sum(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _download_url(url: str, dest: Path, sha256: str | None, timeout: float) -> Path:
+def git_blob_id(path: Path) -> str:
+    """The git blob id of a file: SHA-1 of ``b"blob <size>\\0"`` followed by its bytes."""
+    path = Path(path)
+    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download_url(url: str, dest: Path, sha256: str | None, timeout: float, git_blob: str | None = None) -> Path:
+    """Download ``url`` to ``dest`` atomically (a ``.part`` file renamed once complete and checked).
+
+    Raises:
+        TrackerError: the file does not match ``sha256`` or ``git_blob`` (nothing is written).
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, suffix=".part") as tmp:
         try:
@@ -154,9 +242,11 @@ def _download_url(url: str, dest: Path, sha256: str | None, timeout: float) -> P
         except BaseException:
             Path(tmp.name).unlink(missing_ok=True)
             raise
-    if sha256 and (got := sha256sum(Path(tmp.name))) != sha256:
-        Path(tmp.name).unlink(missing_ok=True)
-        raise TrackerError(f"{url}: sha256 {got} does not match the expected {sha256}")
+    checks = [(sha256, sha256sum, "sha256"), (git_blob, git_blob_id, "git blob id")]
+    for want, digest, what in checks:
+        if want and (got := digest(Path(tmp.name))) != want:
+            Path(tmp.name).unlink(missing_ok=True)
+            raise TrackerError(f"{what} {got} does not match the published {want}")
     os.chmod(tmp.name, 0o644)
     os.replace(tmp.name, dest)
     return dest
@@ -178,14 +268,18 @@ def _reachable(url: str, timeout: float = 5.0) -> bool:
 def fetch(source: Source, *, timeout: float = 20.0) -> Path:
     """The local file of a source, downloading it into the cache when needed.
 
+    Tries the hub, then every location in order, and returns the first file that arrives and passes its
+    checks (a digest mismatch moves on to the next location).
+
     Raises:
-        WeightsUnavailable: not cached and the download failed (offline, blocked, no URL known).
+        WeightsUnavailable: not cached and every source failed; the one-line message names each source tried
+            and why it failed (offline, blocked, not found, digest mismatch, no location known).
     """
     if found := cached_path(source):
         return found
     errors = []
     if source.hub_id and not _reachable("https://huggingface.co"):
-        errors.append("huggingface.co unreachable")
+        errors.append(f"hub {source.hub_id}: huggingface.co unreachable")
     elif source.hub_id:
         try:
             from huggingface_hub import hf_hub_download
@@ -193,18 +287,20 @@ def fetch(source: Source, *, timeout: float = 20.0) -> Path:
             return Path(hf_hub_download(source.hub_id, source.filename, cache_dir=cache_dir() / "hub"))
         except Exception as exc:  # network, auth, missing file: all mean "not available here"
             errors.append(f"hub {source.hub_id}: {type(exc).__name__}")
-    if source.url and not _reachable(source.url):
-        errors.append(f"{source.url.split('/')[2]} unreachable")
-    elif source.url:
+    for loc in source.locations:
+        host = loc.url.split("/")[2]
+        if not _reachable(loc.url):
+            errors.append(f"{loc.url}: {host} unreachable")
+            continue
         try:
-            return _download_url(source.url, cache_dir() / "files" / Path(source.url).name, source.sha256, timeout)
-        except TrackerError:
-            raise
+            return _download_url(loc.url, cache_dir() / "files" / loc.filename, source.sha256, timeout, loc.git_blob)
         except Exception as exc:
-            errors.append(f"{source.url}: {type(exc).__name__}: {exc}".splitlines()[0][:160])
+            reason = str(exc) if isinstance(exc, TrackerError) else f"{type(exc).__name__}: {exc}"
+            errors.append(f"{loc.url}: {' '.join(reason.split())[:160]}")
     if not errors:
         errors.append("no public download location is known")
-    raise WeightsUnavailable(f"cannot get {source.filename} ({'; '.join(errors)})")
+    tried = f"tried {len(errors)} source{'s' if len(errors) > 1 else ''}: "
+    raise WeightsUnavailable(f"cannot get {source.filename} ({tried}{'; '.join(errors)})")
 
 
 # --------------------------------------------------------------------------- reading and converting
@@ -254,17 +350,10 @@ def is_meta_format(state: dict[str, Tensor]) -> bool:
     return "register_tokens" in state or "mask_token" in state
 
 
-def load_base_into(model: nn.Module, state: dict[str, Tensor]) -> None:
-    """Strictly load timm- or Meta-format backbone weights, resampling the position embedding once.
-
-    Raises:
-        TrackerError: missing or unexpected keys, or shapes that do not fit the architecture.
-    """
+def _fit_pos_embed(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Resample a timm-format ``pos_embed`` in ``state`` (in place) to the model's grid, once."""
     from timm.layers import resample_abs_pos_embed
 
-    if is_meta_format(state):
-        state = meta_to_timm(state)
-    state = dict(state)
     pos = state.get("pos_embed")
     target = getattr(model, "pos_embed", None)
     if pos is not None and target is not None and pos.shape != target.shape:
@@ -274,6 +363,18 @@ def load_base_into(model: nn.Module, state: dict[str, Tensor]) -> None:
         state["pos_embed"] = resample_abs_pos_embed(
             pos.float(), new_size=list(model.patch_embed.grid_size), old_size=[old, old], num_prefix_tokens=0
         ).to(pos.dtype)
+
+
+def load_base_into(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Strictly load timm- or Meta-format backbone weights, resampling the position embedding once.
+
+    Raises:
+        TrackerError: missing or unexpected keys, or shapes that do not fit the architecture.
+    """
+    if is_meta_format(state):
+        state = meta_to_timm(state)
+    state = dict(state)
+    _fit_pos_embed(model, state)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -282,34 +383,122 @@ def load_base_into(model: nn.Module, state: dict[str, Tensor]) -> None:
         raise TrackerError(f"weights do not fit {type(model).__name__}: {detail}") from None
 
 
+def _backbone_to_timm(partial: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Meta-format backbone tensors, possibly only some of them -> timm names (``mask_token`` dropped)."""
+    if ("cls_token" in partial) != ("pos_embed" in partial):
+        raise TrackerError("checkpoint has only one of cls_token / pos_embed (Meta format needs both to convert)")
+    state = meta_to_timm(partial)
+    state.pop("mask_token", None)
+    return state
+
+
+def is_whole_backbone(model: nn.Module, backbone: dict[str, Tensor]) -> bool:
+    """Whether Meta-format ``backbone`` tensors cover every tensor of ``model`` (a whole student)."""
+    have = set(_backbone_to_timm(backbone))
+    return not [k for k in model.state_dict() if k not in have and not k.startswith(HEAD_PREFIX)]
+
+
+@torch.no_grad()
+def overlay_backbone(model: nn.Module, backbone: dict[str, Tensor]) -> int:
+    """Lay a checkpoint's backbone tensors (Meta format, some or all) over already loaded base weights.
+
+    The authors' loaders put a checkpoint over the hub's DINOv2 non-strictly; here every tensor must still
+    name a tensor of the model with its shape (only the position embedding is resampled), so nothing is
+    silently dropped, and what the checkpoint lacks keeps the base's values.
+
+    Returns:
+        How many tensors were replaced.
+
+    Raises:
+        TrackerError: a tensor the model does not have, or of another shape.
+    """
+    state = _backbone_to_timm(backbone)
+    _fit_pos_embed(model, state)
+    own = model.state_dict()
+    for key, value in state.items():
+        if key not in own:
+            raise TrackerError(f"checkpoint tensor {key!r} is not part of {type(model).__name__}")
+        if own[key].shape != value.shape:
+            raise TrackerError(f"checkpoint tensor {key!r} has shape {tuple(value.shape)}, not {tuple(own[key].shape)}")
+    for key, value in state.items():
+        own[key].copy_(value.to(own[key].dtype))
+    return len(state)
+
+
 @dataclass(frozen=True)
 class DistillDiftCheckpoint:
     """A parsed DistillDIFT checkpoint.
 
     Attributes:
         lora: per block ``(a_q [r, C], b_q [C, r], a_v [r, C], b_v [C, r])``.
-        base: the whole backbone in Meta key format when the checkpoint carries it, else None.
+        base: backbone tensors in Meta key format (qkv unwrapped) when the checkpoint carries any (the whole
+            backbone or part of it), else None.
+        head: the supervised student's head ``{"0.weight" [H, C], "0.bias" [H], "2.weight" [C, H], "2.bias" [C]}``
+            when present, else None.
+        prefix: the key prefix the file used (``"module.model."``, ``"model."`` or ``""``), for messages.
     """
 
     lora: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]]
     base: dict[str, Tensor] | None
+    head: dict[str, Tensor] | None = None
+    prefix: str = "model."
+
+
+def _strip_prefix(key: str) -> tuple[str, str]:
+    """``(prefix, rest)``: accelerate's ``module.`` (any number of times), then the student's ``model.``."""
+    rest = key
+    while rest.startswith("module."):
+        rest = rest[len("module.") :]
+    if rest.startswith("model."):
+        rest = rest[len("model.") :]
+    return key[: len(key) - len(rest)], rest
+
+
+def is_distilldift(state: dict[str, Tensor]) -> bool:
+    """Whether a state dict is a DistillDIFT checkpoint in any of its layouts (LoRA, head, wrapped qkv or a
+    ``module.``/``model.`` prefix) rather than a plain timm/Meta backbone."""
+    for key in state:
+        prefix, rest = _strip_prefix(key)
+        if prefix or _LORA.match(rest) or _HEAD.match(rest) or ".attn.qkv.qkv." in rest:
+            return True
+    return False
+
+
+def lora_depth(state: dict[str, Tensor]) -> int:
+    """One more than the highest block index with LoRA factors in any layout (0 when there are none)."""
+    blocks = [int(m[1]) for k in state if (m := _LORA.match(_strip_prefix(k)[1]))]
+    return max(blocks) + 1 if blocks else 0
 
 
 def parse_distilldift(state: dict[str, Tensor], depth: int = 12) -> DistillDiftCheckpoint:
-    """Split a DistillDIFT state dict into LoRA factors and (optional) backbone, strictly.
+    """Split a DistillDIFT state dict into LoRA factors, backbone tensors and head, strictly.
+
+    Keys may carry accelerate's ``module.`` prefix, the student's ``model.`` or neither (bare ``blocks.``);
+    the head sits outside the backbone (``head.*`` or ``module.head.*``).
 
     Raises:
-        TrackerError: LoRA factors missing for a block, inconsistent ranks, or keys of neither kind.
+        TrackerError: LoRA factors missing for a block, inconsistent ranks, an incomplete head, keys of no
+            known kind, or two keys that mean the same tensor.
     """
     parts: dict[int, dict[str, Tensor]] = {}
     base: dict[str, Tensor] = {}
+    head: dict[str, Tensor] = {}
+    prefixes = set()
     for key, value in state.items():
-        if m := LORA_KEY.match(key):
-            parts.setdefault(int(m[1]), {})[m[2] + m[3]] = value
-        elif key.startswith("model."):
-            base[key[len("model.") :].replace(".attn.qkv.qkv.", ".attn.qkv.")] = value
+        prefix, rest = _strip_prefix(key)
+        if m := _LORA.match(rest):
+            target, name = parts.setdefault(int(m[1]), {}), m[2] + m[3]
+        elif (m := _HEAD.match(rest)) and not prefix.endswith("model."):
+            target, name = head, f"{m[1]}.{m[2]}"
+        elif rest.startswith(_BACKBONE_ROOTS):
+            target, name = base, rest.replace(".attn.qkv.qkv.", ".attn.qkv.")
         else:
             raise TrackerError(f"unexpected key {key!r} in DistillDIFT checkpoint")
+        if name in target:
+            raise TrackerError(f"DistillDIFT checkpoint holds {key!r} twice (with and without a prefix)")
+        target[name] = value
+        if target is not head:
+            prefixes.add(prefix)
     if sorted(parts) != list(range(depth)) or any(len(p) != 4 for p in parts.values()):
         raise TrackerError(f"DistillDIFT checkpoint must hold linear_{{a,b}}_{{q,v}} for all {depth} blocks")
     lora = {i: (p["aq"], p["bq"], p["av"], p["bv"]) for i, p in parts.items()}
@@ -322,7 +511,45 @@ def parse_distilldift(state: dict[str, Tensor], depth: int = 12) -> DistillDiftC
             or a_q.shape[1] != a_v.shape[1]
         ):
             raise TrackerError(f"block {i}: LoRA factor shapes {tuple(a_q.shape)} / {tuple(b_q.shape)} do not chain")
-    return DistillDiftCheckpoint(lora=lora, base=base or None)
+    if head:
+        _check_head(head, width=lora[0][0].shape[1])
+    return DistillDiftCheckpoint(
+        lora=lora, base=base or None, head=head or None, prefix="/".join(sorted(p or "(bare)" for p in prefixes))
+    )
+
+
+def _check_head(head: dict[str, Tensor], width: int) -> None:
+    """The supervised student's head: ``Linear(C, H), ReLU, Linear(H, C), ReLU`` with ``C`` the ViT width."""
+    names = ("0.weight", "0.bias", "2.weight", "2.bias")
+    if sorted(head) != sorted(names):
+        raise TrackerError(f"DistillDIFT head must hold head.{{0,2}}.{{weight,bias}}, got head.{', head.'.join(head)}")
+    w0, b0, w2, b2 = (head[n] for n in names)
+    hidden = w0.shape[0]
+    if w0.shape != (hidden, width) or b0.shape != (hidden,) or w2.shape[1:] != (hidden,) or b2.shape != w2.shape[:1]:
+        raise TrackerError(
+            f"DistillDIFT head shapes {tuple(w0.shape)} / {tuple(w2.shape)} do not chain from width {width}"
+        )
+    if w2.shape[0] != width:
+        raise TrackerError(
+            f"DistillDIFT head maps {width} to {w2.shape[0]} channels; only {width} -> {width} heads load"
+        )
+
+
+def build_head(head: dict[str, Tensor]) -> nn.Sequential:
+    """The supervised student's head as a module: ``Linear, ReLU, Linear, ReLU`` (``head.0`` and ``head.2``)."""
+    w0, w2 = head["0.weight"], head["2.weight"]
+    module = nn.Sequential(
+        nn.Linear(w0.shape[1], w0.shape[0]), nn.ReLU(), nn.Linear(w2.shape[1], w2.shape[0]), nn.ReLU()
+    )
+    module.load_state_dict({k: v.float() for k, v in head.items()}, strict=True)
+    return module.eval()
+
+
+def attach_head(model: nn.Module, head: dict[str, Tensor]) -> None:
+    """Attach the head as ``model.patch_head``: :class:`tracker.featurizers.ViTFeaturizer` applies it to the
+    normed patch tokens (before the L2 normalisation), as the authors' ``DistilledModel.get_features`` does."""
+    _check_head(head, width=int(model.embed_dim))
+    model.add_module(HEAD_PREFIX.rstrip("."), build_head(head))
 
 
 @torch.no_grad()
@@ -364,10 +591,11 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 
 def classify(path: Path) -> tuple[str, dict[str, Tensor]]:
-    """Read a weights file and say what it holds: ``"lora"`` (DistillDIFT layout), ``"merged"`` (a timm base with
-    the LoRA already merged, as ``track distill`` writes it) or ``"base"`` (timm/Meta)."""
+    """Read a weights file and say what it holds: ``"lora"`` (a DistillDIFT checkpoint in any layout, or an
+    adapter), ``"merged"`` (a timm base with the LoRA already merged, as ``track distill`` writes it) or
+    ``"base"`` (timm/Meta)."""
     state = read_state_dict(path)
-    if any(LORA_KEY.match(k) for k in state):
+    if is_distilldift(state):
         return "lora", state
     return ("merged" if read_metadata(path).get(KIND_METADATA) == "merged" else "base"), state
 
@@ -380,7 +608,10 @@ def load_model(
     download: bool = True,
     **overrides,
 ) -> nn.Module:
-    """Build ``spec``'s ViT at ``input_hw`` and load its weights strictly (LoRA merged).
+    """Build ``spec``'s ViT at ``input_hw`` and load its weights strictly (LoRA merged, head attached).
+
+    The base is loaded strictly (every tensor, nothing extra). A DistillDIFT checkpoint's backbone tensors are
+    then laid over it (:func:`overlay_backbone`); a checkpoint with the whole backbone needs no base file.
 
     Args:
         spec: model of the table.
@@ -399,7 +630,7 @@ def load_model(
     model = create_vit(spec.arch, input_hw, **overrides)
     if weights == "random":
         return model.eval()
-    base_state = lora_ckpt = None
+    base_state = ckpt = None
     seen: set[str] = set()
     for item in filter(None, (part.strip() for part in (weights or "").split(","))):
         kind, state = classify(Path(item))
@@ -414,18 +645,24 @@ def load_model(
         elif kind == "lora":
             if spec.lora is None:
                 raise TrackerError(f"{item} is a DistillDIFT LoRA checkpoint but {spec.name} takes no LoRA")
-            lora_ckpt = parse_distilldift(state, depth=len(model.blocks))
+            ckpt = parse_distilldift(state, depth=len(model.blocks))
         else:
             base_state = state
-    if spec.lora is not None and lora_ckpt is None and "merged" not in seen:
-        lora_ckpt = parse_distilldift(read_state_dict(_get(spec.lora, download)), depth=len(model.blocks))
-    if base_state is None and lora_ckpt is not None and lora_ckpt.base is not None:
-        base_state = lora_ckpt.base
-    if base_state is None:
-        base_state = read_state_dict(_get(spec.base, download))
-    load_base_into(model, base_state)
-    if lora_ckpt is not None:
-        merge_lora_qv(model, lora_ckpt.lora)
+    if spec.lora is not None and ckpt is None and "merged" not in seen:
+        ckpt = parse_distilldift(read_state_dict(_get(spec.lora, download)), depth=len(model.blocks))
+    whole = ckpt is not None and ckpt.base is not None and is_whole_backbone(model, ckpt.base)
+    if base_state is None and whole:
+        load_base_into(model, ckpt.base)  # the whole student: no base file needed
+    else:
+        if base_state is None:
+            base_state = read_state_dict(_get(spec.base, download))
+        load_base_into(model, base_state)
+        if ckpt is not None and ckpt.base is not None:
+            overlay_backbone(model, ckpt.base)  # some or all backbone tensors of the checkpoint win
+    if ckpt is not None:
+        merge_lora_qv(model, ckpt.lora)
+        if ckpt.head is not None:
+            attach_head(model, ckpt.head)
     return model.eval()
 
 
@@ -448,7 +685,12 @@ def weights_status(spec: ModelSpec) -> dict[str, Path | None]:
 def how_to_get(spec: ModelSpec) -> str:
     """One sentence telling a user how to make a model's weights available."""
     parts = [f"run `track weights download {spec.name}` on a machine with internet"]
-    if spec.lora is not None and spec.lora.url is None:
-        parts = [f"download {spec.lora.filename} from the DistillDIFT README"]
-    parts.append(f"or pass --weights PATH (cache: {cache_dir()})")
+    if spec.lora is not None and spec.lora.locations:
+        urls = " or ".join(loc.url for loc in spec.lora.locations)
+        parts.append(f"or download {urls} by hand and pass --weights PATH")
+    elif spec.lora is not None:
+        parts.append(f"or pass --weights PATH to {spec.lora.filename}")
+    else:
+        parts.append("or pass --weights PATH")
+    parts.append(f"(cache: {cache_dir()})")
     return " ".join(parts)
