@@ -75,3 +75,48 @@ def test_davis_and_badja_eval_on_real_data(shared_data, tmp_path, capsys):
     badja = json.loads((tmp_path / "badja_sift.json").read_text())
     assert set(badja["sequences"]) == {"dog", "horsejump-high"}
     assert badja["sequences"]["dog"]["ours"]["PCK@0.2"] > 0.35
+
+
+def test_badja_eval_on_unrelated_json_is_one_line(tmp_path, capsys):
+    # a folder of JSON that is not BADJA: a dict, a list of numbers, records without joints, bad joint shapes
+    (tmp_path / "a.json").write_text('{"name": "x"}')
+    (tmp_path / "b.json").write_text("[1, 2, 3]")
+    (tmp_path / "c.json").write_text('[{"image_path": "x/00000.jpg"}]')
+    (tmp_path / "d.json").write_text('[{"image_path": "x/00000.jpg", "joints": [[1, 2]], "visibility": [true]}]')
+    (tmp_path / "e.json").write_text('[{"image_path": "x/abc.jpg", "joints": [], "visibility": []}]')
+    for name in "abcde":
+        one = tmp_path / name
+        one.mkdir()
+        (tmp_path / f"{name}.json").rename(one / f"{name}.json")
+        args = ["eval", "badja", "--root", str(one), "--davis-root", str(tmp_path), "--out", str(tmp_path / "out")]
+        assert main(args) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("track: error: ") and "BADJA" in err[0], (name, err)
+
+
+def test_badja_scores_only_its_20_annotated_joints(tmp_path):
+    # two annotated frames; every one of the 37 slots marked visible, the chin (34) and unannotated slots too
+    import cv2
+
+    from tracker.eval.evaluation import badja_queries, load_badja
+
+    name = "seq"
+    masks = tmp_path / "Annotations" / "480p" / name
+    masks.mkdir(parents=True)
+    entries = []
+    for index in (0, 5):
+        cv2.imwrite(str(masks / f"{index:05d}.png"), np.full((48, 64), 255, np.uint8))
+        joints = [[10.0 * j, 20.0 + j] for j in range(37)]
+        entries.append({"image_path": f"a/b/{index:05d}.jpg", "joints": joints, "visibility": [True] * 37})
+    (tmp_path / f"{name}.json").write_text(json.dumps(entries[::-1]))  # unordered on purpose
+    seq = load_badja(tmp_path / f"{name}.json", tmp_path)
+    assert seq.frame_index.tolist() == [0, 5] and seq.joints.shape == (2, 37, 2)
+    assert seq.mask_area.tolist() == [48 * 64, 48 * 64]
+    xy, query_frame, ids = badja_queries(seq)
+    assert ids.tolist() == [8, 9, 10, 12, 13, 14, 15, 18, 19, 20, 22, 23, 24, 25, 28, 31, 32, 33, 35, 36]
+    assert 34 not in ids.tolist() and query_frame == 0
+    # [row, col] in 1920x1080 -> xy in the 480p frames (x 480/1080 * col, y 480/1080 * row)
+    np.testing.assert_allclose(xy[0], [(20 + 8) * 480 / 1080, 80 * 480 / 1080])
+    # a joint invisible on the first annotated frame is not queried
+    seq.visible[0, 9] = False
+    assert 9 not in badja_queries(seq)[2].tolist()

@@ -77,6 +77,41 @@ def test_disk_matches_skimage_disk():
     np.testing.assert_array_equal(_disk(1), cross)
 
 
+def test_disk_non_integer_radius_matches_skimage():
+    # skimage samples np.arange(-r, r + 1): r = 1.5 -> offsets -1.5, -0.5, 0.5, 1.5 (4x4); inside
+    # x^2 + y^2 <= 2.25 only (+-0.5, +-0.5) -> the 2x2 centre block (checked against scikit-image 0.26)
+    d15 = np.zeros((4, 4), np.uint8)
+    d15[1:3, 1:3] = 1
+    np.testing.assert_array_equal(_disk(1.5), d15)
+    # r = 2.5: offsets -2.5..2.5 (6x6); (1.5, 1.5) -> 4.5 <= 6.25 in, (2.5, 0.5) -> 6.5 out: the 4x4 centre block
+    d25 = np.zeros((6, 6), np.uint8)
+    d25[1:5, 1:5] = 1
+    np.testing.assert_array_equal(_disk(2.5), d25)
+    # r = 3.5 (8x8): (2.5, 2.5) -> 12.5 <= 12.25 no, (2.5, 1.5) -> 8.5 in, (3.5, 0.5) -> 12.5 no: 6x6 minus corners
+    d35 = np.zeros((8, 8), np.uint8)
+    d35[1:7, 1:7] = 1
+    d35[[1, 1, 6, 6], [1, 6, 1, 6]] = 0
+    np.testing.assert_array_equal(_disk(3.5), d35)
+    assert _disk(0).tolist() == [[1]] and _disk(8.0).shape == (17, 17)
+
+
+def test_boundary_f_non_integer_tolerance_as_the_toolkit():
+    # truth: columns >= 10 of 20x20 -> boundary column 9 (all rows); prediction shifted by s columns.
+    # bound_th 2.5: the 6x6 disk's 4x4 block anchored at (3, 3) (cv2.dilate) dilates column c to c-1..c+2:
+    # s = -1: pred column 8 within 8..11 (P = 1), truth column 9 within 7..10 (R = 1) -> F = 1
+    # s = -2: pred column 7 outside 8..11 (P = 0) -> F = 0; s = +2: truth column 9 outside 10..13 (R = 0) -> F = 0
+    # (an integer disk of radius 2 would give F = 1 for both)
+    def half(c):
+        m = np.zeros((20, 20), bool)
+        m[:, c:] = True
+        return m
+
+    truth = half(10)
+    assert [boundary_f(half(10 + s), truth, 2.5) for s in (-2, -1, 0, 1, 2)] == [0.0, 1.0, 1.0, 1.0, 0.0]
+    # bound_th 1.5: the 2x2 block dilates column c to c..c+1: only the exact boundary matches both ways
+    assert [boundary_f(half(10 + s), truth, 1.5) for s in (-1, 0, 1)] == [0.0, 1.0, 0.0]
+
+
 def test_boundary_f_shifted_square_tolerance_1():
     # truth: 5x5 square rows/cols 5..9 -> boundary G = outline of rows 4..9 x cols 4..9 (20 px)
     # pred : same square shifted right by 2 (cols 7..11) -> boundary P = outline rows 4..9 x cols 6..11
@@ -158,7 +193,7 @@ def _sequence():
 
 def test_jaccard_and_f_excludes_first_frame_two_objects():
     preds, truths = _sequence()
-    res = jaccard_and_f(preds, truths)
+    res = jaccard_and_f(preds, truths, exclude_last=False)
     # object 1: frame 1 J=1 F=1; frame 2 J = 9/25, F = 8/9 (inner-square case, 20x20 -> 1 px tolerance)
     #   J1 = (1 + 9/25)/2 = 0.68,  F1 = (1 + 8/9)/2 = 17/18
     # object 2: frame 1 missed: J=0, F=0 (pred boundary empty, truth not); frame 2 both empty: J=1, F=1
@@ -177,20 +212,21 @@ def test_jaccard_and_f_excludes_first_frame_two_objects():
 def test_jaccard_and_f_options_and_missing_truth():
     preds, truths = _sequence()
     # only object 1: J = 0.68, F = 17/18
-    only1 = jaccard_and_f(preds, truths, objects=[1])
+    only1 = jaccard_and_f(preds, truths, objects=[1], exclude_last=False)
     assert set(only1["per_object"]) == {1}
     assert only1["J"] == pytest.approx(0.68)
-    # toolkit-style [1:-1]: only frame 1 -> obj 1 (1, 1), obj 2 (0, 0) -> J = F = J&F = 0.5
-    toolkit = jaccard_and_f(preds, truths, exclude_last=True)
-    assert toolkit["J"] == pytest.approx(0.5) and toolkit["F"] == pytest.approx(0.5)
+    # the default is the toolkit's [1:-1]: only frame 1 -> obj 1 (1, 1), obj 2 (0, 0) -> J = F = J&F = 0.5
+    for toolkit in (jaccard_and_f(preds, truths), jaccard_and_f(preds, truths, exclude_last=True)):
+        assert toolkit["J"] == pytest.approx(0.5) and toolkit["F"] == pytest.approx(0.5)
+        assert toolkit["J&F"] == pytest.approx(0.5)
     # an unannotated frame (truth None) is skipped whatever the prediction is
     full_pred = np.full((20, 20), 1, np.uint8)
-    skipped = jaccard_and_f([*preds, full_pred], [*truths, None])
+    skipped = jaccard_and_f([*preds, full_pred], [*truths, None], exclude_last=False)
     assert skipped["J"] == pytest.approx(0.59)
     assert skipped["F"] == pytest.approx(13 / 18)
     # a missing prediction on an annotated frame is an error, not a silent zero
     with pytest.raises(ValueError):
-        jaccard_and_f([preds[0], None, preds[2]], truths)
+        jaccard_and_f([preds[0], None, preds[2]], truths, exclude_last=False)
 
 
 # --------------------------------------------------------------------------------------------- PCK
@@ -204,10 +240,13 @@ def test_pck_nan_and_invisible():
     )
     visible = np.array([[True, True, False], [True, False, True]])
     # distances: frame 0: 5, NaN, (1, invisible); frame 1: 10, (0, invisible), ~130
-    # per-frame thresholds [5, 9]: frame 0: 5 <= 5 ok, NaN wrong; frame 1: 10 > 9 wrong, 130 wrong -> 1/4
-    assert pck(pred, truth, visible, np.array([5.0, 9.0])) == pytest.approx(0.25)
-    # scalar 10: frame 0: 5 ok, NaN wrong; frame 1: 10 <= 10 ok, 130 wrong -> 2/4
-    assert pck(pred, truth, visible, 10.0) == pytest.approx(0.5)
+    # correct means strictly below the threshold (PIPs' BADJA PCK, TAP-Vid's pts_within)
+    # per-frame thresholds [5, 9]: frame 0: 5 < 5 no, NaN wrong; frame 1: 10 > 9 wrong, 130 wrong -> 0/4
+    assert pck(pred, truth, visible, np.array([5.0, 9.0])) == 0.0
+    # [5.01, 9]: 5 < 5.01 ok -> 1/4
+    assert pck(pred, truth, visible, np.array([5.01, 9.0])) == pytest.approx(0.25)
+    # scalar 10: frame 0: 5 ok, NaN wrong; frame 1: 10 < 10 no, 130 wrong -> 1/4
+    assert pck(pred, truth, visible, 10.0) == pytest.approx(0.25)
     with pytest.raises(ValueError):
         pck(pred, truth, np.zeros((2, 3), bool), 10.0)
 

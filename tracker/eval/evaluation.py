@@ -1,8 +1,8 @@
 """Ground truth readers and metrics for real data (BADJA joint tracks on DAVIS frames).
 
-BADJA protocol: query the joints visible on the first annotated frame and predict them on every later
-annotated frame; a prediction is correct within ``0.2 * sqrt(mask area)`` of the truth (PCK@0.2), the area
-taken from that frame's DAVIS mask.
+BADJA protocol: query the annotated joints (``BADJA_JOINTS``) visible on the first annotated frame and predict
+them on every later annotated frame; a prediction is correct strictly within ``0.2 * sqrt(mask area)`` of the
+truth (PCK@0.2), the area taken from that frame's DAVIS mask.
 """
 
 from __future__ import annotations
@@ -15,6 +15,12 @@ import cv2
 import numpy as np
 
 from tracker.errors import TrackerError
+
+BADJA_NUM_JOINTS = 37
+# The joints BADJA annotates: ``SMALJointInfo.annotated_classes`` of benjiebob/BADJA ``code/joint_catalog.py``
+# (legs 8-10, 12-14, 18-20, 22-24; neck 15; tail 25, 28, 31; jaw 32, nose 33, ears 35, 36). The other 17 of the
+# 37 slots, the chin 34 among them, are not part of the benchmark even where a file marks them visible.
+BADJA_JOINTS = (8, 9, 10, 12, 13, 14, 15, 18, 19, 20, 22, 23, 24, 25, 28, 31, 32, 33, 35, 36)
 
 
 @dataclass(frozen=True)
@@ -38,26 +44,57 @@ class BadjaSequence:
     mask_area: np.ndarray
 
 
+def _badja_entry(entry: object, json_path: Path) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(frame index, joints [37, 2] row-col, visibility [37])`` of one BADJA record, or a one-line error."""
+
+    def bad(why: str) -> TrackerError:
+        return TrackerError(f"{json_path} is not a BADJA annotation file: {why}")
+
+    if not isinstance(entry, dict) or not {"image_path", "joints", "visibility"} <= set(entry):
+        raise bad("each entry needs image_path, joints and visibility")
+    try:
+        index = int(Path(str(entry["image_path"])).stem)
+    except ValueError:
+        raise bad(f"image_path {entry['image_path']!r} does not end in a frame number") from None
+    try:
+        rc = np.asarray(entry["joints"], np.float64)
+        visibility = np.asarray(entry["visibility"])
+    except (TypeError, ValueError):
+        raise bad("joints must be [row, col] number pairs") from None
+    if rc.shape != (BADJA_NUM_JOINTS, 2) or visibility.shape != (BADJA_NUM_JOINTS,):
+        raise bad(f"expected {BADJA_NUM_JOINTS} joints and visibilities, got {rc.shape} and {visibility.shape}")
+    if not np.isfinite(rc).all():
+        raise bad("joints must be finite numbers")
+    return index, rc, visibility.astype(bool)
+
+
 def load_badja(json_path: str | Path, davis_root: str | Path) -> BadjaSequence:
-    """Read a BADJA sequence (joints ``[row, col]`` in 1920x1080, scaled by 480/1080 to the 480p frames)."""
+    """Read a BADJA sequence (joints ``[row, col]`` in 1920x1080, scaled by 480/1080 to the 480p frames).
+
+    All 37 joint slots are kept; :func:`badja_queries` picks the benchmark's :data:`BADJA_JOINTS`.
+
+    Raises:
+        TrackerError: an unreadable file, a file that is not BADJA annotations, or a missing DAVIS mask.
+    """
     json_path, davis_root = Path(json_path), Path(davis_root)
     try:
         entries = json.loads(json_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TrackerError(f"cannot read BADJA file {json_path}: {exc}") from None
+    if not isinstance(entries, list) or not entries:
+        raise TrackerError(f"{json_path} is not a BADJA annotation file: expected a non-empty list of frames")
     name = json_path.stem
     frames_dir = davis_root / "JPEGImages" / "480p" / name
     masks_dir = davis_root / "Annotations" / "480p" / name
     scale = 480 / 1080
     records = []
     for entry in entries:
-        index = int(Path(entry["image_path"]).stem)
-        rc = np.asarray(entry["joints"], np.float64)
+        index, rc, visibility = _badja_entry(entry, json_path)
         xy = rc[:, ::-1] * scale
         mask = cv2.imread(str(masks_dir / f"{index:05d}.png"), cv2.IMREAD_GRAYSCALE)
         if mask is None:
             raise TrackerError(f"missing DAVIS mask {masks_dir / f'{index:05d}.png'}")
-        records.append((index, xy, np.asarray(entry["visibility"], bool), float((mask > 0).sum())))
+        records.append((index, xy, visibility, float((mask > 0).sum())))
     records.sort(key=lambda r: r[0])
     return BadjaSequence(
         name=name,
@@ -109,15 +146,23 @@ def given_masks(masks_dir: Path, frame_hw: tuple[int, int]) -> dict[int, np.ndar
 
 
 def pck(pred: np.ndarray, truth: np.ndarray, visible: np.ndarray, area: np.ndarray, alpha: float = 0.2) -> float:
-    """BADJA PCK: visible joints predicted within ``alpha * sqrt(area)`` (``[A, J, 2]``, ``[A, J]``, ``[A]``)."""
+    """BADJA PCK: visible joints strictly within ``alpha * sqrt(area)`` (``[A, J, 2]``, ``[A, J]``, ``[A]``)."""
     from tracker.eval.metrics import pck as pck_within
 
     return pck_within(pred, truth, visible, alpha * np.sqrt(np.asarray(area, np.float64)))
 
 
 def badja_queries(seq: BadjaSequence) -> tuple[np.ndarray, int, np.ndarray]:
-    """``(xy [J', 2], query frame, joint ids [J'])``: the joints visible on the first annotated frame."""
-    ids = np.flatnonzero(seq.visible[0])
+    """``(xy [J', 2], query frame, joint ids [J'])``: the :data:`BADJA_JOINTS` visible on the first annotated frame.
+
+    Raises:
+        TrackerError: none of them is visible there.
+    """
+    annotated = np.zeros(seq.visible.shape[1], bool)
+    annotated[[j for j in BADJA_JOINTS if j < len(annotated)]] = True
+    ids = np.flatnonzero(seq.visible[0] & annotated)
+    if len(ids) == 0:
+        raise TrackerError(f"BADJA {seq.name}: no annotated joint is visible on the first annotated frame")
     return seq.joints[0, ids], int(seq.frame_index[0]), ids
 
 

@@ -70,9 +70,20 @@ def _seg2bmap(seg: np.ndarray) -> np.ndarray:
 
 
 def _disk(radius: float) -> np.ndarray:
-    """``[2r+1, 2r+1]`` uint8 disk ``x^2 + y^2 <= r^2``, identical to ``skimage.morphology.disk(r)``."""
-    r = int(radius)
-    grid = np.arange(-r, r + 1)
+    """Disk structuring element, the same array as ``skimage.morphology.disk(radius)``.
+
+    skimage samples ``x^2 + y^2 <= r^2`` on the grid ``np.arange(-r, r + 1)`` along each axis, so for an integer
+    ``r`` the disk is ``[2r+1, 2r+1]`` centred on a pixel, and for a non-integer ``r`` the grid starts at ``-r``
+    itself (``r = 2.5``: offsets -2.5, -1.5, ..., 2.5, a ``[6, 6]`` disk centred between pixels). The DAVIS
+    toolkit passes this array to ``cv2.dilate`` (anchor at index ``size // 2``), and so does :func:`boundary_f`.
+
+    Args:
+        radius: disk radius in pixels (``>= 0``).
+
+    Returns:
+        ``[S, S]`` uint8 disk, ``S = len(np.arange(-radius, radius + 1))``.
+    """
+    grid = np.arange(-radius, radius + 1)
     return ((grid[None, :] ** 2 + grid[:, None] ** 2) <= radius**2).astype(np.uint8)
 
 
@@ -135,7 +146,7 @@ def jaccard_and_f(
     truths: Sequence[np.ndarray | None] | np.ndarray,
     objects: list[int] | None = None,
     bound_th: float = 0.008,
-    exclude_last: bool = False,
+    exclude_last: bool = True,
 ) -> dict:
     """DAVIS semi-supervised J, F and J&F of one sequence, per object and averaged over objects.
 
@@ -143,17 +154,17 @@ def jaccard_and_f(
     for each object id, J and F are computed on every scored frame (a frame where the object is absent in
     both prediction and truth scores 1) and averaged over frames; the sequence J (F) is the mean of the
     per-object means, ``J&F = (J + F) / 2``. As in the toolkit's reader, the void label 255 in the truth is
-    background. Differences from the toolkit, on purpose: objects are the ids present in the truth of any
-    frame (the toolkit takes ``1..max`` of the first frame), frames whose truth is ``None`` are skipped
-    (sparse annotations), and the last frame is scored unless ``exclude_last`` (the toolkit scores
-    ``[1:-1]``; pass ``exclude_last=True`` to reproduce it).
+    background. As the toolkit (``all_gt_masks[:, 1:-1]``), the last frame is not scored either, unless
+    ``exclude_last=False``. Differences from the toolkit, on purpose: objects are the ids present in the truth
+    of any frame (the toolkit takes ``1..max`` of the first frame), and frames whose truth is ``None`` are
+    skipped (sparse annotations).
 
     Args:
         preds: ``[T, H, W]`` predicted label maps (0 background, k object k; a bool mask is object 1).
         truths: ``[T, H, W]`` ground-truth label maps, ``None`` for frames without annotation.
         objects: object ids to score; default every id > 0 (and != 255) present in ``truths``.
         bound_th: boundary tolerance passed to :func:`boundary_f`.
-        exclude_last: also leave out the last frame, as the official toolkit does.
+        exclude_last: leave out the last frame, as the official toolkit does (default); ``False`` scores it.
 
     Returns:
         ``{"J": float, "F": float, "J&F": float, "per_object": {id: {"J": float, "F": float}}}``; means are
@@ -193,9 +204,9 @@ def jaccard_and_f(
 def pck(pred: np.ndarray, truth: np.ndarray, visible: np.ndarray, threshold: np.ndarray | float) -> float:
     """Percentage of correct keypoints with a pixel threshold.
 
-    A visible ground-truth point is correct when ``||pred - truth|| <= threshold`` (the ``<=`` of
-    ``tracker.eval.evaluation.pck``); NaN predictions count as wrong, invisible points are ignored. For BADJA the
-    caller passes ``0.2 * sqrt(mask area)`` per annotated frame.
+    A visible ground-truth point is correct when ``||pred - truth|| < threshold``, strictly below, as PIPs'
+    BADJA evaluation and TAP-Vid's ``pts_within`` count it; NaN predictions count as wrong, invisible points
+    are ignored. For BADJA the caller passes ``0.2 * sqrt(mask area)`` per annotated frame.
 
     Args:
         pred: ``[A, J, 2]`` predicted xy (NaN for no prediction).
@@ -215,7 +226,7 @@ def pck(pred: np.ndarray, truth: np.ndarray, visible: np.ndarray, threshold: np.
     thr = np.asarray(threshold, np.float64)
     thr = thr[:, None] if thr.ndim == 1 else thr
     dist = np.linalg.norm(pred - truth, axis=-1)
-    correct = np.nan_to_num(dist, nan=np.inf) <= thr
+    correct = np.nan_to_num(dist, nan=np.inf) < thr
     return float(correct[visible].mean())
 
 
