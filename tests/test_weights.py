@@ -1,6 +1,7 @@
 """Weights: strict loading of timm/Meta formats, DistillDIFT LoRA merge, the weights table and `auto`."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -253,3 +254,212 @@ def test_merged_weights_load_alone_and_get_no_lora_from_the_table(tmp_path, monk
         W.load_model(spec, HW, f"{plain},{merged}", **TINY)
     with pytest.raises(TrackerError, match="two merged weights"):
         W.load_model(spec, HW, f"{merged},{merged}", **TINY)
+
+
+# --------------------------------------------------------------------------- every published layout and source
+
+C = TINY["embed_dim"]
+
+
+def wrapped(meta: dict[str, torch.Tensor], keys=None) -> dict[str, torch.Tensor]:
+    """Backbone tensors as the authors' DistilledModel saves them: under ``model.``, base qkv at attn.qkv.qkv."""
+    keys = meta if keys is None else keys
+    return {"model." + k.replace(".attn.qkv.", ".attn.qkv.qkv."): meta[k] for k in keys}
+
+
+def head_state(seed: int = 3, hidden: int = 64, out: int = C) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "head.0.weight": torch.randn(hidden, C, generator=g) * 0.2,
+        "head.0.bias": torch.randn(hidden, generator=g) * 0.1,
+        "head.2.weight": torch.randn(out, hidden, generator=g) * 0.2,
+        "head.2.bias": torch.randn(out, generator=g) * 0.1 + 0.1,
+    }
+
+
+def student_file(tmp_path, layout: str, *, head: bool = False) -> str:
+    """A DistillDIFT checkpoint in one of the layouts the published files can have."""
+    trained = meta_state(seed=2)
+    qkv = [k for k in trained if ".attn.qkv." in k]  # what the release code trains besides the LoRA
+    state = lora_state()
+    if layout in ("whole", "module-whole"):
+        state |= wrapped(trained)
+    elif layout == "partial":
+        state |= wrapped(trained, qkv)
+    if head:
+        state |= head_state()
+    if layout.startswith("module"):
+        state = {"module." + k: v for k, v in state.items()}  # accelerate's multi-GPU save_state
+    elif layout == "bare":
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+    path = tmp_path / f"{layout}{'_head' if head else ''}.ckpt"
+    torch.save(state, path)
+    return str(path)
+
+
+def reference_features(layout: str, frames: torch.Tensor, *, head: bool = False) -> torch.Tensor:
+    """Features of the student built as the authors build it: base, the checkpoint's tensors over it (load
+    non-strict), the LoRA computed on the fly beside qkv, the head on the normed patch tokens."""
+    model = tiny_vit(hw=HW)
+    W.load_base_into(model, meta_state())
+    trained = meta_state(seed=2)
+    if layout in ("whole", "module-whole"):
+        W.load_base_into(model, trained)
+    elif layout == "partial":
+        with torch.no_grad():
+            for i, block in enumerate(model.blocks):
+                block.attn.qkv.weight.copy_(trained[f"blocks.{i}.attn.qkv.weight"])
+                block.attn.qkv.bias.copy_(trained[f"blocks.{i}.attn.qkv.bias"])
+    lora = lora_state()
+    for i, block in enumerate(model.blocks):
+        p = f"model.blocks.{i}.attn.qkv.linear_"
+        block.attn.qkv = OnTheFlyLoRA(block.attn.qkv, lora[p + "a_q.weight"], lora[p + "b_q.weight"],
+                                      lora[p + "a_v.weight"], lora[p + "b_v.weight"])  # fmt: skip
+    featurizer = ViTFeaturizer(model, "ref", HW)
+    if not head:
+        return featurizer(frames)
+    with torch.inference_mode():
+        tokens = model.forward_features(featurizer.preprocess(frames))[:, model.num_prefix_tokens :]
+        h = head_state()
+        x = torch.relu(tokens @ h["head.0.weight"].T + h["head.0.bias"])
+        x = torch.relu(x @ h["head.2.weight"].T + h["head.2.bias"])
+        return torch.nn.functional.normalize(x.transpose(1, 2).reshape(frames.shape[0], C, *featurizer.grid_hw), dim=1)
+
+
+FRAMES = torch.randint(0, 256, (2, 60, 75, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+
+
+@pytest.mark.parametrize("layout", ["lora", "module", "bare", "partial", "whole", "module-whole"])
+def test_every_checkpoint_layout_loads_to_the_authors_features(tmp_path, monkeypatch, layout):
+    """LoRA only (model./module./bare keys), LoRA + trained qkv (partial), the whole student (with and without
+    accelerate's module. prefix): each gives the features of the authors' wrapper on the same tensors."""
+    monkeypatch.setattr(W, "_reachable", lambda url, timeout=5.0: pytest.fail("network touched"))
+    base = tmp_path / "dinov2_vitb14_reg4_pretrain.pth"
+    torch.save(meta_state(), base)
+    ckpt = student_file(tmp_path, "lora" if layout == "lora" else layout)
+    want = reference_features(layout, FRAMES)
+    model = W.load_model(W.get_spec("distilldift-ws"), HW, f"{base},{ckpt}", **TINY)
+    got = ViTFeaturizer(model, "t", HW)(FRAMES)
+    assert got.shape == (2, C, 4, 5)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    if layout.endswith("whole"):  # the whole student needs no base file: the table's base is never fetched
+        alone = W.load_model(W.get_spec("distilldift-ws"), HW, ckpt, **TINY)
+        assert torch.allclose(ViTFeaturizer(alone, "t", HW)(FRAMES), want, atol=1e-5)
+
+
+def test_partial_backbone_is_laid_over_the_base_never_strict_loaded(tmp_path, monkeypatch):
+    """A checkpoint with LoRA and some backbone tensors gets the rest from the table's base (here cached),
+    tensor by tensor; a tensor the model lacks, or of another shape, is one clear error."""
+    monkeypatch.setattr(W, "_reachable", lambda url, timeout=5.0: pytest.fail("network touched"))
+    files = W.cache_dir() / "files"
+    files.mkdir(parents=True)
+    torch.save(meta_state(), files / "dinov2_vitb14_reg4_pretrain.pth")
+    ckpt = student_file(tmp_path, "partial")
+    model = W.load_model(W.get_spec("distilldift"), HW, ckpt, **TINY)
+    assert torch.allclose(ViTFeaturizer(model, "t", HW)(FRAMES), reference_features("partial", FRAMES), atol=1e-5)
+    base_only = meta_state()
+    assert torch.equal(model.blocks[1].mlp.fc1.weight, base_only["blocks.1.mlp.fc1.weight"])  # from the base
+    state = torch.load(ckpt, weights_only=True)
+    torch.save({**state, "model.blocks.0.attn.extra": torch.zeros(3)}, tmp_path / "extra.ckpt")
+    with pytest.raises(TrackerError, match="'blocks.0.attn.extra' is not part of"):
+        W.load_model(W.get_spec("distilldift"), HW, str(tmp_path / "extra.ckpt"), **TINY)
+    torch.save({**state, "model.blocks.0.attn.qkv.qkv.bias": torch.zeros(5)}, tmp_path / "shape.ckpt")
+    with pytest.raises(TrackerError, match=r"has shape \(5,\), not \(96,\)"):
+        W.load_model(W.get_spec("distilldift"), HW, str(tmp_path / "shape.ckpt"), **TINY)
+
+
+def test_supervised_head_is_applied_and_features_stay_unit(tmp_path, monkeypatch):
+    """The supervised student's head (head.0, ReLU, head.2, ReLU after the final norm) is applied; the grid
+    stays [B, C, h, w] with unit norm; an incomplete or width-changing head is refused in one line."""
+    monkeypatch.setattr(W, "_reachable", lambda url, timeout=5.0: pytest.fail("network touched"))
+    ckpt = student_file(tmp_path, "module-whole", head=True)  # as the Ulm share's 357 MB student would be saved
+    model = W.load_model(W.get_spec("distilldift-s"), HW, ckpt, **TINY)
+    got = ViTFeaturizer(model, "t", HW)(FRAMES)
+    assert got.shape == (2, C, 4, 5)
+    assert torch.allclose(got.norm(dim=1), torch.ones(2, 4, 5), atol=1e-5)
+    assert torch.allclose(got, reference_features("module-whole", FRAMES, head=True), atol=1e-5)
+    assert not torch.allclose(got, reference_features("module-whole", FRAMES), atol=1e-3)  # the head matters
+    state = torch.load(ckpt, weights_only=True)
+    del state["module.head.2.bias"]
+    torch.save(state, tmp_path / "half_head.ckpt")
+    with pytest.raises(TrackerError, match="head must hold") as info:
+        W.load_model(W.get_spec("distilldift-s"), HW, str(tmp_path / "half_head.ckpt"), **TINY)
+    assert "\n" not in str(info.value)
+    narrow = torch.load(student_file(tmp_path, "lora"), weights_only=True) | head_state(out=16)
+    torch.save(narrow, tmp_path / "narrow.ckpt")
+    with pytest.raises(TrackerError, match="maps 32 to 16 channels"):
+        W.load_model(W.get_spec("distilldift-s"), HW, str(tmp_path / "narrow.ckpt"), **TINY)
+
+
+def test_student_with_head_exports_to_onnx(tmp_path, monkeypatch):
+    """export_onnx checks the graph against the featurizer (head included) and keeps the channel count."""
+    pytest.importorskip("onnxruntime")
+    from export.onnx import export_onnx
+
+    monkeypatch.setattr(W, "_reachable", lambda url, timeout=5.0: pytest.fail("network touched"))
+    model = W.load_model(W.get_spec("distilldift-s"), HW, student_file(tmp_path, "whole", head=True), **TINY)
+    featurizer = ViTFeaturizer(model, "distilldift-s", HW)
+    export_onnx(featurizer, tmp_path / "s.onnx")  # raises when ONNX Runtime disagrees with torch
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"])
+    frames = torch.nn.functional.interpolate(FRAMES.permute(0, 3, 1, 2).float(), size=HW, mode="bilinear",
+                                             antialias=True).permute(0, 2, 3, 1)  # fmt: skip
+    (out,) = session.run(None, {"frames": frames.numpy()})
+    assert out.shape == (2, C, 4, 5) and (out >= 0).all()  # the head's final ReLU is in the graph
+    assert torch.allclose(torch.from_numpy(out), featurizer(FRAMES), atol=1e-4)
+
+
+def test_all_sources_failing_give_one_line_naming_each(monkeypatch, capsys):
+    """Every variant has the release repository, its mirror and the Ulm share; when all fail, one line names
+    each source tried and why."""
+    from tracker.apps.cli import main
+
+    def refuse(url, dest, sha256, timeout, git_blob=None):
+        raise OSError(f"HTTP Error 404: Not Found for\n{url}")
+
+    monkeypatch.setattr(W, "_reachable", lambda url, timeout=5.0: "cloudstore" not in url and "huggingface" not in url)
+    monkeypatch.setattr(W, "_download_url", refuse)
+    for name, variant in (("distilldift", "us"), ("distilldift-ws", "ws"), ("distilldift-s", "s")):
+        urls = [loc.url for loc in W.get_spec(name).lora.locations]
+        assert (
+            f"CompVis/distilldift/e21076e8d6f032f6ec461ce0540b496caf5a4aec/eval/checkpoints/distilled_{variant}.ckpt"
+            in urls[0]
+        )
+        assert "joh-schb/distilldift" in urls[1] and urls[2].startswith("https://cloudstore.uni-ulm.de/s/")
+        with pytest.raises(WeightsUnavailable) as info:
+            W.fetch(W.get_spec(name).lora)
+        message = str(info.value)
+        assert "\n" not in message and f"tried {len(urls)} sources" in message
+        assert all(url in message for url in urls)
+        assert "HTTP Error 404" in message and "cloudstore.uni-ulm.de unreachable" in message
+    files = W.cache_dir() / "files"  # the base is cached: the command gets as far as the student
+    files.mkdir(parents=True)
+    torch.save(meta_state(), files / "dinov2_vitb14_reg4_pretrain.pth")
+    assert main(["weights", "download", "distilldift-ws"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "distilled_ws.ckpt" in err[0] and "MN7Joo9XcLtXcYs" in err[0]
+
+
+def test_download_checks_git_blob_ids_and_falls_through_to_the_next_source(monkeypatch):
+    """A file that does not match its published git blob id is dropped and the next source is tried."""
+    import hashlib
+    import io
+
+    good, bad = b"the real checkpoint bytes", b"an error page"
+    blob = hashlib.sha1(b"blob %d\0" % len(good) + good).hexdigest()
+    served = {"https://a.example/x.ckpt": bad, "https://b.example/x.ckpt": good}
+    monkeypatch.setattr(W, "_reachable", lambda url, timeout=5.0: True)
+    monkeypatch.setattr(W.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(served[url]))
+    source = W.Source(None, tuple(W.Location(u, "x.ckpt", "test", blob) for u in served), "x.ckpt")
+    path = W.fetch(source)
+    assert path.read_bytes() == good and W.git_blob_id(path) == blob
+    assert W.cached_path(source) == path
+    path.unlink()
+    served["https://b.example/x.ckpt"] = bad
+    with pytest.raises(WeightsUnavailable, match="git blob id .* does not match the published") as info:
+        W.fetch(source)
+    assert str(info.value).count("does not match") == 2 and not list(path.parent.glob("*.part"))
+    empty = Path(W.cache_dir()) / "empty"
+    empty.write_bytes(b"")
+    assert W.git_blob_id(empty) == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"  # `git hash-object` of an empty file
