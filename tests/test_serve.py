@@ -28,6 +28,7 @@ from tracker.synthetic import moving_objects, write_video
 pytest.importorskip("fastapi", reason="the web extra is not installed (pip install '.[web]')")
 NUM_FRAMES, SIZE = 24, (240, 320)
 CHROMIUM = shutil.which("chromium")
+LOCAL = "http://127.0.0.1:8000"  # the TestClient's Host: loopback, as `track serve` is by default
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +59,13 @@ def client(tmp_path):
     from fastapi.testclient import TestClient
 
     app = create_app(ServeConfig(model="sift", max_upload_mb=1, workdir=tmp_path / "work"))
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         yield c
+
+
+def post_video(client, content, content_type: str = "application/octet-stream"):
+    """Upload as the page does: the raw body with a Content-Type that a cross-site form cannot send."""
+    return client.post("/api/videos", content=content, headers={"Content-Type": content_type})
 
 
 def read_events(client, url: str) -> list[tuple[str, dict]]:
@@ -81,16 +87,16 @@ def test_bad_uploads_are_refused_clearly_and_the_server_keeps_serving(client, fi
         ("one_frame", 415, "the video has 1 frame; tracking needs at least 2"),
     ]
     for name, status, message in cases:
-        r = client.post("/api/videos", content=files[name].read_bytes())
+        r = post_video(client, files[name].read_bytes())
         assert r.status_code == status and message in r.json()["error"], (name, r.text)
-    r = client.post("/api/videos", content=b"")
+    r = post_video(client, b"")
     assert r.status_code == 400 and "empty" in r.json()["error"]
     big = b"\x00" * (1 << 20) + b"x"
-    r = client.post("/api/videos", content=big)  # declared length over the limit
+    r = post_video(client, big)  # declared length over the limit
     assert r.status_code == 413 and r.json()["error"] == "the upload is 1.0 MB; the limit is 1 MB"
-    r = client.post("/api/videos", content=iter([big[:600_000], big[600_000:]]))  # chunked, no length given
+    r = post_video(client, iter([big[:600_000], big[600_000:]]))  # chunked, no length given
     assert r.status_code == 413 and "larger than the 1 MB limit" in r.json()["error"]
-    good = client.post("/api/videos", content=files["clip"].read_bytes())
+    good = post_video(client, files["clip"].read_bytes(), "video/mp4")
     assert good.status_code == 200, good.text
     body = good.json()
     assert (body["width"], body["height"], body["num_frames"], body["container"]) == (320, 240, NUM_FRAMES, "mp4")
@@ -104,8 +110,10 @@ def test_bad_uploads_are_refused_clearly_and_the_server_keeps_serving(client, fi
 def test_frames_over_the_pixel_limit_are_refused(files, tmp_path):
     from fastapi.testclient import TestClient
 
-    with TestClient(create_app(ServeConfig(model="sift", max_pixels=320 * 239, workdir=tmp_path))) as small:
-        r = small.post("/api/videos", content=files["clip"].read_bytes())
+    with TestClient(
+        create_app(ServeConfig(model="sift", max_pixels=320 * 239, workdir=tmp_path)), base_url=LOCAL
+    ) as small:
+        r = post_video(small, files["clip"].read_bytes())
     assert r.status_code == 415 and r.json()["error"] == "the frames are 320x240, over the limit of 0.07648 megapixels"
 
 
@@ -119,12 +127,12 @@ def test_client_text_never_becomes_a_path(client):
 
 
 def test_tracking_job_streams_points_and_tracks_match_the_motion(client, files, video):
-    vid = client.post("/api/videos", content=files["clip"].read_bytes()).json()["video"]
+    vid = post_video(client, files["clip"].read_bytes()).json()["video"]
     r = client.post(f"/api/videos/{vid}/jobs", json={"points": [[10.0, 10.0], [400.0, 5.0]]})
     assert r.status_code == 400 and r.json()["error"] == "point (400, 5) is outside the 320x240 frame"
     r = client.post(f"/api/videos/{vid}/jobs", json={"points": []})
     assert r.status_code == 400 and "no points" in r.json()["error"]
-    r = client.post(f"/api/videos/{vid}/jobs", content=b"{not json")
+    r = client.post(f"/api/videos/{vid}/jobs", content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "must be JSON" in r.json()["error"]
     points = object_points(video)
     job = client.post(f"/api/videos/{vid}/jobs", json={"points": points.tolist()}).json()
@@ -144,6 +152,172 @@ def test_tracking_job_streams_points_and_tracks_match_the_motion(client, files, 
     assert np.allclose(np.stack([tracks["x"], tracks["y"]], -1), xy, atol=2e-3)
 
 
+# --------------------------------------------------------------------------- under attack
+
+
+def one_line_error(r) -> str:
+    """The error of a JSON error answer; fails unless it is exactly one line."""
+    assert r.headers["content-type"] == "application/json", r.text
+    message = r.json()["error"]
+    assert message and "\n" not in message and len(message) < 300, message
+    return message
+
+
+def test_foreign_host_names_are_refused_dns_rebinding(client):
+    """A page of evil.example whose name is re-pointed at 127.0.0.1 reaches the server with Host: evil.example."""
+    for host in [
+        "evil.example",
+        "evil.example:8000",
+        "127.0.0.1.evil.example",
+        "localhost.evil.example:8000",
+        "localhost:8000@evil.example",
+        "localhost:http",
+        "[::1",
+        "",
+        "0.0.0.0:8000",
+    ]:
+        for method, url in [("GET", "/"), ("GET", "/api/info"), ("GET", "/app.js"), ("POST", "/api/videos")]:
+            r = client.request(method, url, headers={"Host": host, "Content-Type": "video/mp4"}, content=b"x")
+            assert r.status_code == 400 and "not served here" in one_line_error(r), (host, url, r.status_code)
+            assert r.headers["x-content-type-options"] == "nosniff"
+    assert client.app.state.service.videos == {} and not any(client.app.state.service.videos_dir.iterdir())
+    for host in ["localhost", "LOCALHOST:8000", "127.0.0.1", "127.0.0.1:8000", "127.3.2.1:1", "[::1]", "[::1]:8000"]:
+        r = client.get("/api/info", headers={"Host": host})
+        assert r.status_code == 200 and r.json()["model"] == "sift", host
+
+
+def test_host_names_served_when_bound_to_another_address(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from tracker.apps.serve import HostPolicy
+
+    config = ServeConfig(
+        model="sift", host="192.168.1.5", allowed_hosts=("tracker.lan", "[fd00::5]:8443"), workdir=tmp_path
+    )
+    with TestClient(create_app(config), base_url="http://192.168.1.5:8000") as c:
+        for host, status in [
+            ("192.168.1.5", 200),
+            ("192.168.1.5:8000", 200),
+            ("Tracker.LAN:8000", 200),
+            ("[fd00::5]:8443", 200),
+            ("[fd00::5]:8000", 400),
+            ("localhost:8000", 200),
+            ("192.168.1.6:8000", 400),
+            ("evil.example", 400),
+            ("tracker.lan.evil.example", 400),
+        ]:
+            assert c.get("/api/info", headers={"Host": host}).status_code == status, host
+    wildcard = HostPolicy("0.0.0.0", ())
+    assert wildcard.allows("127.0.0.1:8000") and not wildcard.allows("0.0.0.0:8000")
+    assert not wildcard.allows("192.168.1.5:8000")  # the names of an all-interfaces server are given by --allowed-host
+    with pytest.raises(ValueError, match="not a host name"):
+        HostPolicy("127.0.0.1", ("evil example",))
+
+
+def test_cross_site_posts_are_refused_csrf(client, files):
+    """A form of any web site can POST text/plain, multipart or urlencoded bodies without a preflight."""
+    clip = files["clip"].read_bytes()
+    for content_type in [
+        None,
+        "text/plain",
+        "text/plain;charset=UTF-8",
+        "multipart/form-data; boundary=x",
+        "application/x-www-form-urlencoded",
+        "TEXT/PLAIN",
+    ]:
+        headers = {} if content_type is None else {"Content-Type": content_type}
+        r = client.post("/api/videos", content=clip, headers=headers)
+        assert r.status_code == 415 and "Content-Type" in one_line_error(r), (content_type, r.text)
+    for content_type in ["application/json", "image/png", "text/html"]:  # not what an upload is sent as
+        r = post_video(client, clip, content_type)
+        assert r.status_code == 415 and "application/octet-stream or video/*" in one_line_error(r), content_type
+    for origin in ["http://evil.example", "null", "http://127.0.0.1:8001", "http://127.0.0.1:8000.evil.example"]:
+        r = client.post("/api/videos", content=clip, headers={"Content-Type": "video/mp4", "Origin": origin})
+        assert r.status_code == 403 and "origin" in one_line_error(r), origin
+    assert client.app.state.service.videos == {}  # nothing refused was stored
+    r = client.post("/api/videos", content=clip, headers={"Content-Type": "video/mp4", "Origin": LOCAL})
+    assert r.status_code == 200, r.text  # the page's own origin
+    vid = r.json()["video"]
+    body = json.dumps({"points": [[100.0, 100.0]]}).encode()
+    for headers in [{"Content-Type": "text/plain"}, {}, {"Content-Type": "application/x-www-form-urlencoded"}]:
+        r = client.post(f"/api/videos/{vid}/jobs", content=body, headers=headers)
+        assert r.status_code == 415 and "Content-Type" in one_line_error(r), headers
+    r = client.post(f"/api/videos/{vid}/jobs", content=body, headers={"Content-Type": "text/json"})
+    assert r.status_code == 415 and "application/json" in one_line_error(r)
+    r = client.post(f"/api/videos/{vid}/jobs", json={"points": [[100.0, 100.0]]}, headers={"Origin": "https://x.io"})
+    assert r.status_code == 403 and "origin" in one_line_error(r)
+    assert client.app.state.service.jobs == {}
+    r = client.post(f"/api/videos/{vid}/jobs", json={"points": [[100.0, 100.0]]}, headers={"Origin": LOCAL})
+    assert r.status_code == 200 and ID.match(r.json()["job"])
+
+
+def test_points_body_over_the_cap_is_refused_before_parsing(client, files):
+    vid = post_video(client, files["clip"].read_bytes()).json()["video"]
+    url = f"/api/videos/{vid}/jobs"
+    big = json.dumps({"points": [[10.5, 20.5]] * 100_000}).encode()  # 1.4 MB, valid JSON
+    r = client.post(url, content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413, r.text  # not parsed, so not "100000 points; at most 256"
+
+    from tracker.apps.serve import points_body_limit
+
+    limit = points_body_limit(client.app.state.service.config.max_points)
+    assert 20_000 < limit < 400_000 and one_line_error(r) == f"the points body is over {limit} bytes"
+    pretty = json.dumps({"points": [[-123.456789, 7654.321098]] * 256}, indent=4).encode()
+    assert len(pretty) < limit  # max_points points, pretty-printed, fit
+    chunks = iter([b'{"points": [', *[b"[1, 1], " * 1000] * 200, b"[1, 1]]}"])  # chunked, no length given
+    r = client.post(url, content=chunks, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and one_line_error(r) == f"the points body is over {limit} bytes"
+    r = client.post(url, content=b"[" * (limit + 1), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413  # never parsed: this would be a nesting error
+    assert client.app.state.service.jobs == {}
+
+
+def test_malformed_points_are_a_400_with_one_line(client, files):
+    vid = post_video(client, files["clip"].read_bytes()).json()["video"]
+    url = f"/api/videos/{vid}/jobs"
+    deep = '{"points": ' + "[" * 20_000 + "]" * 20_000 + "}"  # 40 kB, under the cap
+    cases = [
+        ('{"points": [["10", "20"]]}', "points[0] must be [x, y], two numbers; got a string"),
+        ('{"points": [[true, false]]}', "points[0] must be [x, y], two numbers; got true/false"),
+        ('{"points": [10, 20]}', "points[0] must be [x, y], two numbers; got a number"),
+        ('{"points": [[1, 2], [1, 2, 3]]}', "points[1] must be [x, y], two numbers; got a list of 3"),
+        ('{"points": [[1, null]]}', "points[0] must be [x, y], two numbers; got null"),
+        ('{"points": [[1, [2]]]}', "points[0] must be [x, y], two numbers; got a list"),
+        ('{"points": [{"x": 1, "y": 2}]}', "points[0] must be [x, y], two numbers; got an object"),
+        ('{"points": [[1' + "0" * 400 + ", 2]]}", "a number in the body is too large"),
+        ('{"points": [[1e400, 2]]}', "a number in the body is too large"),
+        ('{"points": [[' + "7" * 5000 + ", 2]]}", "a number in the body is too large"),
+        ('{"points": [[NaN, 2]]}', "NaN is not a number JSON allows"),
+        ('{"points": [[-Infinity, 2]]}', "-Infinity is not a number JSON allows"),
+        (deep, "the body is nested too deeply"),
+        ('{"points": ' + "[" * 5_000 + "]" * 5_000 + "}", "the body is nested too deeply"),
+        ('{"points": "[[1, 2]]"}', 'the body must be JSON: {"points": [[x, y], ...]}'),
+        ("[[1, 2]]", 'the body must be JSON: {"points": [[x, y], ...]}'),
+        ('{"points": [[1, 2]]', 'the body must be JSON: {"points": [[x, y], ...]}'),
+        (b'{"points": [[1, 2]], "\xff": 0}', 'the body must be JSON: {"points": [[x, y], ...]}'),
+    ]
+    for body, message in cases:
+        content = body if isinstance(body, bytes) else body.encode()
+        r = client.post(url, content=content, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and one_line_error(r) == message, (body[:60], r.status_code, r.text[:200])
+    assert client.app.state.service.jobs == {}
+    r = client.post(url, content=b'{"points": [[100, 100.5]]}', headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text  # the server kept serving, and integers are numbers
+    job = client.app.state.service.job(r.json()["job"])
+    assert job.points.tolist() == [[100.0, 100.5]]
+
+
+def test_service_start_checks_points_itself(client, files):
+    service = client.app.state.service
+    vid = post_video(client, files["clip"].read_bytes()).json()["video"]
+    from tracker.errors import TrackerError
+
+    for points in [[["10", "20"]], [[True, False]], [10, 20], [[10**400, 1]], [[float("nan"), 1]], "[[1, 2]]"]:
+        with pytest.raises(TrackerError):
+            service.start(vid, points)
+    assert service.jobs == {}
+
+
 def test_serve_command_bad_input_is_one_line(capsys):
     from tracker.apps.cli import main as track_main
 
@@ -155,10 +329,29 @@ def test_serve_command_bad_input_is_one_line(capsys):
             (["--port", str(port), "--model", "sift"], f"cannot listen on 127.0.0.1:{port}"),
             (["--max-frames", "1", "--model", "sift"], "--max-frames at least 2"),
             (["--model", "sift", "--weights", "random"], "--weights does not apply to sift"),
+            (["--model", "sift", "--allowed-host", "a b"], "--allowed-host: 'a b' is not a host name"),
         ]:
             assert track_main(["serve", *argv]) == 2
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and err[0].startswith("track: error: ") and message in err[0], err
+
+
+def test_serve_command_passes_host_and_allowed_hosts_to_the_guard(monkeypatch, capsys):
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from tracker.apps.cli import main as track_main
+
+    served = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: served.append(self.config.app))
+    argv = ["serve", "--model", "sift", "--host", "0.0.0.0", "--port", "0", "--allowed-host", "tracker.lan"]
+    argv += ["--allowed-host", "[fd00::5]:8443"]
+    assert track_main(argv) == 0
+    err = capsys.readouterr().err
+    assert "anyone who can reach it can upload; Host names served: loopback names, [fd00::5]:8443, tracker.lan" in err
+    with TestClient(served[0], base_url="http://tracker.lan:8000") as c:
+        for host, status in [("tracker.lan:8000", 200), ("127.0.0.1:8000", 200), ("evil.example:8000", 400)]:
+            assert c.get("/api/info", headers={"Host": host}).status_code == status, host
 
 
 # --------------------------------------------------------------------------- in the browser

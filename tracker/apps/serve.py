@@ -17,11 +17,22 @@ watch the tracked overlay stream back, download the tracks. The HTTP interface (
 
 Ids are random hex made by the server and checked against that shape, so no client text becomes a path.
 Old uploads and jobs are deleted when newer ones arrive (``max_videos``, ``max_jobs``).
+
+Other web sites cannot use it through a visitor's browser (``Guard``):
+
+- DNS rebinding: a request is answered only when its ``Host`` is a loopback name (``localhost``, 127.x.y.z,
+  ``[::1]``, any port), the address the server is bound to, or one of ``allowed_hosts`` (400 otherwise).
+- CSRF: a POST must carry a ``Content-Type`` that a cross-site form cannot send without a CORS preflight
+  (which this server never grants): uploads ``application/octet-stream`` or ``video/*``, jobs
+  ``application/json`` (415 otherwise), and an ``Origin``, when sent, must be the server's own (403).
+- The points body is read up to ``points_body_limit(max_points)`` bytes and refused past it (413) before it
+  is parsed; numbers too large for a float, NaN/Infinity and deep nesting are a 400, never a 500.
 """
 
 import asyncio
 import base64
 import contextlib
+import ipaddress
 import json
 import re
 import secrets
@@ -68,6 +79,236 @@ def sniff_container(head: bytes) -> str | None:
     return None
 
 
+# --------------------------------------------------------------------------- who may talk to the server
+
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_NAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
+_HOST = re.compile(r"^(?P<name>\[[0-9a-fA-F:.]+\]|[^\[\]:]+)(:(?P<port>[0-9]{1,5}))?$")
+# A cross-site form (or a "simple" fetch) may POST these without a CORS preflight.
+FORM_TYPES = ("", "text/plain", "multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """A ``Host`` header (``name``, ``name:port``, ``[v6]``, ``[v6]:port``) as ``(name, port)``, or None.
+
+    Names are lower-cased; IP addresses are written the standard way (IPv6 without brackets).
+    """
+    m = _HOST.match(value.strip())
+    if m is None:
+        return None
+    name, port = m["name"].lower(), m["port"]
+    if port is not None and not 0 < int(port) < 65536:
+        return None
+    try:
+        name = str(ipaddress.ip_address(name[1:-1] if name.startswith("[") else name))
+    except ValueError:
+        if name.startswith("[") or not _NAME.match(name) or len(name) > 253:
+            return None
+    return name, None if port is None else int(port)
+
+
+def is_loopback(name: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class HostPolicy:
+    """The ``Host`` values the server answers (the DNS rebinding guard).
+
+    Loopback names are always served; so are the address the server is bound to (unless it is a wildcard
+    such as 0.0.0.0, which no client addresses) and the ``allowed`` names (``name`` or ``name:port``).
+
+    Args:
+        bind_host: the address or name the server listens on.
+        allowed: further names, as given to ``--allowed-host``.
+
+    Raises:
+        ValueError: an allowed entry is not a host name or address.
+    """
+
+    def __init__(self, bind_host: str, allowed: tuple[str, ...] = ()):
+        self.allowed: set[tuple[str, int | None]] = set()
+        for entry in allowed:
+            parsed = split_host(entry)
+            if parsed is None:
+                raise ValueError(f"{entry!r} is not a host name or address (name, name:port, 1.2.3.4, [::1]:8000)")
+            self.allowed.add(parsed)
+        bound = split_host(f"[{bind_host}]" if ":" in bind_host else bind_host)
+        if bound is not None and bound[0] not in ("0.0.0.0", "::"):
+            self.allowed.add((bound[0], None))
+
+    def allows(self, host: str) -> bool:
+        parsed = split_host(host)
+        if parsed is None:
+            return False
+        name, port = parsed
+        return is_loopback(name) or (name, None) in self.allowed or (name, port) in self.allowed
+
+
+def media_type(content_type: str | None) -> str:
+    """The essence of a ``Content-Type`` (``type/subtype``, lower case, no parameters); "" when absent."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+class Guard:
+    """ASGI middleware: refuses foreign ``Host`` names (400), form-like POSTs (415) and foreign ``Origin``s (403).
+
+    Every answer, refused or not, carries ``X-Content-Type-Options: nosniff``. Errors are one-line JSON.
+
+    Args:
+        app: the ASGI app guarded.
+        policy: the ``Host`` values served.
+    """
+
+    SAFE = ("GET", "HEAD", "OPTIONS")
+
+    def __init__(self, app, policy: HostPolicy):
+        self.app, self.policy = app, policy
+
+    def refusal(self, method: str, headers) -> tuple[int, str] | None:
+        """``(status, message)`` when the request must be refused, else None."""
+        hosts = headers.getlist("host")
+        host = hosts[0] if len(hosts) == 1 else ""
+        if not self.policy.allows(host):
+            shown = json.dumps(host[:80]) if len(hosts) < 2 else "given twice"
+            return 400, (
+                f"host {shown} is not served here (a guard against DNS rebinding); open the address "
+                "track serve printed, or start it with --allowed-host NAME"
+            )
+        if method in self.SAFE:
+            return None
+        kind = media_type(headers.get("content-type"))
+        if kind in FORM_TYPES:
+            return 415, (
+                f"refused: Content-Type {kind or 'none'} can be sent by any web page's form; send uploads as "
+                "application/octet-stream or video/*, jobs as application/json"
+            )
+        origin = headers.get("origin")
+        if origin is not None and not _same_origin(origin, host):
+            return 403, f"refused: a request from origin {json.dumps(origin[:80])}; only this server's pages may post"
+        return None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from starlette.datastructures import Headers
+        from starlette.responses import JSONResponse
+
+        async def send_nosniff(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"x-content-type-options", b"nosniff")]
+            await send(message)
+
+        refused = self.refusal(scope["method"], Headers(scope=scope))
+        if refused is not None:
+            await JSONResponse({"error": refused[1]}, status_code=refused[0])(scope, receive, send_nosniff)
+            return
+        await self.app(scope, receive, send_nosniff)
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    """Whether an ``Origin`` header names this server as reached through ``host`` (the ``Host`` header)."""
+    scheme, sep, netloc = origin.partition("://")
+    return sep == "://" and scheme.lower() in ("http", "https") and netloc.lower() == host.strip().lower()
+
+
+# --------------------------------------------------------------------------- the points of a job
+
+
+def points_body_limit(max_points: int) -> int:
+    """Bytes a job's body may have: ``max_points`` points, even pretty-printed with long numbers, fit."""
+    return 4096 + 160 * max_points
+
+
+def _json_number(text: str) -> float:
+    value = float(text)  # a number literal too large for a float (1e400, 10**400, 5000 digits) is inf
+    if not np.isfinite(value):
+        raise TrackerError("a number in the body is too large")
+    return value
+
+
+def _json_constant(text: str):
+    raise TrackerError(f"{text} is not a number JSON allows")
+
+
+def parse_points_body(raw: bytes) -> list:
+    """A job's body, ``{"points": [[x, y], ...]}`` as UTF-8 JSON, parsed so that no input raises but a clean error.
+
+    Numbers are parsed as floats (never as unbounded integers); NaN and Infinity are refused.
+
+    Returns:
+        The ``points`` list, not yet checked (``check_points`` does).
+
+    Raises:
+        TrackerError: not JSON of that shape, a number too large for a float, NaN/Infinity, or nested too deeply.
+    """
+    usage = 'the body must be JSON: {"points": [[x, y], ...]}'
+    try:
+        body = json.loads(
+            raw.decode("utf-8"), parse_int=_json_number, parse_float=_json_number, parse_constant=_json_constant
+        )
+    except RecursionError:
+        raise TrackerError("the body is nested too deeply") from None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        raise TrackerError(usage) from None
+    if not isinstance(body, dict) or not isinstance(body.get("points"), list):
+        raise TrackerError(usage)
+    return body["points"]
+
+
+def _kind(value) -> str:
+    """What a JSON value is, in words (for error messages; the value itself is not echoed)."""
+    if isinstance(value, (bool, np.bool_)):
+        return "true/false"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)}"
+    return "a number" if isinstance(value, (int, float, np.number)) else type(value).__name__
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_points(points, max_points: int) -> np.ndarray:
+    """Query points as ``[N, 2]`` float64 pixels: a list of ``[x, y]`` pairs of finite real numbers.
+
+    Raises:
+        TrackerError: not a list, no points, more than ``max_points``, or a point that is not two finite numbers.
+    """
+    if not isinstance(points, (list, tuple)):
+        raise TrackerError(f"points must be a list of [x, y] pixel pairs; got {_kind(points)}")
+    if len(points) == 0:
+        raise TrackerError("no points: click on the first frame to add some")
+    if len(points) > max_points:
+        raise TrackerError(f"{len(points)} points; at most {max_points}")
+    for i, point in enumerate(points):
+        if not (isinstance(point, (list, tuple)) and len(point) == 2):
+            raise TrackerError(f"points[{i}] must be [x, y], two numbers; got {_kind(point)}")
+        for value in point:
+            if not _is_number(value):
+                got = "a list" if isinstance(value, (list, tuple)) else _kind(value)
+                raise TrackerError(f"points[{i}] must be [x, y], two numbers; got {got}")
+    try:
+        xy = np.array(points, dtype=np.float64)
+    except OverflowError:
+        raise TrackerError("a point's coordinate is too large") from None
+    if not np.isfinite(xy).all():
+        raise TrackerError(f"points[{int(np.argmin(np.isfinite(xy).all(1)))}] is not finite")
+    return xy
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """Settings of the web demo.
@@ -83,6 +324,8 @@ class ServeConfig:
         max_pixels: largest frame (width x height) accepted (default 3840 x 2160).
         preview_width: overlay frames streamed back are scaled down to at most this width.
         workdir: folder for uploads and results (None: a new temporary folder, removed on shutdown).
+        host: the address the server is bound to; requests are answered for it and for loopback names.
+        allowed_hosts: further ``Host`` names (``name`` or ``name:port``) answered, as ``--allowed-host``.
     """
 
     model: str = "sift"
@@ -101,6 +344,8 @@ class ServeConfig:
     max_pixels: int = 3840 * 2160
     preview_width: int = 640
     workdir: Path | None = None
+    host: str = "127.0.0.1"
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass
@@ -287,7 +532,7 @@ class TrackingService:
         """Queue tracking of ``points`` (``[[x, y], ...]`` pixels of the first frame) through a video.
 
         Raises:
-            TrackerError: no points, too many, or a point outside the frame.
+            TrackerError: no points, too many, a point that is not two finite numbers, or one outside the frame.
             Busy: ``max_pending`` jobs are already queued or running.
             KeyError: no such video.
         """
@@ -295,15 +540,8 @@ class TrackingService:
             video = self.videos.get(video_id)
         if video is None:
             raise KeyError(video_id)
-        try:
-            xy = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        except (TypeError, ValueError):
-            raise TrackerError("points must be a list of [x, y] pixel pairs") from None
-        if len(xy) == 0:
-            raise TrackerError("no points: click on the first frame to add some")
-        if len(xy) > self.config.max_points:
-            raise TrackerError(f"{len(xy)} points; at most {self.config.max_points}")
-        outside = ~np.isfinite(xy).all(1) | (xy[:, 0] < -0.5) | (xy[:, 0] > video.width - 0.5)
+        xy = check_points(points, self.config.max_points)
+        outside = (xy[:, 0] < -0.5) | (xy[:, 0] > video.width - 0.5)
         outside |= (xy[:, 1] < -0.5) | (xy[:, 1] > video.height - 0.5)
         if outside.any():
             x, y = xy[int(np.argmax(outside))]
@@ -469,6 +707,8 @@ def create_app(config: ServeConfig):
     page = web.joinpath("index.html").read_text()
     script = web.joinpath("app.js").read_text()
     limit = int(config.max_upload_mb * MB)
+    points_limit = points_body_limit(config.max_points)
+    policy = HostPolicy(config.host, config.allowed_hosts)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -487,11 +727,7 @@ def create_app(config: ServeConfig):
     async def _http_error(_request, exc: HTTPException):
         return error(exc.status_code, str(exc.detail))
 
-    @app.middleware("http")
-    async def _headers(request: Request, call_next):
-        response = await call_next(request)
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        return response
+    app.add_middleware(Guard, policy=policy)
 
     @app.get("/", response_class=HTMLResponse)
     async def index():
@@ -518,6 +754,9 @@ def create_app(config: ServeConfig):
 
     @app.post("/api/videos")
     async def upload(request: Request):
+        kind = media_type(request.headers.get("content-type"))
+        if kind != "application/octet-stream" and not kind.startswith("video/"):
+            return error(415, f"send the video as application/octet-stream or video/*, not {kind}")
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return error(413, f"the upload is {int(declared) / MB:.1f} MB; the limit is {config.max_upload_mb:g} MB")
@@ -556,14 +795,19 @@ def create_app(config: ServeConfig):
     async def start_job(video_id: str, request: Request):
         if not ID.match(video_id):
             return error(404, "no such video")
+        kind = media_type(request.headers.get("content-type"))
+        if kind != "application/json":
+            return error(415, f'send the points as application/json, not {kind}: {{"points": [[x, y], ...]}}')
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > points_limit:
+            return error(413, f"the points body is over {points_limit} bytes")
+        raw = bytearray()
+        async for chunk in request.stream():  # read up to the cap, never the whole of a huge body
+            raw += chunk
+            if len(raw) > points_limit:
+                return error(413, f"the points body is over {points_limit} bytes")
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return error(400, 'the body must be JSON: {"points": [[x, y], ...]}')
-        if not isinstance(body, dict) or not isinstance(body.get("points"), list):
-            return error(400, 'the body must be JSON: {"points": [[x, y], ...]}')
-        try:
-            job = service.start(video_id, body["points"])
+            job = service.start(video_id, parse_points_body(bytes(raw)))
         except KeyError:
             return error(404, "no such video (uploads are kept for a while only; upload it again)")
         except Busy as exc:
@@ -620,6 +864,14 @@ def build_parser():
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a further Host name (or name:port) the server answers, besides loopback names and --host "
+        "(repeatable; needed for --host 0.0.0.0: the names or addresses clients open)",
+    )
     add_featurizer_options(p, "torch, tensorrt or auto")
     p.add_argument("--max-upload-mb", type=float, default=64.0, help="largest upload accepted (default 64)")
     p.add_argument("--max-frames", type=int, default=900, help="frames tracked at most per video (default 900)")
@@ -642,6 +894,10 @@ def main(argv: list[str]) -> int:
         raise TrackerError(f"--port must be in 0..65535, got {args.port}")
     if args.max_upload_mb <= 0 or args.max_frames < 2:
         raise TrackerError("--max-upload-mb must be > 0 and --max-frames at least 2")
+    try:
+        policy = HostPolicy(args.host, tuple(args.allowed_host))
+    except ValueError as exc:
+        raise TrackerError(f"--allowed-host: {exc}") from None
     device = pick_device(args.device)
     BackendOptions(backend=args.backend, precision=args.precision)  # validates both in one line
     if args.backend == "onnx":
@@ -659,6 +915,8 @@ def main(argv: list[str]) -> int:
         precision=args.precision,
         max_upload_mb=args.max_upload_mb,
         max_frames=args.max_frames,
+        host=args.host,
+        allowed_hosts=tuple(args.allowed_host),
     )
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -673,8 +931,14 @@ def main(argv: list[str]) -> int:
         app = create_app(config)
         app.state.service.featurizer((240, 320))  # bad weights or size: fail now, not on the first job
         host, port = sock.getsockname()[:2]
-        if args.host not in ("127.0.0.1", "localhost", "::1"):
-            print(f"track serve: warning: on {args.host} anyone who can reach it can upload", file=sys.stderr)
+        if not is_loopback(args.host.lower()):
+            shown = sorted((f"[{n}]" if ":" in n else n) + (f":{p}" if p else "") for n, p in policy.allowed)
+            names = ", ".join(["loopback names", *shown])
+            print(
+                f"track serve: warning: on {args.host} anyone who can reach it can upload; "
+                f"Host names served: {names} (more with --allowed-host)",
+                file=sys.stderr,
+            )
         shown = f"[{host}]" if family == socket.AF_INET6 else host
         print(f"track serve: {model} on {device}; open http://{shown}:{port}/ (Ctrl-C stops)", file=sys.stderr)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
