@@ -463,3 +463,30 @@ def test_download_checks_git_blob_ids_and_falls_through_to_the_next_source(monke
     empty = Path(W.cache_dir()) / "empty"
     empty.write_bytes(b"")
     assert W.git_blob_id(empty) == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"  # `git hash-object` of an empty file
+
+
+def test_converter_reads_every_layout_and_refuses_what_an_adapter_cannot_hold(tmp_path, monkeypatch):
+    """`track distill convert` on accelerate's module. keys gives the published factors; a checkpoint with
+    backbone tensors needs --merged (which then gives the checkpoint's features); a head is refused."""
+    from tracker.distill import adapter as A
+
+    monkeypatch.setattr(W, "_reachable", lambda url, timeout=5.0: pytest.fail("network touched"))
+    factors, _ = A.read_adapter(student_file(tmp_path, "module"))
+    assert A.factors_equal(factors, W.parse_distilldift(lora_state(), depth=2).lora)
+    base = tmp_path / "dinov2_vitb14_reg4_pretrain.pth"
+    torch.save(meta_state(), base)
+    partial = student_file(tmp_path, "partial")
+    with pytest.raises(TrackerError, match="carries 4 backbone tensors .* add --merged"):
+        A.convert_checkpoint(partial, tmp_path / "p.safetensors")
+    merged = tmp_path / "p_merged.safetensors"
+    A.convert_checkpoint(
+        partial, tmp_path / "p.safetensors", merged=merged, base_weights=str(base), input_size=70, **TINY
+    )
+    model = W.load_model(W.get_spec("distilldift"), (70, 70), str(merged), **TINY)  # built at 70
+    frames = torch.randint(0, 256, (1, 70, 70, 3), dtype=torch.uint8)
+    direct = W.load_model(W.get_spec("distilldift"), (70, 70), f"{base},{partial}", **TINY)
+    got, want = (ViTFeaturizer(m, "m", (70, 70))(frames) for m in (model, direct))
+    assert torch.allclose(got, want, atol=1e-5)
+    with pytest.raises(TrackerError, match="supervised student's head") as info:
+        A.convert_checkpoint(student_file(tmp_path, "module-whole", head=True), tmp_path / "s.safetensors")
+    assert "\n" not in str(info.value)

@@ -62,11 +62,7 @@ def read_adapter(path: str | Path) -> tuple[LoraFactors, dict | None]:
     Raises:
         TrackerError: unreadable, or not LoRA factors in the DistillDIFT layout for every block.
     """
-    state = W.read_state_dict(Path(path))
-    blocks = {int(m[1]) for k in state if (m := W.LORA_KEY.match(k))}
-    if not blocks:
-        raise TrackerError(f"{path} holds no DistillDIFT LoRA factors (model.blocks.N.attn.qkv.linear_a_q.weight ...)")
-    parsed = W.parse_distilldift(state, depth=max(blocks) + 1)
+    parsed = _parse(path)
     card = None
     if card_path(path).is_file():
         try:
@@ -74,6 +70,15 @@ def read_adapter(path: str | Path) -> tuple[LoraFactors, dict | None]:
         except (OSError, ValueError):
             card = None
     return {i: tuple(t.float() for t in f) for i, f in parsed.lora.items()}, card
+
+
+def _parse(path: str | Path) -> W.DistillDiftCheckpoint:
+    """A DistillDIFT checkpoint or adapter in any key layout (``model.``, accelerate's ``module.``, bare)."""
+    state = W.read_state_dict(Path(path))
+    depth = W.lora_depth(state)
+    if not depth:
+        raise TrackerError(f"{path} holds no DistillDIFT LoRA factors (model.blocks.N.attn.qkv.linear_a_q.weight ...)")
+    return W.parse_distilldift(state, depth=depth)
 
 
 def save_merged(path: str | Path, state: dict[str, Tensor], card: dict) -> None:
@@ -94,16 +99,20 @@ def convert_checkpoint(
     merged: str | Path | None = None,
     base_weights: str | None = None,
     input_size: int = 434,
+    **overrides,
 ) -> dict:
     """Convert a published DistillDIFT checkpoint (``distilldift_us.ckpt`` ...) to an adapter + card.
 
     Args:
-        checkpoint: the published file (LoRA only, or the whole student with its backbone).
+        checkpoint: the published file in any key layout (LoRA only, or with some or all backbone tensors:
+            those need ``merged``, where they are laid over the base). A file with the supervised student's
+            head is refused.
         out: adapter path (``.safetensors``); the card goes beside it (``.json``).
         merged: also write merged weights here (needs the base: from the checkpoint, ``base_weights`` or the
             weights table).
         base_weights: a local base file (timm or Meta format) for ``merged``.
         input_size: the square input side the merged weights are built at (their position embedding).
+        **overrides: timm architecture overrides for the merged model (tests build tiny ones).
 
     Returns:
         The card.
@@ -111,6 +120,18 @@ def convert_checkpoint(
     from tracker.distill.data import file_digest
 
     checkpoint = Path(checkpoint)
+    parsed = _parse(checkpoint)
+    if parsed.head is not None:
+        raise TrackerError(
+            f"{checkpoint.name} carries the supervised student's head, which neither an adapter nor merged weights"
+            f" hold; use the checkpoint itself: --model distilldift-s --weights {checkpoint}"
+        )
+    tensors = len(parsed.base or {})
+    if tensors and merged is None:
+        raise TrackerError(
+            f"{checkpoint.name} carries {tensors} backbone tensors besides the LoRA, which an adapter cannot hold;"
+            " add --merged FILE, or use the checkpoint itself with --weights"
+        )
     factors, _ = read_adapter(checkpoint)
     a_q = factors[0][0]
     spec = W.get_spec("distilldift")
@@ -125,11 +146,12 @@ def convert_checkpoint(
         "data": "as published by DistillDIFT",
         "steps": None,
         "converted_from": {"file": checkpoint.name, "sha256": file_digest(checkpoint)},
+        "checkpoint_backbone_tensors": tensors,  # laid over the base in the merged weights only
     }
     save_adapter(out, factors, card)
     if merged is not None:
         weights = ",".join(filter(None, [base_weights, str(checkpoint)]))
-        model = W.load_model(spec, (input_size, input_size), weights)
+        model = W.load_model(spec, (input_size, input_size), weights, **overrides)
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_merged(merged, state, {**card, "input_size": [input_size, input_size]})
     return card
