@@ -35,8 +35,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tracker.featurizers import MODEL_NAMES
-    from tracker.tracking import REFINE_MODES
+    from tracker.choices import MODEL_NAMES
+    from tracker.choices import POINT_REFINE_MODES as REFINE_MODES
 
     p = Parser(
         prog="track",
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_featurizer_options(p: argparse.ArgumentParser, backends: str = "torch, onnx, tensorrt or auto") -> None:
     """The model and backend options ``track live`` and ``track serve`` share with ``track``."""
-    from tracker.featurizers import MODEL_NAMES
+    from tracker.choices import MODEL_NAMES
 
     p.add_argument("--model", default="auto", help=f"one of {', '.join(MODEL_NAMES)} (default: auto)")
     p.add_argument("--weights", help="'random' (architecture only) or local weights file(s), comma-separated")
@@ -533,7 +533,7 @@ class _tee:
 
 
 def build_eval_parser() -> argparse.ArgumentParser:
-    from tracker.featurizers import MODEL_NAMES
+    from tracker.choices import MODEL_NAMES
 
     p = Parser(prog="track eval", description="Accuracy on standard benchmarks, ours beside OpenCV baselines.")
     sub = p.add_subparsers(dest="benchmark", required=True, parser_class=Parser)

@@ -1,0 +1,10 @@
+"""The names the command line offers (models, point refinement modes), in a module that imports nothing:
+``track --help`` lists them without importing torch.
+
+:mod:`tracker.featurizers` re-exports the model names and :mod:`tracker.tracking` the refinement modes, where
+their meaning is documented; :mod:`tracker.weights` holds each ViT model's sources.
+"""
+
+VIT_MODELS = ("distilldift", "distilldift-ws", "distilldift-s", "dinov2-b", "dinov2-s")
+MODEL_NAMES = ("auto", *VIT_MODELS, "sift")  # what ``--model`` takes
+POINT_REFINE_MODES = ("lk", "none")  # ``track --refine``: tracker.tracking.REFINE_MODES; the first is the default
