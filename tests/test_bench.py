@@ -1,13 +1,17 @@
 """`track bench` on the CPU with a tiny model of the real architecture: well-formed results, not speed."""
 
+import contextlib
 import json
 
 import numpy as np
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from tracker.apps.cli import main
+from tracker.bench import runner
 from tracker.bench.e2e import NaivePointTracker
 from tracker.bench.measure import Timing, peak_tflops, time_calls, vit_flops
 from tracker.synthetic import moving_objects, write_video
@@ -24,15 +28,64 @@ def tiny_video(tmp_path_factory):
     return path
 
 
+# the op kinds of a ViT's forward as torch.utils.flop_counter counts them, and the analytic parts they stand for
+KIND_OF_OP = {"convolution": "patch_embed", "addmm": "linear", "mm": "linear", "bmm": "attention"}
+ANALYTIC_KIND = {"patch_embed": "patch_embed", "qkv": "linear", "proj": "linear", "mlp": "linear"}
+
+
+class _FusedAttentionKernels(TorchDispatchMode):
+    """Records the fused scaled-dot-product attention kernels a forward runs (aten ops, not their decompositions)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._overloadpacket.__name__
+        if "scaled_dot_product" in name and "backward" not in name:
+            self.ops.add(func._overloadpacket)
+        return func(*args, **(kwargs or {}))
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)  # torch's definition: QK^T and AV, 2 per mul-add
+
+
+def torch_flops_by_kind(model, hw) -> dict[str, int]:
+    """``forward_features`` FLOPs as torch's FlopCounterMode counts them by definition (2 per multiply-add of
+    every matmul and convolution), by kind: convolution, linear layers (mm / addmm), attention.
+
+    The attention runs as bmm's (math kernel) or as a fused kernel. Fused kernels are counted with torch's own
+    sdpa formula: releases differ in which of them their counter registers (2.14 leaves out the CPU's
+    ``_scaled_dot_product_flash_attention_for_cpu``), not in what an attention costs.
+    """
+    x = torch.randn(1, 3, *hw)
+    with torch.no_grad(), _FusedAttentionKernels() as fused:
+        model.forward_features(x)
+    mapping = {op: _sdpa_flops for op in fused.ops}
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        model.forward_features(x)
+    kinds = {"patch_embed": 0, "linear": 0, "attention": 0}
+    for op, flops in counter.get_flop_counts()["Global"].items():
+        kinds["attention" if op in fused.ops else KIND_OF_OP[op.__name__]] += flops  # op: aten OpOverloadPacket
+    return kinds
+
+
+@pytest.mark.parametrize("attention", ["default", "math"])
 @pytest.mark.parametrize(
     "arch,hw", [("vit_small_patch14_reg4_dinov2", (56, 70)), ("vit_base_patch14_reg4_dinov2", (28, 28))]
 )
-def test_analytic_flops_equal_torch_flop_counter(arch, hw):
+def test_analytic_flops_equal_torch_flop_counter(arch, hw, attention):
+    """Our count per frame against torch's count of the same operations, part by part, through the fused
+    attention kernel this machine picks and through the math kernel (plain bmm's)."""
     model = create_vit(arch, hw, **TINY).eval()
     counted = vit_flops(model, hw)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.forward_features(torch.randn(1, 3, *hw))
-    assert counted.total == counter.get_total_flops()
+    expected = {"patch_embed": 0, "linear": 0, "attention": counted.parts["attention"]}
+    for part, kind in ANALYTIC_KIND.items():
+        expected[kind] += counted.parts[part]
+    with sdpa_kernel(SDPBackend.MATH) if attention == "math" else contextlib.nullcontext():
+        assert torch_flops_by_kind(model, hw) == expected
+    assert counted.total == sum(expected.values())
     assert counted.tokens == (hw[0] // 14) * (hw[1] // 14) + 5  # class token + 4 registers
 
 
@@ -137,7 +190,38 @@ def test_bench_writes_well_formed_results(tiny_video, tmp_path, capsys):
         (["--frobnicate"], "unrecognized arguments"),
     ],
 )
-def test_bad_options_give_one_line_and_exit_2(argv, message, capsys):
+def test_bad_options_give_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "DEFAULT_VIDEO", tmp_path / "absent.mp4")  # as in a user's clone: no ../shared
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("track: error:") and message in err
+
+
+def test_bench_without_a_video_runs_on_a_generated_clip(tmp_path, monkeypatch, capsys):
+    """A user's clone has no ../shared: the end-to-end runs use a generated 1280x720 clip, said in one line
+    and recorded in the results."""
+    monkeypatch.setattr(runner, "DEFAULT_VIDEO", tmp_path / "absent.mp4")
+    out = tmp_path / "results"
+    code = main(
+        ["bench", "--tiny", "--only", "e2e", "--weights", "random", "--device", "cpu", "--size", "28",
+         "--points", "16", "--frames", "2", "--naive-frames", "1", "--batch", "1", "--json", str(out),
+         "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "absent.mp4 is absent" in err and "generated 1280x720 clip" in err
+    report = json.loads((out / "bench.json").read_text())
+    e2e = report["end_to_end"]
+    assert e2e["video_generated"] is True and e2e["video"].startswith("generated: tracker.synthetic")
+    assert e2e["frame_size"] == [1280, 720] and e2e["video_frames"] == 2
+    assert [r["frames"] for r in e2e["runs"]] == [2, 2, 2]
+    assert any("generated 1280x720 clip" in note for note in report["notes"])
+    assert "Video `generated: tracker.synthetic" in (out / "bench.md").read_text()
+
+
+def test_bench_prefers_the_default_video_when_it_is_there(tmp_path, tiny_video, monkeypatch):
+    monkeypatch.setattr(runner, "DEFAULT_VIDEO", tiny_video)
+    args = runner.build_parser().parse_args(["--weights", "random", "--device", "cpu"])
+    assert runner.config_from_args(args).video == str(tiny_video)
+    monkeypatch.setattr(runner, "DEFAULT_VIDEO", tmp_path / "absent.mp4")
+    assert runner.config_from_args(args).video is None  # run_bench generates the clip
