@@ -358,11 +358,16 @@ def test_serve_command_passes_host_and_allowed_hosts_to_the_guard(monkeypatch, c
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def served_app(tmp_path_factory):
+    return create_app(ServeConfig(model="sift", workdir=tmp_path_factory.mktemp("work")))
+
+
+@pytest.fixture(scope="module")
+def server(served_app):
     """The app served by uvicorn on a free port of 127.0.0.1, in a background thread."""
     import uvicorn
 
-    app = create_app(ServeConfig(model="sift", workdir=tmp_path_factory.mktemp("work")))
+    app = served_app
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -388,7 +393,11 @@ def page(server):
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
-            args=["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"],
+            args=[
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                "--host-resolver-rules=MAP evil.example 127.0.0.1",  # DNS rebinding: the name points here
+            ],
         )
         context = browser.new_context(viewport={"width": 1000, "height": 1100}, accept_downloads=True)
         page = context.new_page()
@@ -465,3 +474,42 @@ def test_browser_camera_recording_is_uploaded(page):
     assert shown["error"] is None, shown["error"]
     assert (shown["video"]["width"], shown["video"]["height"]) == (640, 480)
     assert shown["video"]["container"] == "matroska" and shown["video"]["num_frames"] >= 10
+
+
+def test_browser_dns_rebinding_and_cross_site_posts_are_refused(page, server, served_app, files):
+    """A page of evil.example, its name resolved to 127.0.0.1, can neither read the server nor post to it."""
+    import base64
+
+    port = server.rsplit(":", 1)[1]
+    evil = page.context.new_page()
+    try:
+        answer = evil.goto(f"http://evil.example:{port}/")  # the rebound name reaches this very server
+        assert answer.status == 400 and "not served here" in answer.json()["error"]
+        before = len(served_app.state.service.videos)
+        clip = base64.b64encode(files["clip"].read_bytes()).decode()
+        sent = evil.evaluate(
+            """async ([target, clip]) => {
+                const blob = new Blob([Uint8Array.from(atob(clip), (c) => c.charCodeAt(0))]);
+                const form = new FormData();
+                form.append("video", blob, "clip.mp4");
+                const out = {};
+                // Simple requests: sent without asking, their answers opaque to the page.
+                const simple = [["plain", blob, { "Content-Type": "text/plain" }], ["form", form, {}]];
+                for (const [name, body, headers] of simple) {
+                    await fetch(`${target}/api/videos`, { method: "POST", mode: "no-cors", body, headers });
+                    out[name] = "sent";
+                }
+                // A request that needs a preflight, which the server never grants.
+                try {
+                    await fetch(`${target}/api/videos`, {
+                        method: "POST", body: blob, headers: { "Content-Type": "application/octet-stream" } });
+                    out.preflighted = "answered";
+                } catch (e) { out.preflighted = "blocked"; }
+                return out;
+            }""",
+            [server, clip],
+        )
+        assert sent == {"plain": "sent", "form": "sent", "preflighted": "blocked"}
+        assert len(served_app.state.service.videos) == before  # none of them was taken
+    finally:
+        evil.close()

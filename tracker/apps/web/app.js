@@ -55,6 +55,7 @@ async function upload(blob, what) {
   setBusy(true);
   setStatus(`Uploading ${what} (${(blob.size / 1048576).toFixed(1)} MB)…`);
   try {
+    // The server takes only application/octet-stream or video/* (types a cross-site form cannot send).
     const response = await fetch("/api/videos", {
       method: "POST",
       body: blob,
@@ -193,7 +194,7 @@ $("track").addEventListener("click", async () => {
   try {
     const response = await fetch(`/api/videos/${state.video.video}/jobs`, {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json" }, // required by the server, as is a same-origin Origin
       body: JSON.stringify({ points: state.points }),
     });
     if (!response.ok) throw new Error(await readError(response));
