@@ -302,6 +302,8 @@ def _settings(args: argparse.Namespace, model: str):
             radius=args.radius,
             temperature=args.prop_temperature,
             pool=args.pool,
+            # --refine none: pure matching for masks too; the points' refinement (lk) means flow for masks
+            refine="none" if getattr(args, "refine", None) == "none" else None,
         )
     except ValueError as exc:
         raise TrackerError(str(exc)) from None
