@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tracker.apps.cli import main
+from tracker.eval.evaluation import ours, point_refine_modes
 from tracker.synthetic import texture
 
 
@@ -24,21 +25,28 @@ def test_tapvid_eval_on_a_tiny_synthetic_pickle(tmp_path, capsys):
 
     assert main(["eval", "tapvid", "--pkl", str(tmp_path / "tiny.pkl"), "--model", "sift", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "tapvid_sift.json").read_text())
+    # every refinement mode of ours and the OpenCV baseline, in one run, the default mode first
+    methods = [ours(m) for m in point_refine_modes()] + ["opencv-lk"]
+    assert report["methods"] == methods and len(methods) >= 2
     # evaluated (after each query frame): point 0 frames 1-7 (7), point 1 frames 1-7 (7), point 2 frames 3-7 (5)
     # = 19 entries, of which 16 visible in the truth; predicted visible everywhere, within 16 px everywhere:
     # occlusion accuracy 16/19, pts_within_16 16/16, jaccard_16 = 16 / (16 + 3 false positives) = 16/19
-    for method in ("ours", "opencv-lk"):
+    for method in methods:
         m = report["sequences"]["static"][method]
-        assert m["occlusion_accuracy"] == pytest.approx(16 / 19)
+        assert m["occlusion_accuracy"] == pytest.approx(16 / 19), method
         assert m["pts_within_16"] == pytest.approx(1.0)
         assert m["jaccard_16"] == pytest.approx(16 / 19)
+        assert set(report["mean"][method]) == {"average_jaccard", "average_pts_within_thresh", "occlusion_accuracy"}
     # static video: LK is exact; ours is within 2 px (a 4.3 px SIFT cell, soft-argmax without bias)
     assert report["sequences"]["static"]["opencv-lk"]["pts_within_1"] == pytest.approx(1.0)
-    assert report["sequences"]["static"]["ours"]["pts_within_2"] == pytest.approx(1.0)
+    for method in methods[:-1]:
+        assert report["sequences"]["static"][method]["pts_within_2"] == pytest.approx(1.0), method
     assert report["sequences"]["static"]["points"] == 3
     assert report["model"] == "sift" and "first-query" in report["protocol"]
     table = (tmp_path / "tapvid_sift.md").read_text()
-    assert "| static |" in table and "ours average_jaccard" in table
+    assert "| sequence | method | average_jaccard |" in table
+    for method in methods:
+        assert f"| static | {method} |" in table and f"| **mean** | {method} |" in table
     assert "| static |" in capsys.readouterr().out
 
 
@@ -120,3 +128,70 @@ def test_badja_scores_only_its_20_annotated_joints(tmp_path):
     # a joint invisible on the first annotated frame is not queried
     seq.visible[0, 9] = False
     assert 9 not in badja_queries(seq)[2].tolist()
+
+
+def test_synthetic_eval_lists_every_mode_the_coarse_grid_and_opencv(tmp_path, capsys):
+    from tracker.synthetic import occlusion_video
+
+    args = ["eval", "synthetic", "--seeds", "1", "--frames", "10", "--model", "sift", "--out", str(tmp_path)]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "synthetic_sift.json").read_text())
+    modes = point_refine_modes()
+    expected = [ours(m) for m in modes] + [f"ours (coarse 14px, refine={m})" for m in modes] + ["opencv-lk"]
+    assert report["methods"] == expected
+    clip = occlusion_video(1, frames=10)  # 12 reappearances with 3 frames left to find them
+    row = report["sequences"]["seed1"]
+    assert row["points"] == len(clip.tracks) and row["reappearances"] == int(clip.reappear.sum())
+    for method in expected:
+        m = row[method]
+        assert 0 <= m["average_jaccard"] <= m["average_pts_within_thresh"] <= 1, method
+        assert 0 <= m["occlusion_accuracy"] <= 1
+        assert 0 <= m["reacquired_within_3"] <= 1
+    # 10 frames of smooth motion: LK follows most visible points within 16 px; so does ours with its default
+    assert row["opencv-lk"]["pts_within_16"] > 0.5 and row[ours(modes[0])]["pts_within_16"] > 0.5
+    table = (tmp_path / "synthetic_sift.md").read_text()
+    assert all(f"| seed1 | {m} |" in table for m in expected) and "reacquired_within_3" in table
+    # --no-coarse leaves the coarse grid out
+    assert main([*args, "--no-coarse", "--frames", "6"]) == 0
+    short = json.loads((tmp_path / "synthetic_sift.json").read_text())  # 6 frames: no reappearance to score
+    assert short["sequences"]["seed1"]["opencv-lk"]["reacquired_within_3"] is None
+    assert short["methods"] == [ours(m) for m in modes] + ["opencv-lk"]
+
+
+def test_pooled_and_memo_featurizers():
+    import torch
+
+    from tracker.eval.evaluation import MemoFeaturizer, PooledFeaturizer, coarse_sift
+    from tracker.featurizers import SiftFeaturizer
+
+    frames = torch.as_tensor(texture(64, 64, np.random.default_rng(1)))[None].repeat(2, 1, 1, 1)
+    base = SiftFeaturizer((64, 64))
+    pooled = PooledFeaturizer(base, 4)
+    assert pooled.stride == 16 and pooled.grid_hw == (4, 4) and pooled.input_hw == (64, 64)
+    full, coarse = base(frames), pooled(frames)
+    # cell (1, 2) of the pooled grid is the normalised mean of base cells rows 4..7, cols 8..11
+    mean = full[0, :, 4:8, 8:12].mean((1, 2))
+    torch.testing.assert_close(coarse[0, :, 1, 2], mean / mean.norm())
+    torch.testing.assert_close(coarse.norm(dim=1), torch.ones(2, 4, 4))
+    # pooled cell centres on the project's grid convention: cell j at 16 (j + 0.5) - 0.5 input px
+    g = pooled.geometry(64, 64)
+    assert g.grid_to_pixel(torch.tensor([[1.0, 2.0]])).tolist() == [[23.5, 39.5]]
+    with pytest.raises(ValueError):
+        PooledFeaturizer(base, 3)  # 16 cells are not a multiple of 3
+    # coarse_sift: a 256x256 frame gets an 18x18 grid, 14.2 px cells
+    c = coarse_sift((256, 256))
+    assert c.grid_hw == (18, 18) and c.geometry(256, 256).cell_size == (256 / 18, 256 / 18)
+
+    calls = []
+
+    class Counting(SiftFeaturizer):
+        def forward(self, x):
+            calls.append(1)
+            return super().forward(x)
+
+    memo = MemoFeaturizer(Counting((64, 64)))
+    a, b = memo(frames), memo(frames.clone())
+    torch.testing.assert_close(a, full) and torch.testing.assert_close(b, full)
+    assert len(calls) == 1  # the second batch of the same frames came from memory
+    memo(frames[:1])
+    assert len(calls) == 2 and memo.geometry(64, 64) == base.geometry(64, 64)

@@ -7,7 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from tracker.eval.metrics import _disk, _seg2bmap, boundary_f, jaccard_and_f, pck, region_jaccard, tapvid_metrics
+from tracker.eval.metrics import (
+    _disk,
+    _seg2bmap,
+    boundary_f,
+    jaccard_and_f,
+    pck,
+    reacquired_share,
+    region_jaccard,
+    tapvid_metrics,
+)
 
 
 def _square(r0: int, r1: int, c0: int, c1: int, shape=(20, 20)) -> np.ndarray:
@@ -315,3 +324,34 @@ def test_tapvid_metrics_nan_prediction_is_never_within():
     assert m["pts_within_1"] == 0.0
     assert m["jaccard_1"] == 0.0
     assert math.isfinite(m["average_jaccard"])
+
+
+def test_reacquired_share_by_hand():
+    # 3 points x 8 frames. Point 0 hidden on frames 2-3, back on 4; point 1 hidden on 3, back on 4, hidden on 6,
+    # back on 7 (only 1 frame left: not scored with a 3-frame window); point 2 never hidden.
+    gt_visible = np.ones((3, 8), bool)
+    gt_visible[0, 2:4] = False
+    gt_visible[1, [3, 6]] = False
+    reappear = np.zeros((3, 8), bool)
+    reappear[0, 4] = reappear[1, 4] = reappear[1, 7] = True
+    gt = np.zeros((3, 8, 2))
+    pred = np.zeros((3, 8, 2))
+    pred_visible = np.ones((3, 8), bool)
+    # point 0: predicted hidden on 4, 5, visible and 7.9 px off on 6 -> found on the third frame
+    pred_visible[0, 4:6] = False
+    pred[0, 6] = [7.9, 0]
+    # point 1: visible but exactly 8 px off on 4, 5, 6 (not strictly below 8; frame 6 is hidden in the truth)
+    pred[1, 4:7] = [0, 8.0]
+    events = 2  # (0, 4) and (1, 4); (1, 7) has no 3-frame window
+    assert reacquired_share(reappear, gt, gt_visible, pred, pred_visible) == pytest.approx(1 / events)
+    # a 2-frame window misses point 0 (found on its third frame); (1, 7) still has no window
+    assert reacquired_share(reappear, gt, gt_visible, pred, pred_visible, frames=2) == 0.0
+    # with a 1-frame window (1, 7) counts; point 1 is 8 px off there too unless moved: put it on the truth
+    pred[1, 7] = 0
+    assert reacquired_share(reappear, gt, gt_visible, pred, pred_visible, frames=1) == pytest.approx(1 / 3)
+    # a larger threshold finds point 1 on frame 4
+    assert reacquired_share(reappear, gt, gt_visible, pred, pred_visible, threshold=8.5) == 1.0
+    # NaN predictions are never found; no reappearance -> NaN
+    pred[0, 6] = np.nan
+    assert reacquired_share(reappear, gt, gt_visible, pred, pred_visible) == 0.0
+    assert math.isnan(reacquired_share(np.zeros((3, 8), bool), gt, gt_visible, pred, pred_visible))

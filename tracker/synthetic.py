@@ -187,6 +187,9 @@ def _similarity(cx: float, cy: float, angle: float, scale: float, px: float, py:
     return np.array([[c, -s, cx - c * px + s * py], [s, c, cy - s * px - c * py]], np.float64)
 
 
+_TIME_BASE = 48  # frames: the motion's periods are set against this, so a shorter clip is the same motion, cut
+
+
 def occlusion_video(
     seed: int = 0,
     frames: int = 48,
@@ -246,13 +249,13 @@ def occlusion_video(
         alpha = cv2.GaussianBlur(alpha, (0, 0), 0.8)
         # path: a sweep across the frame plus a wobble; odd objects swing out of the frame and back in
         start = rng.uniform(0.25, 0.75, 2) * size
-        amplitude = rng.uniform(0.2, 0.35, 2) * size * (1.5 if k % 2 else 1.0)
-        period = rng.uniform(0.8, 1.4, 2) * frames
+        amplitude = rng.uniform(0.15, 0.25, 2) * size * (1.6 if k % 2 else 1.0)
+        period = rng.uniform(0.9, 1.4, 2) * _TIME_BASE  # in frames, whatever the clip's length
         phase = rng.uniform(0, 2 * np.pi, 2)
         cx = start[0] + amplitude[0] * (np.sin(2 * np.pi * t / period[0] + phase[0]) - np.sin(phase[0]))
         cy = start[1] + 0.5 * amplitude[1] * (np.sin(2 * np.pi * t / period[1] + phase[1]) - np.sin(phase[1]))
         angle = rng.uniform(0, 2 * np.pi) + np.deg2rad(rng.uniform(-1.5, 1.5)) * t
-        scale = 1.0 + 0.27 * np.sin(2 * np.pi * t / rng.uniform(1.0, 2.0) / frames + rng.uniform(0, 2 * np.pi))
+        scale = 1.0 + 0.27 * np.sin(2 * np.pi * t / rng.uniform(1.0, 2.0) / _TIME_BASE + rng.uniform(0, 2 * np.pi))
         mats = np.stack([_similarity(cx[i], cy[i], angle[i], scale[i], *centre) for i in range(frames)])
         layers.append((tex, alpha, mats))
         # points on the opaque interior (alpha > 0.99 with a 2 px margin)
@@ -270,8 +273,8 @@ def occlusion_video(
         alpha = np.ones((bh, bw), np.float32)
         pos = rng.uniform(0.3, 0.7) * size
         drift = 0.0 if j == 0 else rng.uniform(-0.6, 0.6)
-        offset = (pos + drift * (t - frames / 2)) - (bw - 1) / 2 if vertical else -20.0 + 0 * t
-        offset_y = -20.0 + 0 * t if vertical else (pos + drift * (t - frames / 2)) - (bh - 1) / 2
+        offset = (pos + drift * (t - _TIME_BASE / 2)) - (bw - 1) / 2 if vertical else -20.0 + 0 * t
+        offset_y = -20.0 + 0 * t if vertical else (pos + drift * (t - _TIME_BASE / 2)) - (bh - 1) / 2
         mats = np.zeros((frames, 2, 3))
         mats[:, 0, 0] = mats[:, 1, 1] = 1.0
         mats[:, 0, 2], mats[:, 1, 2] = offset, offset_y

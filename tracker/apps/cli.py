@@ -547,7 +547,11 @@ def build_eval_parser() -> argparse.ArgumentParser:
     b.add_argument("--davis-root", required=True, help="DAVIS root with the sequences' 480p frames and masks")
     t = sub.add_parser("tapvid", help="TAP-Vid-DAVIS first-query metrics; baseline: OpenCV Lucas-Kanade")
     t.add_argument("--pkl", required=True, help="tapvid_davis.pkl")
-    for s in (d, b, t):
+    y = sub.add_parser("synthetic", help="generated TAP-Vid-style occlusion clips (exact truth), 256x256 metrics")
+    y.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="clips to generate (default: 0 1)")
+    y.add_argument("--frames", type=int, default=48, help="frames per clip (default: 48)")
+    y.add_argument("--no-coarse", action="store_true", help="leave out the 14 px coarse-grid (pooled sift) runs")
+    for s in (d, b, t, y):
         s.add_argument("--model", default="sift", help=f"one of {', '.join(MODEL_NAMES)} (default: sift)")
         s.add_argument("--weights", help="'random' or local weights file(s)")
         s.add_argument("--size", help="featurizer input size (N or WxH)")
@@ -613,6 +617,10 @@ def eval_command(args: argparse.Namespace) -> int:
             report = E.eval_davis(args.root, args.sequences, make_featurizer, prop, args.batch)
         elif args.benchmark == "badja":
             report = E.eval_badja(args.root, args.davis_root, make_featurizer, match, args.batch)
+        elif args.benchmark == "synthetic":
+            coarse = None if args.no_coarse else 14.0
+            seeds = tuple(args.seeds)
+            report = E.eval_synthetic(make_featurizer, match, args.batch, seeds, args.frames, coarse_cell=coarse)
         else:
             report = E.eval_tapvid(args.pkl, make_featurizer, match, args.batch)
     report["model"] = model

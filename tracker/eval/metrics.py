@@ -308,3 +308,43 @@ def tapvid_metrics(
     metrics["average_jaccard"] = float(np.mean(all_jaccard))
     metrics["average_pts_within_thresh"] = float(np.mean(all_frac_within))
     return metrics
+
+
+def reacquired_share(
+    reappear: np.ndarray,
+    gt_tracks: np.ndarray,
+    gt_visible: np.ndarray,
+    pred_tracks: np.ndarray,
+    pred_visible: np.ndarray,
+    frames: int = 3,
+    threshold: float = 8.0,
+) -> float:
+    """Share of reappearances where the point is found again within ``frames`` frames.
+
+    A reappearance is a frame ``t`` where a point is visible again after hidden frames (``reappear``, see
+    :class:`tracker.synthetic.SyntheticTracks`); only those with ``frames`` frames left in the video count. It
+    is re-acquired when on one of the frames ``t .. t + frames - 1`` where the truth is visible, the prediction
+    is marked visible and strictly within ``threshold`` pixels of the truth.
+
+    Args:
+        reappear: ``[N, T]`` bool reappearance frames.
+        gt_tracks: ``[N, T, 2]`` true xy.
+        gt_visible: ``[N, T]`` bool.
+        pred_tracks: ``[N, T, 2]`` predicted xy (NaN never within).
+        pred_visible: ``[N, T]`` bool.
+        frames: the window, in frames, starting at the reappearance.
+        threshold: pixels.
+
+    Returns:
+        The share in ``[0, 1]``; NaN when there is no reappearance to score.
+    """
+    reappear = np.asarray(reappear, bool)
+    n, t = reappear.shape
+    dist = np.linalg.norm(np.asarray(pred_tracks, np.float64) - np.asarray(gt_tracks, np.float64), axis=-1)
+    found = (
+        np.asarray(pred_visible, bool) & np.asarray(gt_visible, bool) & (np.nan_to_num(dist, nan=np.inf) < threshold)
+    )
+    events = [(i, j) for i, j in zip(*np.nonzero(reappear), strict=True) if j + frames <= t]
+    if not events:
+        return math.nan
+    return float(np.mean([found[i, j : j + frames].any() for i, j in events]))
