@@ -18,17 +18,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tracker.choices import POINT_REFINE_MODES
 from tracker.errors import TrackerError
 from tracker.featurizers import Featurizer
 from tracker.geometry import GridGeometry, frames_to_tensor
 from tracker.matching import MatchConfig, forward_backward_ok, match, sample_descriptors
+from tracker.refine import FOLLOW, OCCLUDED, REDETECT, RefineConfig, decide, lk_from_query, lk_track, to_gray
 
-REFINE_MODES: tuple[str, ...] = ("none",)
-"""Refinement modes; the first is the default. ``none``: pure per-frame matching of the query descriptor."""
+REFINE_MODES: tuple[str, ...] = POINT_REFINE_MODES
+"""Refinement modes; the first is the default. ``lk``: coarse-to-fine (motion prediction, Lucas-Kanade local
+track, semantic match, per-point decision, sub-cell refinement; see :mod:`tracker.refine`). ``none``: pure
+per-frame matching of the query descriptor (the original method)."""
 
-NOT_STARTED, FOLLOW, REDETECT, OCCLUDED = -1, 0, 1, 2
-"""Per-point decisions (``TrackResult.decision``, int8): before the query frame; followed the local track;
-jumped to the semantic match; neither is trusted (the point is predicted and reported invisible)."""
+NOT_STARTED = -1
+"""``TrackResult.decision`` before a point's query frame. The others (int8): FOLLOW (the local track, consistent
+with the semantic evidence), REDETECT (jumped to the semantic match, then refined), OCCLUDED (neither is trusted:
+the point is predicted by its motion and reported invisible); see :func:`tracker.refine.decide`."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,12 @@ class TrackState:
             them only with ``MatchConfig.update``).
         last_uv: ``[N, 2]`` grid position of each point's latest estimate (the search prior).
         latest: the result for frame ``next_frame - 1``.
+        previous_gray: ``[H, W]`` uint8 grey of frame ``next_frame - 1`` (refinement only; one frame, not a
+            history).
+        query_gray: query frame index -> its ``[H, W]`` uint8 grey (refinement of re-detections).
+        xy: ``[N, 2]`` float32 pixel estimate of each point (refinement only).
+        velocity: ``[N, 2]`` float32 pixels per frame, the motion model (refinement only).
+        lost: ``[N]`` int64 frames since each point was last judged visible (refinement only).
     """
 
     next_frame: int
@@ -112,6 +123,11 @@ class TrackState:
     query_descriptors: Tensor | None = None
     last_uv: Tensor | None = None
     latest: TrackResult | None = None
+    previous_gray: np.ndarray | None = None
+    query_gray: dict[int, np.ndarray] = field(default_factory=dict)
+    xy: Tensor | None = None
+    velocity: Tensor | None = None
+    lost: Tensor | None = None
 
     @property
     def started(self) -> Tensor:
@@ -131,12 +147,19 @@ class PointTracker:
         TrackerError: an unknown refinement mode.
     """
 
-    def __init__(self, featurizer: Featurizer, config: MatchConfig | None = None, refine: str = REFINE_MODES[0]):
+    def __init__(
+        self,
+        featurizer: Featurizer,
+        config: MatchConfig | None = None,
+        refine: str = REFINE_MODES[0],
+        refine_config: RefineConfig | None = None,
+    ):
         if refine not in REFINE_MODES:
             raise TrackerError(f"unknown refinement {refine!r}; choose from: {', '.join(REFINE_MODES)}")
         self.featurizer = featurizer
         self.config = config or MatchConfig()
         self.refine = refine
+        self.refine_config = refine_config or RefineConfig()
 
     # ----------------------------------------------------------------- public API
 
@@ -145,11 +168,11 @@ class PointTracker:
         height, width = frame.shape[:2]
         state = self.empty_state(height, width)
         state = self.add_queries(state, queries)
-        return self.advance(state, self.featurizer(frames_to_tensor([frame]))[0])
+        return self.advance(state, self.featurizer(frames_to_tensor([frame]))[0], frame)
 
     def step(self, state: TrackState, frame: np.ndarray | Tensor) -> tuple[TrackResult, TrackState]:
         """Track every started point into the next frame."""
-        state = self.advance(state, self.featurizer(frames_to_tensor([frame]))[0])
+        state = self.advance(state, self.featurizer(frames_to_tensor([frame]))[0], frame)
         return state.latest, state
 
     def add_queries(self, state: TrackState, queries: Queries) -> TrackState:
@@ -223,21 +246,25 @@ class PointTracker:
 
     def _run_batch(self, state: TrackState, frames: list[np.ndarray]) -> tuple[list[TrackResult], TrackState]:
         results = []
-        for grid in self.featurizer(frames_to_tensor(frames)):
-            state = self.advance(state, grid)
+        for grid, frame in zip(self.featurizer(frames_to_tensor(frames)), frames, strict=True):
+            state = self.advance(state, grid, frame)
             results.append(state.latest)
         return results, state
 
-    def advance(self, state: TrackState, features: Tensor) -> TrackState:
-        """Process the next frame given its ``[C, h, w]`` unit feature grid."""
+    def advance(self, state: TrackState, features: Tensor, frame: np.ndarray | Tensor | None = None) -> TrackState:
+        """Process the next frame given its ``[C, h, w]`` unit feature grid (and its ``[H, W, 3]`` uint8 RGB
+        pixels, which the refinement needs; without them this frame has no local track, only the semantic one)."""
         t = state.next_frame
         q = state.queries
         g = state.geometry
         n = len(q)
+        refine = self.refine != "none"
+        gray = to_gray(frame) if refine and frame is not None else None
         descriptors = state.descriptors
         query_features = state.query_features
         query_descriptors = state.query_descriptors
         last_uv = state.last_uv
+        track_xy, velocity, lost = state.xy, state.velocity, state.lost
         if query_descriptors is None or query_descriptors.shape[0] != n:  # new points: grow the tables
             grow = n - (0 if query_descriptors is None else query_descriptors.shape[0])
             zeros = features.new_zeros(grow, features.shape[0])
@@ -245,6 +272,11 @@ class PointTracker:
             query_descriptors = zeros if query_descriptors is None else torch.cat([query_descriptors, zeros])
             pad_uv = features.new_zeros(grow, 2)
             last_uv = pad_uv if last_uv is None else torch.cat([last_uv, pad_uv])
+            pad = torch.zeros(grow, 2)
+            track_xy = pad if track_xy is None else torch.cat([track_xy, pad])
+            velocity = pad if velocity is None else torch.cat([velocity, pad])
+            lost = torch.zeros(grow, dtype=torch.int64) if lost is None else torch.cat([lost, lost.new_zeros(grow)])
+        query_gray = state.query_gray
         starting = q.frame == t
         if starting.any():
             query_uv = g.pixel_to_grid(q.xy[starting].to(features.device))
@@ -258,36 +290,56 @@ class PointTracker:
             query_descriptors[starting] = sampled
             last_uv[starting] = query_uv
             query_features = {**query_features, t: features.clone()}  # not a view keeping the batch alive
+            if gray is not None:
+                query_gray = {**query_gray, t: gray}
 
         xy = torch.full((n, 2), float("nan"))
         score = torch.full((n,), float("nan"))
         visible = torch.zeros(n, dtype=torch.bool)
+        decision = torch.full((n,), OCCLUDED, dtype=torch.int8)
         active = (q.frame < t).nonzero().flatten()
         if len(active):
-            found = match(descriptors[active], features, self.config, prior_uv=last_uv[active])
-            confident = found.score >= self.config.min_score
-            ok = confident.clone()
-            for qf in q.frame[active].unique().tolist():  # forward-backward, per query frame
-                sel = (q.frame[active] == qf).nonzero().flatten().to(features.device)
-                query_uv = g.pixel_to_grid(q.xy[active[sel.cpu()]].to(features.device))
-                ok[sel] &= forward_backward_ok(found.uv[sel], features, query_features[qf], query_uv, self.config)
+            if refine:
+                found_uv, act_xy, act_score, act_decision, act_velocity = self._coarse_to_fine(
+                    state, features, gray, active, descriptors, track_xy, velocity, lost, query_features, query_gray
+                )
+                confident = torch.as_tensor(act_decision != OCCLUDED).to(features.device)
+                track_xy, velocity, lost = track_xy.clone(), velocity.clone(), lost.clone()
+                track_xy[active], velocity[active] = act_xy, act_velocity
+                lost[active] = torch.where(act_decision == OCCLUDED, lost[active] + 1, 0)
+                ok = confident
+            else:
+                found = match(descriptors[active], features, self.config, prior_uv=last_uv[active])
+                found_uv = found.uv
+                confident = found.score >= self.config.min_score
+                ok = confident & self._fb_ok(found_uv, features, active, q, query_features, g)
+                act_score = found.score.cpu().float()
+                act_decision = torch.where(ok.cpu(), FOLLOW, OCCLUDED).to(torch.int8)
             last_uv = last_uv.clone()
-            last_uv[active] = found.uv  # the prior follows every estimate
+            last_uv[active] = found_uv.to(last_uv.dtype)  # the prior follows every estimate
             if self.config.update > 0 and confident.any():
                 seen = active[confident.cpu()]
-                current = sample_descriptors(features, found.uv[confident])
+                current = sample_descriptors(features, found_uv[confident])
                 descriptors = descriptors.clone()
                 descriptors[seen] = F.normalize(
                     (1 - self.config.update) * query_descriptors[seen] + self.config.update * current, dim=1
                 )
-            xy[active] = g.grid_to_pixel(found.uv).cpu().float()
-            score[active] = found.score.cpu().float()
+            xy[active] = g.grid_to_pixel(found_uv).cpu().float() if not refine else act_xy
+            score[active] = act_score
             visible[active] = ok.cpu()
+            decision[active] = act_decision
         xy[starting] = q.xy[starting]
         score[starting] = 1.0
         visible[starting] = True
-        decision = torch.where(visible, FOLLOW, OCCLUDED).to(torch.int8)
+        decision[starting] = FOLLOW
         decision[q.frame > t] = NOT_STARTED
+        if refine:
+            track_xy = track_xy.clone()
+            track_xy[starting] = q.xy[starting]
+            velocity = velocity.clone()
+            velocity[starting] = 0.0
+            lost = lost.clone()
+            lost[starting] = 0
         result = TrackResult(frame_index=t, xy=xy, visible=visible, score=score, decision=decision)
         return replace(
             state,
@@ -297,4 +349,106 @@ class PointTracker:
             query_descriptors=query_descriptors,
             last_uv=last_uv,
             latest=result,
+            previous_gray=gray,
+            query_gray=query_gray,
+            xy=track_xy if refine else None,
+            velocity=velocity if refine else None,
+            lost=lost if refine else None,
         )
+
+    def _fb_ok(
+        self, uv: Tensor, features: Tensor, active: Tensor, q: Queries, query_features: dict, g: GridGeometry
+    ) -> Tensor:
+        """Forward-backward verdict ``[A]`` of the matches ``uv`` ``[A, 2]`` of points ``active``, per query frame."""
+        ok = torch.zeros(len(active), dtype=torch.bool, device=features.device)
+        for qf in q.frame[active].unique().tolist():
+            sel = (q.frame[active] == qf).nonzero().flatten().to(features.device)
+            query_uv = g.pixel_to_grid(q.xy[active[sel.cpu()]].to(features.device))
+            ok[sel] = forward_backward_ok(uv[sel], features, query_features[qf], query_uv, self.config)
+        return ok
+
+    def _coarse_to_fine(
+        self,
+        state: TrackState,
+        features: Tensor,
+        gray: np.ndarray | None,
+        active: Tensor,
+        descriptors: Tensor,
+        track_xy: Tensor,
+        velocity: Tensor,
+        lost: Tensor,
+        query_features: dict[int, Tensor],
+        query_gray: dict[int, np.ndarray],
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Predict, match coarsely, track locally, decide and refine the ``active`` points.
+
+        Returns:
+            ``(uv [A, 2] grid on the features' device, xy [A, 2] pixels, score [A], decision [A] int8,
+            velocity [A, 2])`` for the active points (CPU unless said otherwise).
+        """
+        rc, mc, g, q = self.refine_config, self.config, state.geometry, state.queries
+        dev = features.device
+        previous = track_xy[active]
+        speed = velocity[active]
+        limit = torch.tensor([g.frame_w - 0.5, g.frame_h - 0.5])
+        predicted = torch.maximum(torch.minimum(previous + speed, limit), torch.full((2,), -0.5))
+        # 1. local track: Lucas-Kanade from the previous position, started at the prediction
+        if gray is not None and state.previous_gray is not None:
+            lk_xy, fb = lk_track(state.previous_gray, gray, previous.numpy(), predicted.numpy(), rc)
+            lk_xy = torch.from_numpy(lk_xy)
+            inside = (lk_xy >= -0.5).all(1) & (lk_xy <= limit).all(1)
+            lk_ok = torch.from_numpy(fb <= rc.fb_px) & inside
+            # a loosely consistent local track is still the best prediction of a point that is not followed
+            loose = torch.from_numpy(fb <= rc.loose_fb_cells * max(g.cell_size)) & inside
+            predicted = torch.where(loose[:, None], lk_xy, predicted)
+            lk_xy = torch.where(lk_ok[:, None], lk_xy, predicted)
+        else:
+            lk_xy, lk_ok = predicted, torch.zeros(len(active), dtype=torch.bool)
+        # 2. coarse: the semantic match, searched around the prediction; wider while a point is lost
+        prior = g.pixel_to_grid(predicted).to(dev)
+        act_desc = descriptors[active]
+        if mc.search_radius is None:
+            found = match(act_desc, features, mc, prior_uv=prior)
+            sem_uv, sem_score = found.uv, found.score
+        else:
+            factor = torch.clamp(1 + rc.widen * lost[active].float(), max=rc.max_widen)
+            sem_uv = features.new_zeros(len(active), 2)
+            sem_score = features.new_zeros(len(active))
+            for f in factor.unique().tolist():
+                sel = (factor == f).nonzero().flatten().to(dev)
+                found = match(act_desc[sel], features, replace(mc, search_radius=mc.search_radius * f), prior[sel])
+                sem_uv[sel], sem_score[sel] = found.uv, found.score
+        semantic_ok = (sem_score >= mc.min_score) & self._fb_ok(sem_uv, features, active, q, query_features, g)
+        # 3. the evidence at the local track, and the decision
+        lk_uv = g.pixel_to_grid(lk_xy).to(dev)
+        score_lk = (sample_descriptors(features, lk_uv) * act_desc).sum(1)
+        distance = (lk_uv - sem_uv).norm(dim=1)
+        follow_score = mc.min_score if rc.follow_score is None else rc.follow_score
+        decision = decide(
+            lk_ok.to(dev), score_lk, semantic_ok, sem_score, distance, follow_score, rc.agree_cells, rc.margin
+        ).cpu()
+        # 4. positions: the local track, the refined semantic match, or the prediction
+        sem_xy = g.grid_to_pixel(sem_uv).cpu().float()
+        out = predicted.clone()
+        follow, redetect = decision == FOLLOW, decision == REDETECT
+        out[follow] = lk_xy[follow]
+        if redetect.any():
+            cell = max(g.cell_size)
+            jumped = sem_xy.clone()
+            for qf in q.frame[active[redetect]].unique().tolist():
+                sel = (redetect & (q.frame[active] == qf)).nonzero().flatten()
+                if gray is None or qf not in query_gray:
+                    continue
+                refined, _ = lk_from_query(
+                    query_gray[qf], gray, q.xy[active[sel]].numpy(), sem_xy[sel].numpy(), cell, rc
+                )
+                jumped[sel] = torch.from_numpy(refined)
+            out[redetect] = jumped[redetect]
+        score = torch.where(follow, score_lk.cpu().float(), sem_score.cpu().float())
+        # 5. the motion model: smoothed displacement while followed, reset on a jump, decaying while occluded
+        new_velocity = torch.where(
+            follow[:, None],
+            rc.momentum * speed + (1 - rc.momentum) * (out - previous),
+            torch.where(redetect[:, None], torch.zeros_like(speed), rc.occluded_decay * speed),
+        )
+        return g.pixel_to_grid(out).to(dev), out, score, decision, new_velocity

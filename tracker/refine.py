@@ -1,0 +1,179 @@
+"""Pixel-level refinement and the per-point decision of the coarse-to-fine tracker.
+
+The coarse-to-fine step (``PointTracker(refine="lk")``) combines two kinds of evidence per point and frame:
+
+- the **local track**: pyramidal Lucas-Kanade (``cv2.calcOpticalFlowPyrLK``, batched over all points) from the
+  point's previous position, started at the motion prediction, with a forward-backward error in pixels;
+- the **semantic match**: the query descriptor matched in the new feature grid (:func:`tracker.matching.match`),
+  with its cosine score and the forward-backward verdict into the query frame.
+
+:func:`decide` turns them into one of FOLLOW / REDETECT / OCCLUDED (a small pure function over tensors);
+:func:`lk_from_query` refines a re-detected position below the feature grid by Lucas-Kanade from the query
+frame's patch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+FOLLOW, REDETECT, OCCLUDED = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Settings of the local track and of the decision.
+
+    Attributes:
+        window: Lucas-Kanade window side in pixels of the original frame (OpenCV's default 21).
+        levels: pyramid levels above the frame for the frame-to-frame track (3: motions up to ~8x the window).
+        fb_px: the local track is valid when Lucas-Kanade back into the previous frame lands within this many
+            pixels of where it started. BADJA (sift, mean PCK@0.2 of dog and horsejump-high, other settings
+            at their defaults then): 1 px 0.441, 2 px 0.447, 4 px 0.440.
+        agree_cells: the local track and the semantic match agree when within this many grid cells.
+        follow_score: the descriptor at the local track must have at least this cosine similarity with the query
+            descriptor to be followed; None uses the matcher's ``min_score`` (BADJA: 0.3, 0.4 and 0.5 within
+            0.003 of each other: the local track fails forward-backward first).
+        margin: a confident semantic match elsewhere overrides a valid local track only when its score exceeds
+            the score at the local track by this much (semantic matches on repeated parts are noisy).
+            BADJA: 0.2 0.437, 0.1 0.447, 0.03 0.454.
+        loose_fb_cells: a point that is not followed is predicted at its local track when that track's
+            forward-backward error is within this many grid cells (a loose but still local motion estimate),
+            else by its velocity. BADJA: 0 (velocity only) 0.454, 1 cell 0.497, 3 cells 0.454 (drifts onto
+            occluders and background).
+        momentum: weight of the previous velocity in the motion model (0: last displacement only).
+        occluded_decay: per-frame factor on the velocity while a point is occluded (its prediction slows down).
+        widen: while a point is occluded, a local semantic search (``search_radius``) grows by this many times
+            the radius per occluded frame, up to ``max_widen`` times.
+        max_widen: cap of the search radius growth factor.
+    """
+
+    window: int = 21
+    levels: int = 3
+    fb_px: float = 2.0
+    agree_cells: float = 1.5
+    follow_score: float | None = None
+    margin: float = 0.03
+    loose_fb_cells: float = 1.0
+    momentum: float = 0.5
+    occluded_decay: float = 0.8
+    widen: float = 0.5
+    max_widen: float = 4.0
+
+
+def to_gray(frame: np.ndarray | Tensor) -> np.ndarray:
+    """``[H, W, 3]`` uint8 RGB (array or CPU/GPU tensor) -> ``[H, W]`` uint8 grey (contiguous)."""
+    if isinstance(frame, Tensor):
+        frame = frame.detach().cpu().numpy()
+    frame = np.ascontiguousarray(frame)
+    if frame.ndim == 2:
+        return frame
+    return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+
+
+def _criteria() -> tuple[int, int, float]:
+    return (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)
+
+
+def lk_track(
+    previous: np.ndarray, current: np.ndarray, xy: np.ndarray, guess: np.ndarray, config: RefineConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pyramidal Lucas-Kanade of many points at once, with the forward-backward error.
+
+    Args:
+        previous, current: ``[H, W]`` uint8 grey frames.
+        xy: ``[N, 2]`` float32 pixel positions in ``previous``.
+        guess: ``[N, 2]`` float32 initial positions in ``current`` (the motion prediction).
+
+    Returns:
+        ``(xy [N, 2] float32 in current, fb [N] float32)``: ``fb`` is the forward-backward distance in pixels,
+        ``inf`` where OpenCV lost the point either way.
+    """
+    n = len(xy)
+    if n == 0:
+        return np.zeros((0, 2), np.float32), np.zeros(0, np.float32)
+    p0 = np.ascontiguousarray(xy, np.float32).reshape(-1, 1, 2)
+    p1 = np.ascontiguousarray(guess, np.float32).reshape(-1, 1, 2).copy()
+    params = dict(
+        winSize=(config.window, config.window),
+        maxLevel=config.levels,
+        criteria=_criteria(),
+        flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
+    )
+    p1, ok, _ = cv2.calcOpticalFlowPyrLK(previous, current, p0, p1, **params)
+    back = p0.copy()
+    back, ok_back, _ = cv2.calcOpticalFlowPyrLK(current, previous, p1, back, **params)
+    fb = np.linalg.norm((back - p0).reshape(-1, 2), axis=1).astype(np.float32)
+    fb[~(ok.ravel().astype(bool) & ok_back.ravel().astype(bool))] = np.inf
+    fb[~np.isfinite(p1.reshape(-1, 2)).all(1)] = np.inf
+    return p1.reshape(-1, 2), fb
+
+
+def lk_from_query(
+    query: np.ndarray,
+    current: np.ndarray,
+    query_xy: np.ndarray,
+    candidate: np.ndarray,
+    max_shift: float,
+    config: RefineConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Refine re-detected positions below the grid: Lucas-Kanade of the query frame's patch, started there.
+
+    Only one pyramid level above the frame is used, so the refinement stays local to the candidate.
+
+    Args:
+        query: ``[H, W]`` uint8 grey query frame; ``current``: the frame being tracked.
+        query_xy: ``[N, 2]`` query pixel positions; ``candidate``: ``[N, 2]`` coarse positions in ``current``.
+        max_shift: refinements moving further than this (pixels) from the candidate are rejected.
+
+    Returns:
+        ``(xy [N, 2], refined [N] bool)``: the refined position where accepted, else the candidate.
+    """
+    if len(query_xy) == 0:
+        return np.zeros((0, 2), np.float32), np.zeros(0, bool)
+    local = RefineConfig(**{**config.__dict__, "levels": 1})
+    xy, fb = lk_track(query, current, query_xy, candidate, local)
+    shift = np.linalg.norm(xy - candidate, axis=1)
+    ok = (fb <= 2 * config.fb_px) & (shift <= max_shift)
+    return np.where(ok[:, None], xy, candidate).astype(np.float32), ok
+
+
+def decide(
+    lk_ok: Tensor,
+    score_lk: Tensor,
+    semantic_ok: Tensor,
+    score_semantic: Tensor,
+    distance_cells: Tensor,
+    follow_score: float,
+    agree_cells: float,
+    margin: float,
+) -> Tensor:
+    """The per-point decision from the local and the semantic evidence.
+
+    - FOLLOW: the local track is valid (``lk_ok``), the descriptor there still resembles the query
+      (``score_lk >= follow_score``), and no confident semantic match elsewhere clearly beats it (it either
+      agrees within ``agree_cells`` or is not better than ``score_lk + margin``).
+    - REDETECT: not followed, and the semantic match is confident and forward-backward consistent.
+    - OCCLUDED: neither.
+
+    Args:
+        lk_ok: ``[N]`` bool, Lucas-Kanade found the point with a small forward-backward error.
+        score_lk: ``[N]`` cosine similarity of the query descriptor at the local track's position.
+        semantic_ok: ``[N]`` bool, semantic score above the matcher's ``min_score`` and forward-backward ok.
+        score_semantic: ``[N]`` cosine similarity at the semantic match.
+        distance_cells: ``[N]`` distance between the local track and the semantic match, grid cells.
+
+    Returns:
+        ``[N]`` int8 decisions.
+    """
+    contradicted = semantic_ok & (distance_cells > agree_cells) & (score_semantic > score_lk + margin)
+    follow = lk_ok & (score_lk >= follow_score) & ~contradicted
+    redetect = ~follow & semantic_ok
+    out = torch.full(lk_ok.shape, OCCLUDED, dtype=torch.int8)
+    out[follow] = FOLLOW
+    out[redetect] = REDETECT
+    return out
