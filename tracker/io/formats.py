@@ -30,40 +30,119 @@ def points_schema() -> dict:
     return json.loads(resources.files("tracker").joinpath("schemas/points.schema.json").read_text())
 
 
+# Points per file at most. Matching holds a similarity map per point and grid cell: measured 10-13 bytes per
+# point per cell (peak RSS, 4 frames of 1280x720; see the README): sift's 60x107 grid there takes ~80 KB per
+# point, 0.8 GB at this maximum (1.9 GB at 1080p), a ViT's 31x31 grid ~10 KB per point.
+MAX_POINTS = 10_000
+MAX_DEPTH = 16  # nesting of JSON arrays/objects accepted (a points file needs 3)
+_MAX_INT_DIGITS = 18  # integers longer than this cannot be a pixel coordinate or a frame
+
+
+def loads_json(text: str | bytes, what: str):
+    """Parse JSON text; every failure is one line naming ``what`` (e.g. ``"points file p.json"``).
+
+    Integers are bounded (at most 18 digits: no unbounded int conversion) and so is nesting (``MAX_DEPTH``).
+
+    Raises:
+        TrackerError: not UTF-8, not JSON, an integer too long, or nested too deeply.
+    """
+
+    def parse_int(digits: str) -> int:
+        length = len(digits.lstrip("-"))
+        if length > _MAX_INT_DIGITS:
+            raise TrackerError(f"{what} has an integer of {length} digits, too large for a coordinate or a frame")
+        return int(digits)
+
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        data = json.loads(text, parse_int=parse_int)
+    except UnicodeDecodeError:
+        raise TrackerError(f"{what} is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise TrackerError(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except RecursionError:
+        raise TrackerError(f"{what} is nested too deeply (at most {MAX_DEPTH} levels)") from None
+    except ValueError as exc:  # anything else json's number parsing refuses
+        raise TrackerError(f"{what} is not valid JSON: {str(exc)[:80]}") from None
+    if _depth(data, MAX_DEPTH) > MAX_DEPTH:
+        raise TrackerError(f"{what} is nested too deeply (at most {MAX_DEPTH} levels)")
+    return data
+
+
+def _depth(data, limit: int) -> int:
+    """Nesting depth of lists/dicts in ``data``, iteratively; stops counting past ``limit``."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (list, dict)):
+            deepest = max(deepest, depth)
+            if depth > limit:
+                return depth
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
 def read_json(path: str | Path, what: str):
     """Parse a JSON file given on the command line; ``what`` names it in the one-line errors.
 
     Raises:
-        TrackerError: missing, unreadable, or not JSON.
+        TrackerError: missing, unreadable, not JSON, an integer too long or nested too deeply.
     """
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise TrackerError(f"{what} not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrackerError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise TrackerError(f"{what} {path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except OSError as exc:
+        raise TrackerError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    return loads_json(raw, f"{what} {path}")
 
 
 def read_points(path: str | Path) -> Queries:
-    """Read and validate a points file.
+    """Read and validate a points file (see :func:`parse_points`).
 
     Raises:
-        TrackerError: missing, not JSON, not matching the schema, or empty.
+        TrackerError: missing, not JSON, not matching the schema, empty, or more than ``MAX_POINTS`` points.
+    """
+    return parse_points(read_json(path, "points file"), f"points file {path}")
+
+
+def points_from_json_text(text: str | bytes, what: str = "points", max_points: int = MAX_POINTS) -> Queries:
+    """Parse and validate points given as JSON text (a file's contents, a request body).
+
+    Args:
+        text: JSON in the points schema (``tracker/schemas/points.schema.json``).
+        what: names the input in the one-line errors.
+        max_points: most points accepted.
+
+    Raises:
+        TrackerError: one line, for every bad input (never another exception).
+    """
+    return parse_points(loads_json(text, what), what, max_points)
+
+
+def parse_points(data, what: str = "points", max_points: int = MAX_POINTS) -> Queries:
+    """Validate parsed JSON against the points schema and build the queries (``N`` points, pixels).
+
+    Raises:
+        TrackerError: not matching the schema, empty, more than ``max_points`` points, a coordinate that is not
+            finite or a frame index too large.
     """
     import jsonschema
 
-    data = read_json(path, "points file")
-    if data == [] or (isinstance(data, dict) and data.get("points") == []):
-        raise TrackerError(f"points file {path} holds no points")
+    items = data.get("points") if isinstance(data, dict) else data
+    if items == []:
+        raise TrackerError(f"{what} holds no points")
+    if isinstance(items, list) and len(items) > max_points:
+        raise TrackerError(f"{what} has {len(items)} points; at most {max_points} are tracked in one run")
     try:
         jsonschema.validate(data, points_schema())
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "top level"
-        raise TrackerError(f"points file {path} does not match the schema at {where}: {_short(exc)}") from None
-    items = data["points"] if isinstance(data, dict) else data
+        raise TrackerError(f"{what} does not match the schema at {where}: {_short(exc)}") from None
+    except RecursionError:
+        raise TrackerError(f"{what} is nested too deeply") from None
     xy, frames, labels = [], [], []
     for item in items:
         if isinstance(item, dict):
@@ -75,9 +154,13 @@ def read_points(path: str | Path) -> Queries:
             frames.append(0)
             labels.append("")
     if max(frames) >= 2**31:
-        raise TrackerError(f"points file {path} has a frame index too large to be a frame")
-    if not all(math.isfinite(v) for pair in xy for v in pair):
-        raise TrackerError(f"points file {path} has a coordinate that is not a finite number")
+        raise TrackerError(f"{what} has a frame index too large to be a frame")
+    try:
+        finite = all(math.isfinite(v) and abs(v) < 2**31 for pair in xy for v in pair)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite:
+        raise TrackerError(f"{what} has a coordinate that is not a finite number (or beyond 2**31 pixels)")
     return Queries.create(xy, frames, labels)
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import struct
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import cv2
 import numpy as np
 
 from tracker.errors import TrackerError
-from tracker.io.atomic import default_file_mode
+from tracker.io.atomic import clean_stale_temps, publish, temp_path
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -43,9 +44,16 @@ class VideoInfo:
 
 
 class VideoSource:
-    """A video opened for streaming; iterate for frames."""
+    """A video opened for streaming; iterate for frames.
+
+    Attributes:
+        info: what the header says.
+        warnings: one-line notes on problems that did not stop reading (a gap in a folder's numbering, fewer
+            frames decoded than the header promised); grows while iterating.
+    """
 
     info: VideoInfo
+    warnings: list[str]
 
     def __iter__(self) -> Iterator[np.ndarray]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -67,12 +75,16 @@ class FolderVideo(VideoSource):
         self.paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
         if not self.paths:
             raise TrackerError(f"{folder} holds no .jpg or .png frames")
+        self.warnings = [w for w in [_numbering_gap(folder, self.paths)] if w]
+        for path in self.paths:  # a truncated file decodes as a half-grey frame: refuse it before tracking
+            _check_complete(path)
         first = self._read(self.paths[0])
         self.info = VideoInfo(str(folder), first.shape[1], first.shape[0], 25.0, len(self.paths))
 
     @staticmethod
     def _read(path: Path) -> np.ndarray:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        with _quiet_stderr():  # libjpeg / libpng warnings
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             raise TrackerError(f"cannot read frame {path}")
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -85,11 +97,54 @@ class FolderVideo(VideoSource):
             yield frame
 
 
+def _numbering_gap(folder: Path, paths: list[Path]) -> str | None:
+    """A warning when numbered frame files skip numbers (frames are numbered by position, so later ones shift)."""
+    found = [re.fullmatch(r"(.*?)(\d+)", p.stem) for p in paths]
+    if not all(found) or len({m.group(1) for m in found}) != 1:
+        return None
+    numbers = [int(m.group(2)) for m in found]
+    missing = [(prev, cur) for prev, cur in zip(numbers[:-1], numbers[1:], strict=True) if cur != prev + 1]
+    if not missing:
+        return None
+    prev, cur = missing[0]
+    gap = paths[numbers.index(prev)]
+    digits = len(found[0].group(2))
+    name = f"{found[0].group(1)}{prev + 1:0{digits}d}{gap.suffix}"
+    total = sum(cur - prev - 1 for prev, cur in missing)
+    return (
+        f"{folder}: no {name} ({total} numbers missing in {len(missing)} gaps); frames are counted by position, "
+        f"so {paths[numbers.index(cur)].name} is frame {numbers.index(cur)}"
+    )
+
+
+def _check_complete(path: Path) -> None:
+    """Refuse a JPEG or PNG cut short (its end marker missing and the decoder finding it truncated)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 16))
+            tail = f.read()
+    except OSError as exc:
+        raise TrackerError(f"cannot read frame {path}: {exc.strerror}") from None
+    is_png = path.suffix.lower() == ".png"
+    if (b"IEND" in tail) if is_png else tail.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
+        return
+    from PIL import Image  # no end marker: data after it (allowed) or a cut file? let the decoder say
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError):
+        raise TrackerError(f"frame {path} is truncated or corrupt") from None
+
+
 class OpenCVVideo(VideoSource):
-    """A video file decoded sequentially by OpenCV."""
+    """A video file decoded sequentially by OpenCV (FFmpeg's messages on stderr silenced)."""
 
     def __init__(self, path: Path):
         self.path = path
+        self.warnings = []
         self.cap = cv2.VideoCapture(str(path))
         ok, first = self.cap.read() if self.cap.isOpened() else (False, None)
         if not ok:
@@ -104,10 +159,18 @@ class OpenCVVideo(VideoSource):
         frame, self._first = self._first, None
         if frame is None:
             raise TrackerError(f"{self.path} can be iterated once")
+        decoded = 0
         while frame is not None:
+            decoded += 1
             yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            ok, frame = self.cap.read()
+            with _quiet_stderr():  # FFmpeg's complaints about a damaged or cut stream
+                ok, frame = self.cap.read()
             frame = frame if ok else None
+        if decoded < self.info.num_frames:
+            self.warnings.append(
+                f"{self.path}: decoded {decoded} of the {self.info.num_frames} frames its header promises "
+                "(the file is cut short or damaged)"
+            )
 
     def close(self) -> None:
         self.cap.release()
@@ -128,6 +191,7 @@ class DecordVideo(VideoSource):
         if first is None:
             raise _Unreadable
         self.chunk = chunk
+        self.warnings = []
         self.info = VideoInfo(str(path), first.shape[1], first.shape[0], float(self.reader.get_avg_fps()), count)
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -188,34 +252,205 @@ def open_video(path: str | Path) -> VideoSource:
 class AtomicVideoWriter:
     """Writes an mp4 to a temporary file beside the target and moves it into place on :meth:`close`.
 
+    A video the encoder could not finish (disk full, encoder failure: no index, a frame count that is not the
+    number of frames written) is never moved into place; its temporary file is removed and :meth:`close`
+    raises. Odd sides are padded by one replicated pixel for the encoder (4:2:0 needs even sides); for mp4v,
+    the coded picture size is then set back to the frame size, so the file decodes at the size given.
+
     Args:
         path: target ``.mp4`` path.
         fps: frame rate.
         size: ``(width, height)``.
+
+    Raises:
+        TrackerError: the encoder cannot be opened for that file.
     """
 
     def __init__(self, path: str | Path, fps: float, size: tuple[int, int]):
         self.path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=self.path.suffix)
-        os.close(fd)
-        self.tmp = Path(tmp)
-        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+        self.size = (int(size[0]), int(size[1]))
+        self.coded = (self.size[0] + self.size[0] % 2, self.size[1] + self.size[1] % 2)
+        clean_stale_temps(self.path)
+        try:
+            self.tmp = temp_path(self.path, suffix=".tmp" + self.path.suffix)
+        except OSError as exc:
+            raise TrackerError(f"cannot write video {self.path}: {exc.strerror}") from None
+        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, self.coded)
         if not self.writer.isOpened():
             self.tmp.unlink(missing_ok=True)
             raise TrackerError(f"cannot write video {self.path}")
         self.frames = 0
+        self.closed = False
 
     def write(self, frame_rgb: np.ndarray) -> None:
-        self.writer.write(cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
+        """Append one ``[H, W, 3]`` uint8 RGB frame of the writer's size."""
+        bgr = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR)
+        pad_w, pad_h = self.coded[0] - bgr.shape[1], self.coded[1] - bgr.shape[0]
+        if pad_w or pad_h:
+            bgr = cv2.copyMakeBorder(bgr, 0, pad_h, 0, pad_w, cv2.BORDER_REPLICATE)
+        self.writer.write(bgr)
         self.frames += 1
 
+    def discard(self) -> None:
+        """Stop and remove the temporary file without publishing anything; idempotent."""
+        if not self.closed:
+            self.closed = True
+            self.writer.release()
+        self.tmp.unlink(missing_ok=True)
+
     def close(self) -> None:
-        """Finish the file and move it into place (a video of no frames is discarded); idempotent."""
-        if not self.tmp.exists():
+        """Finish the file and move it into place (a video of no frames is discarded); idempotent.
+
+        Raises:
+            TrackerError: the encoder could not finish the file (it is removed, nothing is published).
+        """
+        if self.closed:
             return
+        self.closed = True
         self.writer.release()
-        if self.frames:
-            os.chmod(self.tmp, default_file_mode())
-            os.replace(self.tmp, self.path)
-        else:
+        if not self.frames:
             self.tmp.unlink(missing_ok=True)
+            return
+        try:
+            problem = mp4_problem(self.tmp, self.frames)
+            if problem is None and self.coded != self.size:
+                set_mp4v_size(self.tmp, *self.size)  # best effort: else the padded size stays
+            if problem is None:
+                publish(self.tmp, self.path)
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+        finally:
+            self.tmp.unlink(missing_ok=True)
+        if problem is not None:
+            raise TrackerError(f"cannot finish video {self.path} ({problem}); not written")
+
+
+def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """``(type, offset, size)`` of the ISO-BMFF boxes in ``data[start:end]``; stops at a malformed one."""
+    offset = start
+    while offset + 8 <= end:
+        size, kind = struct.unpack(">I4s", data[offset : offset + 8])
+        if size == 1 and offset + 16 <= end:
+            size = struct.unpack(">Q", data[offset + 8 : offset + 16])[0]
+        elif size == 0:
+            size = end - offset
+        if size < 8 or offset + size > end:
+            yield b"", offset, size  # cut short
+            return
+        yield kind, offset, size
+        offset += size
+
+
+def mp4_problem(path: str | Path, frames: int) -> str | None:
+    """Why an mp4 written by OpenCV is not a complete video of ``frames`` frames, or None when it is.
+
+    Checks that the top-level boxes fill the file exactly, that the index (``moov``) is there, and that a
+    decoder opens it and counts ``frames`` frames.
+    """
+    data = Path(path).read_bytes()
+    kinds = [kind for kind, _, _ in _boxes(data, 0, len(data))]
+    if not data:
+        return "the encoder wrote nothing"
+    if b"" in kinds:
+        return "the file is cut short"
+    if b"moov" not in kinds:
+        return "the file has no index (moov box)"
+    with _quiet_stderr():
+        cap = cv2.VideoCapture(str(path))
+        try:
+            count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else -1
+        finally:
+            cap.release()
+    if count != frames:
+        return f"it holds {max(count, 0)} of the {frames} frames written"
+    return None
+
+
+class _Bits:
+    """Big-endian bit cursor over a bytearray."""
+
+    def __init__(self, data: bytearray, byte: int):
+        self.data, self.pos = data, 8 * byte
+
+    def read(self, n: int) -> int:
+        value = 0
+        for _ in range(n):
+            value = (value << 1) | ((self.data[self.pos >> 3] >> (7 - (self.pos & 7))) & 1)
+            self.pos += 1
+        return value
+
+    def write(self, n: int, value: int) -> None:
+        for i in range(n):
+            byte, shift = self.pos >> 3, 7 - (self.pos & 7)
+            self.data[byte] = (self.data[byte] & ~(1 << shift)) | (((value >> (n - 1 - i)) & 1) << shift)
+            self.pos += 1
+
+
+def _vol_size_bit(data: bytearray, start: int) -> int:
+    """Bit position of ``video_object_layer_width`` in the MPEG-4 Part 2 VOL header at byte ``start``
+    (ISO/IEC 14496-2, 6.2.3). Raises ValueError when the header is not the rectangular kind expected."""
+    bits = _Bits(data, start + 4)
+    bits.read(1 + 8)  # random_accessible_vol, video_object_type_indication
+    verid = 1
+    if bits.read(1):  # is_object_layer_identifier
+        verid = bits.read(4)
+        bits.read(3)
+    if bits.read(4) == 15:  # aspect_ratio_info: extended PAR
+        bits.read(16)
+    if bits.read(1):  # vol_control_parameters
+        bits.read(3)
+        if bits.read(1):  # vbv_parameters
+            bits.read(15 + 1 + 15 + 1 + 15 + 1 + 3 + 11 + 1 + 15 + 1)
+    shape = bits.read(2)
+    if shape == 3 and verid != 1:
+        bits.read(4)
+    if bits.read(1) != 1:
+        raise ValueError("marker")
+    resolution = bits.read(16)
+    if bits.read(1) != 1 or shape != 0:
+        raise ValueError("marker or shape")
+    if bits.read(1):  # fixed_vop_rate
+        bits.read(max(1, (resolution - 1).bit_length()))
+    if bits.read(1) != 1:
+        raise ValueError("marker")
+    return bits.pos
+
+
+def set_mp4v_size(path: str | Path, width: int, height: int) -> bool:
+    """Set the picture size of an mp4v (MPEG-4 Part 2) file written by OpenCV, in place.
+
+    The encoder was given the frame padded to even sides; the padded and the true size have the same
+    macroblocks, so a decoder given the true size in the VOL header (and the sample entry and track header)
+    decodes the coded pictures cropped back to it. The file's length does not change.
+
+    Returns:
+        True when the size was set; False (file untouched) when the layout is not the one expected.
+    """
+    data = bytearray(Path(path).read_bytes())
+    try:
+        moov = next(o for kind, o, _ in _boxes(data, 0, len(data)) if kind == b"moov")
+        vol = data.index(b"\x00\x00\x01\x20", moov)
+        pos = _vol_size_bit(data, vol)
+        bits = _Bits(data, 0)
+        bits.pos = pos
+        old_w = bits.read(13)
+        bits.read(1)
+        old_h = bits.read(13)
+        if (old_w + 15) // 16 != (width + 15) // 16 or (old_h + 15) // 16 != (height + 15) // 16:
+            return False
+        bits.pos = pos
+        bits.write(13, width)
+        bits.read(1)
+        bits.write(13, height)
+        entry = data.index(b"mp4v", moov) - 4
+        if struct.unpack(">HH", data[entry + 32 : entry + 36]) != (old_w, old_h):
+            return False
+        struct.pack_into(">HH", data, entry + 32, width, height)
+        tkhd = data.index(b"tkhd", moov) - 4
+        at = tkhd + (84 if data[tkhd + 8] == 0 else 96)
+        struct.pack_into(">II", data, at, width << 16, height << 16)
+    except (StopIteration, ValueError, IndexError, struct.error):
+        return False
+    with open(path, "r+b") as f:
+        f.write(data)
+    return True
