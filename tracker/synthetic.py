@@ -209,7 +209,8 @@ def occlusion_video(
     known matrix, so a texture point's frame position is exact. A point is visible when it lies inside the
     frame and the layers in front of it cover it by less than half (their alpha bilinearly sampled there).
     Object points are drawn on the object's opaque interior, background points anywhere; points never
-    visible are dropped.
+    visible are dropped. Motion is set per frame (up to about 12 px per frame at 256), so a clip with fewer
+    ``frames`` is a prefix of a longer one with the same seed.
 
     Args:
         seed: random seed (same seed, same clip).
