@@ -1,12 +1,13 @@
 """The ``track`` command: ``track VIDEO --points P`` and ``track weights list|download|verify``.
 
 Bad input gives one line on stderr and exit code 2; outputs are written atomically, and an interrupted
-run (Ctrl-C) still writes the tracks of the frames it finished.
+run (Ctrl-C: exit 130; SIGTERM: exit 143) still writes the tracks of the frames it finished.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -16,6 +17,32 @@ from tracker.errors import TrackerError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: finished frames are kept."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While tracking, SIGTERM raises :class:`Terminated` in the main thread (like SIGINT's KeyboardInterrupt)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
 
 # Subcommands living in their own modules: each has ``main(argv) -> int`` and raises TrackerError on bad input
 # (reported here as one line, exit 2). Their parsers use :class:`Parser`.
@@ -150,13 +177,15 @@ def main(argv: list[str] | None = None) -> int:
             import importlib
 
             return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
-        return track_command(build_parser().parse_args(argv))
+        with _sigterm_as_interrupt():
+            return track_command(build_parser().parse_args(argv))
     except TrackerError as exc:
         print(f"track: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("track: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"track: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 
 
 # --------------------------------------------------------------------------- track VIDEO
@@ -169,7 +198,14 @@ def _pick_device(requested: str | None) -> str:
 
 
 def check_writable(path: Path, what: str) -> None:
-    """Refuse, in one line, an output path whose folder is missing or not writable, or that is a folder."""
+    """Refuse, in one line, an output path whose folder is missing or not writable, or that is a folder.
+
+    Writability is tried for real (a temporary file is created beside the target and removed), so a folder
+    that claims to be writable but is not (``/proc``, a read-only mount, a full disk's missing inodes) is
+    refused before any work. Temporary files a killed run left for this target are removed.
+    """
+    from tracker.io.atomic import clean_stale_temps, temp_path
+
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise TrackerError(f"{what} {path}: folder {parent} does not exist")
@@ -177,6 +213,27 @@ def check_writable(path: Path, what: str) -> None:
         raise TrackerError(f"{what} {path}: not writable")
     if path.is_dir():
         raise TrackerError(f"{what} {path} is a folder")
+    clean_stale_temps(path)
+    try:
+        temp_path(path).unlink()
+    except OSError as exc:
+        raise TrackerError(f"{what} {path}: cannot create a file in {parent} ({exc.strerror or exc})") from None
+
+
+def refuse_overwriting(outputs: dict[str, Path | None], inputs: dict[str, str | Path | None]) -> None:
+    """Refuse, in one line, an output that is one of the inputs (same path, or the same file by another name)."""
+    for option, out in outputs.items():
+        if out is None:
+            continue
+        for what, given in inputs.items():
+            if not given:
+                continue
+            same = os.path.realpath(out) == os.path.realpath(given)
+            if not same and out.exists() and Path(given).exists():
+                with contextlib.suppress(OSError):
+                    same = os.path.samefile(out, given)
+            if same:
+                raise TrackerError(f"{option} {out} is {what}; it would be overwritten: choose another name")
 
 
 def track_command(args: argparse.Namespace) -> int:
@@ -214,11 +271,16 @@ def track_command(args: argparse.Namespace) -> int:
         raise TrackerError(f"--out-tracks must end in .json, .csv or .npz, got {out_tracks.name}")
     if out_video is not None and out_video.suffix.lower() != ".mp4":
         raise TrackerError(f"--out-video must end in .mp4, got {out_video.name}")
+    refuse_overwriting(
+        {"--out-tracks": out_tracks, "--out-video": out_video},
+        {"the input video": args.video, "the points file": args.points},
+    )
     check_writable(out_tracks, "--out-tracks")
     if out_video is not None:
         check_writable(out_video, "--out-video")
 
     video = open_video(args.video)
+    _warn(video.warnings)
     info = video.info
     last_query = int(queries.frame.max())
     if last_query >= info.num_frames:
@@ -247,6 +309,7 @@ def track_command(args: argparse.Namespace) -> int:
         "coordinates": "pixels of the original frame, centre of the top-left pixel at (0, 0)",
     }
     frames = _tee(video, writer is not None)
+    warned = list(video.warnings)
 
     def handle(result) -> None:
         log.append(result)
@@ -261,11 +324,16 @@ def track_command(args: argparse.Namespace) -> int:
             TrackerError(f"the video ended after {len(log)} frames, before a point's frame {last_query}"),
             "failed",
         )
+    _warn(video.warnings[len(warned) :])
     meta["status"] = status
-    written = []
+    meta["warnings"] = list(video.warnings)
+    written, failures = [], []
     if len(log):
-        write_tracks(out_tracks, log, meta)
-        written.append(str(out_tracks))
+        try:
+            write_tracks(out_tracks, log, meta)
+            written.append(str(out_tracks))
+        except OSError as exc:
+            failures.append(f"cannot write {out_tracks} ({exc.strerror or exc})")
     visible = float(log.arrays()["visible"].mean()) if len(log) else 0.0
     what = f"{len(queries)} points through {len(log)} frames"
     return _finish(
@@ -277,7 +345,13 @@ def track_command(args: argparse.Namespace) -> int:
         written,
         what,
         f"{model} on {device}, {backend.split(' (auto:')[0]}, {100 * visible:.0f}% visible",
+        failures,
     )
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"track: warning: {warning}", file=sys.stderr)
 
 
 def _settings(args: argparse.Namespace, model: str):
@@ -382,8 +456,21 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
         if out_masks.exists() and not out_masks.is_dir():
             raise TrackerError(f"--out-masks {out_masks} is a file, not a folder")
         check_writable(out_masks / "00000.png" if out_masks.is_dir() else out_masks, "--out-masks")
+    image = args.colormap if args.colormap not in (None, "coords") else None
+    refuse_overwriting(
+        {"--out-video": out_video, "--out-masks": out_masks},
+        {
+            "the input video": source,
+            "the --mask file": args.mask,
+            "the --edit image": args.edit,
+            "the --colormap image": image,
+            "the given masks' folder": masks_dir if mode == "--davis-root" else None,
+        },
+    )
 
     video = open_video(source)
+    _warn(video.warnings)
+    warned = list(video.warnings)
     info = video.info
     frame_hw = (info.height, info.width)
     given = {}
@@ -403,7 +490,10 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
     model, featurizer, backend, match_config, prop_config = _featurizer_for(args, info, device)
     _announce(args, backend)
     if out_masks is not None:
-        out_masks.mkdir(exist_ok=True)
+        try:
+            out_masks.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise TrackerError(f"--out-masks {out_masks}: cannot create the folder ({exc.strerror})") from None
     writer = AtomicVideoWriter(out_video, info.fps, (info.width, info.height)) if out_video else None
     frames = _tee(video, True)
     if mode in ("--mask", "--davis-root"):
@@ -423,6 +513,7 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
             writer.write(render(frames.pop(corr.frame_index), overlay_image, corr))
 
     done, status, error, elapsed = _drive(results, handle, video, writer, args.no_progress)
+    _warn(video.warnings[len(warned) :])
     written = [f"{out_masks}/ ({done} PNGs)"] if out_masks is not None and done else []
     return _finish(
         status,
@@ -439,10 +530,11 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
 def _drive(results, handle, video, writer, quiet: bool) -> tuple[int, str, TrackerError | None, float]:
     """Consume a generator of per-frame results with a progress bar.
 
-    Ctrl-C and a failure half-way (a corrupt frame) stop it cleanly, keeping what was finished.
+    Ctrl-C, SIGTERM and a failure half-way (a corrupt frame, a full disk) stop it cleanly, keeping what was
+    finished.
 
     Returns:
-        ``(frames done, "done" | "interrupted" | "failed", the failure or None, seconds)``.
+        ``(frames done, "done" | "interrupted" | "terminated" | "failed", the failure or None, seconds)``.
     """
     import torch
     from tqdm import tqdm
@@ -456,13 +548,17 @@ def _drive(results, handle, video, writer, quiet: bool) -> tuple[int, str, Track
                 handle(result)
                 done += 1
                 bar.update(1)
-    except KeyboardInterrupt:
-        status = "interrupted"
+    except KeyboardInterrupt as exc:
+        status = "terminated" if isinstance(exc, Terminated) else "interrupted"
     except TrackerError as exc:
         status, error = "failed", exc
+    except OSError as exc:  # writing a mask: disk full, folder removed...
+        where = exc.filename or "an output"
+        status, error = "failed", TrackerError(f"cannot write {where} ({exc.strerror or exc})")
     except BaseException:  # a bug or out of memory: still keep the finished frames of the video, then raise
         if writer is not None:
-            writer.close()
+            with contextlib.suppress(TrackerError):
+                writer.close()
         raise
     finally:
         bar.close()
@@ -470,18 +566,28 @@ def _drive(results, handle, video, writer, quiet: bool) -> tuple[int, str, Track
     return done, status, error, time.perf_counter() - start
 
 
-def _finish(status, error, elapsed, done, writer, written, what: str, how: str) -> int:
-    """Move the overlay video into place, then print the one-line summary (or raise the failure)."""
+def _finish(status, error, elapsed, done, writer, written, what: str, how: str, failures=()) -> int:
+    """Move the overlay video into place, then print the one-line summary (or raise the failure).
+
+    Outputs that could not be written (``failures``, and a video the encoder could not finish) are never left
+    half-written; the one error line names them and what was kept.
+    """
+    failures = list(failures)
     if writer is not None:
-        writer.close()
-        if writer.frames:
-            written.append(str(writer.path))
+        try:
+            writer.close()
+            if writer.frames:
+                written.append(str(writer.path))
+        except TrackerError as exc:
+            failures.append(str(exc))
     outputs = ", ".join(written) or "nothing written"
     if error is not None:
-        raise TrackerError(f"{error} (kept {done} finished frames: {outputs})")
+        raise TrackerError(f"{'; '.join([str(error), *failures])} (kept {done} finished frames: {outputs})")
+    if failures:
+        raise TrackerError(f"{'; '.join(failures)} (tracked {done} frames; kept: {outputs})")
     fps = done / elapsed if elapsed > 0 else float("inf")
     print(f"track: {status}: {what} in {elapsed:.1f} s ({fps:.1f} frames/s, {how}) -> {outputs}", file=sys.stderr)
-    return EXIT_INTERRUPTED if status == "interrupted" else 0
+    return {"interrupted": EXIT_INTERRUPTED, "terminated": EXIT_TERMINATED}.get(status, 0)
 
 
 def _read_image(path: str, flags: int):
@@ -590,11 +696,7 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise TrackerError("--batch must be at least 1")
     out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TrackerError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
-    check_writable(out / "report.json", "--out")
+    _check_out_folder(out)  # created only when the report is written: a failing run leaves no empty folder
     featurizers: dict = {}
 
     def make_featurizer(frame_hw):
@@ -636,15 +738,34 @@ def eval_command(args: argparse.Namespace) -> int:
     stem = out / f"{args.benchmark}_{model}"
     from tracker.io.atomic import atomic_write
 
-    atomic_write(stem.with_suffix(".json"), json.dumps(report, indent=1).encode())
     heading = (
         f"## {args.benchmark}: {model} ({report['weights']}) vs OpenCV\n\n"
         f"Data: `{report['data']}`. Protocol: {report['protocol']}.\n\n"
     )
-    atomic_write(stem.with_suffix(".md"), (heading + E.markdown_table(report)).encode())
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(stem.with_suffix(".json"), json.dumps(report, indent=1).encode())
+        atomic_write(stem.with_suffix(".md"), (heading + E.markdown_table(report)).encode())
+    except OSError as exc:
+        raise TrackerError(f"--out {out}: cannot write the report ({exc.strerror or exc})") from None
     print(E.markdown_table(report), end="")
     print(f"track: wrote {stem}.json and {stem}.md ({report['seconds']} s)", file=sys.stderr)
     return 0
+
+
+def _check_out_folder(out: Path) -> None:
+    """Refuse an ``--out`` folder that cannot be made or written, without creating it."""
+    if out.exists():
+        if not out.is_dir():
+            raise TrackerError(f"--out {out} is a file, not a folder")
+        check_writable(out / "report.json", "--out")
+        return
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise TrackerError(f"--out {out}: cannot create the folder ({ancestor} is a file)")
+    check_writable(ancestor / "report.json", "--out")
 
 
 # --------------------------------------------------------------------------- track export

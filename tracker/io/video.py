@@ -354,7 +354,7 @@ def mp4_problem(path: str | Path, frames: int) -> str | None:
     if b"" in kinds:
         return "the file is cut short"
     if b"moov" not in kinds:
-        return "the file has no index (moov box)"
+        return "no moov index: the encoder did not finish, disk full?"
     with _quiet_stderr():
         cap = cv2.VideoCapture(str(path))
         try:
