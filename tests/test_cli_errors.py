@@ -64,6 +64,21 @@ def _empty_folder(d: Path) -> None:
     (d / "frames").mkdir()
 
 
+def _truncated_frame(d: Path) -> None:
+    """A DAVIS-style folder whose 00003.jpg is cut at half its length (it decoded as a half-grey frame)."""
+    import cv2
+
+    (d / "frames").mkdir()
+    for i, frame in enumerate(moving_objects(num_frames=NUM_FRAMES, size=SIZE).frames):
+        cv2.imwrite(str(d / "frames" / f"{i:05d}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    data = (d / "frames" / "00003.jpg").read_bytes()
+    (d / "frames" / "00003.jpg").write_bytes(data[: len(data) // 2])
+
+
+def _subfolder(d: Path) -> None:
+    (d / "sub").mkdir()
+
+
 def _locked(d: Path) -> None:
     shutil.copy(d / "clip.mp4", d / "locked.mp4")
     (d / "locked.mp4").chmod(0)
@@ -122,6 +137,11 @@ CASES: dict[str, Case] = {
     "points-empty-list": Case(("points.json", "no points"), points=[]),
     "points-empty-object": Case(("points.json", "no points"), points={"points": []}),
     "points-missing": Case(("points.json", "not found"), points=None),
+    "points-int-too-large-for-float": Case(("points.json", "401 digits"), points="[[1" + "0" * 400 + ", 5]]"),
+    "points-5000-digit-int": Case(("points.json", "5000 digits"), points="[[" + "9" * 5000 + ", 5]]"),
+    "points-deep-nesting": Case(("points.json", "nested too deeply"), points="[" * 100_000 + "]" * 100_000),
+    "points-too-many": Case(("points.json", "10001 points", "at most 10000"), points=[[1.0, 1.0]] * 10_001),
+    "truncated-frame-in-folder": Case(("00003.jpg", "truncated"), video="frames", setup=_truncated_frame),
     # points that do not fit the video
     "point-outside-frame": Case(("500", "outside"), points=[[500, 10]]),
     "point-past-last-frame": Case(
@@ -135,6 +155,16 @@ CASES: dict[str, Case] = {
     ),
     "out-tracks-no-folder": Case(("--out-tracks", "missing"), extra=("--out-tracks", "missing/tracks.json")),
     "out-tracks-bad-suffix": Case(("--out-tracks", "tracks.txt"), extra=("--out-tracks", "tracks.txt")),
+    "out-video-is-input": Case(("--out-video", "input video"), extra=("--out-video", "clip.mp4")),
+    "out-video-is-input-by-another-path": Case(
+        ("--out-video", "input video"), extra=("--out-video", "sub/../clip.mp4"), setup=_subfolder
+    ),
+    "out-tracks-is-points-file": Case(("--out-tracks", "points file"), extra=("--out-tracks", "points.json")),
+    "out-tracks-cannot-create": Case(
+        ("/proc/t.json", "cannot create"),
+        extra=("--out-tracks", "/proc/t.json"),
+        skip=None if Path("/proc/self").is_dir() else "no /proc here",
+    ),
     "size-not-multiple-of-14": Case(("--size", "14"), model="dinov2-s", extra=("--weights", "random", "--size", "100")),
 }
 VALID = Case(())  # the positive control: the error cases each change one thing of it

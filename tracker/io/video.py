@@ -16,8 +16,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-import numpy as np
+# FFmpeg inside OpenCV prints every complaint about a damaged stream to fd 2, from its decoding threads too;
+# OpenCV reads this once, when it first opens a video (a user's own setting wins).
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 from tracker.errors import TrackerError
 from tracker.io.atomic import clean_stale_temps, publish, temp_path
@@ -163,8 +167,7 @@ class OpenCVVideo(VideoSource):
         while frame is not None:
             decoded += 1
             yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            with _quiet_stderr():  # FFmpeg's complaints about a damaged or cut stream
-                ok, frame = self.cap.read()
+            ok, frame = self.cap.read()
             frame = frame if ok else None
         if decoded < self.info.num_frames:
             self.warnings.append(
