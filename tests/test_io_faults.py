@@ -405,3 +405,12 @@ def test_failing_eval_leaves_no_out_folder(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("track: error: ") and len(err.splitlines()) == 1, err
     assert not (tmp_path / "new").exists()
+
+
+def test_schema_states_the_maximum_number_of_points() -> None:
+    from tracker.io.formats import points_schema
+
+    schema = points_schema()
+    assert schema["$defs"]["points"]["maxItems"] == MAX_POINTS
+    assert f"At most {MAX_POINTS} points" in schema["description"]
+    assert f"{MAX_POINTS:,} points" in (REPO / "README.md").read_text()

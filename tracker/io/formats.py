@@ -32,7 +32,7 @@ def points_schema() -> dict:
 
 # Points per file at most. Matching holds a similarity map per point and grid cell: measured 10-13 bytes per
 # point per cell (peak RSS, 4 frames of 1280x720; see the README): sift's 60x107 grid there takes ~80 KB per
-# point, 0.8 GB at this maximum (1.9 GB at 1080p), a ViT's 31x31 grid ~10 KB per point.
+# point, 0.8 GB at this maximum (~1.9 GB at 1080p, extrapolated), a ViT's 31x31 grid ~10 KB per point.
 MAX_POINTS = 10_000
 MAX_DEPTH = 16  # nesting of JSON arrays/objects accepted (a points file needs 3)
 _MAX_INT_DIGITS = 18  # integers longer than this cannot be a pixel coordinate or a frame
