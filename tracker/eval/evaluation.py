@@ -311,8 +311,8 @@ def eval_badja(root: str | Path, davis_root: str | Path, make_featurizer, match_
     return {
         "benchmark": "badja",
         "data": str(root),
-        "protocol": f"the {len(BADJA_JOINTS)} BADJA joints visible on the first annotated frame, scored on later "
-        "annotated frames; correct strictly within 0.2*sqrt(DAVIS mask area)",
+        "protocol": f"those of the {len(BADJA_JOINTS)} BADJA joints visible on the first annotated frame, scored on "
+        "later annotated frames; correct strictly within 0.2*sqrt(DAVIS mask area)",
         "methods": methods,
         "sequences": per_sequence,
         "mean": _means(per_sequence, methods, ("PCK@0.2",)),
