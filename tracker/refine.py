@@ -59,6 +59,7 @@ class RefineConfig:
     follow_score: float | None = None
     margin: float = 0.03
     loose_fb_cells: float = 1.0
+    back_cells: float | None = None
     momentum: float = 0.5
     occluded_decay: float = 0.8
     widen: float = 0.5
@@ -144,6 +145,7 @@ def lk_from_query(
 
 def decide(
     lk_ok: Tensor,
+    lk_back_ok: Tensor,
     score_lk: Tensor,
     semantic_ok: Tensor,
     score_semantic: Tensor,
@@ -155,13 +157,17 @@ def decide(
     """The per-point decision from the local and the semantic evidence.
 
     - FOLLOW: the local track is valid (``lk_ok``), the descriptor there still resembles the query
-      (``score_lk >= follow_score``), and no confident semantic match elsewhere clearly beats it (it either
-      agrees within ``agree_cells`` or is not better than ``score_lk + margin``).
+      (``score_lk >= follow_score``), no confident semantic match elsewhere clearly beats it (it either agrees
+      within ``agree_cells`` or is not better than ``score_lk + margin``), and the semantic evidence supports
+      it: the descriptor at the track matches back near the query point (``lk_back_ok``), or the semantic
+      match is confident and consistent (and, not contradicting, agrees with it). A track that slid onto an
+      occluder's edge has neither.
     - REDETECT: not followed, and the semantic match is confident and forward-backward consistent.
     - OCCLUDED: neither.
 
     Args:
         lk_ok: ``[N]`` bool, Lucas-Kanade found the point with a small forward-backward error.
+        lk_back_ok: ``[N]`` bool, the descriptor at the local track matches back near the query point.
         score_lk: ``[N]`` cosine similarity of the query descriptor at the local track's position.
         semantic_ok: ``[N]`` bool, semantic score above the matcher's ``min_score`` and forward-backward ok.
         score_semantic: ``[N]`` cosine similarity at the semantic match.
@@ -171,7 +177,7 @@ def decide(
         ``[N]`` int8 decisions.
     """
     contradicted = semantic_ok & (distance_cells > agree_cells) & (score_semantic > score_lk + margin)
-    follow = lk_ok & (score_lk >= follow_score) & ~contradicted
+    follow = lk_ok & (score_lk >= follow_score) & ~contradicted & (lk_back_ok | semantic_ok)
     redetect = ~follow & semantic_ok
     out = torch.full(lk_ok.shape, OCCLUDED, dtype=torch.int8)
     out[follow] = FOLLOW

@@ -357,14 +357,24 @@ class PointTracker:
         )
 
     def _fb_ok(
-        self, uv: Tensor, features: Tensor, active: Tensor, q: Queries, query_features: dict, g: GridGeometry
+        self,
+        uv: Tensor,
+        features: Tensor,
+        active: Tensor,
+        q: Queries,
+        query_features: dict,
+        g: GridGeometry,
+        config: MatchConfig | None = None,
+        local: bool = False,
     ) -> Tensor:
         """Forward-backward verdict ``[A]`` of the matches ``uv`` ``[A, 2]`` of points ``active``, per query frame."""
         ok = torch.zeros(len(active), dtype=torch.bool, device=features.device)
         for qf in q.frame[active].unique().tolist():
             sel = (q.frame[active] == qf).nonzero().flatten().to(features.device)
             query_uv = g.pixel_to_grid(q.xy[active[sel.cpu()]].to(features.device))
-            ok[sel] = forward_backward_ok(uv[sel], features, query_features[qf], query_uv, self.config)
+            ok[sel] = forward_backward_ok(
+                uv[sel], features, query_features[qf], query_uv, config or self.config, local=local
+            )
         return ok
 
     def _coarse_to_fine(
@@ -424,8 +434,13 @@ class PointTracker:
         score_lk = (sample_descriptors(features, lk_uv) * act_desc).sum(1)
         distance = (lk_uv - sem_uv).norm(dim=1)
         follow_score = mc.min_score if rc.follow_score is None else rc.follow_score
+        back_ok = lk_ok.to(dev)
+        if back_ok.any():  # the descriptor at the local track, matched back into the query frame
+            sel = back_ok.nonzero().flatten()
+            loose = replace(mc, fb_tolerance=rc.back_cells or mc.fb_tolerance)
+            back_ok[sel] = self._fb_ok(lk_uv[sel], features, active[sel.cpu()], q, query_features, g, loose)
         decision = decide(
-            lk_ok.to(dev), score_lk, semantic_ok, sem_score, distance, follow_score, rc.agree_cells, rc.margin
+            lk_ok.to(dev), back_ok, score_lk, semantic_ok, sem_score, distance, follow_score, rc.agree_cells, rc.margin
         ).cpu()
         # 4. positions: the local track, the refined semantic match, or the prediction
         sem_xy = g.grid_to_pixel(sem_uv).cpu().float()
@@ -435,14 +450,21 @@ class PointTracker:
         if redetect.any():
             cell = max(g.cell_size)
             jumped = sem_xy.clone()
+            verified = torch.zeros(len(active), dtype=torch.bool)
             for qf in q.frame[active[redetect]].unique().tolist():
                 sel = (redetect & (q.frame[active] == qf)).nonzero().flatten()
                 if gray is None or qf not in query_gray:
                     continue
-                refined, _ = lk_from_query(
+                refined, ok = lk_from_query(
                     query_gray[qf], gray, q.xy[active[sel]].numpy(), sem_xy[sel].numpy(), cell, rc
                 )
-                jumped[sel] = torch.from_numpy(refined)
+                jumped[sel], verified[sel] = torch.from_numpy(refined), torch.from_numpy(ok)
+            if mc.search_radius is not None:
+                # a local (non-semantic) match found beyond the usual search radius, by the widened search of a
+                # lost point, is taken only when the query frame's patch confirms it at pixel level
+                far = (sem_uv.cpu() - prior.cpu()).norm(dim=1) > mc.search_radius
+                redetect &= ~far | verified
+                decision[~redetect & (decision == REDETECT)] = OCCLUDED
             out[redetect] = jumped[redetect]
         score = torch.where(follow, score_lk.cpu().float(), sem_score.cpu().float())
         # 5. the motion model: smoothed displacement while followed, reset on a jump, decaying while occluded

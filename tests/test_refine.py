@@ -1,0 +1,152 @@
+"""Coarse-to-fine tracking (refine="lk"): the decision rule, occlusion and re-acquisition, sub-pixel refinement."""
+
+import numpy as np
+import pytest
+import torch
+
+from tracker import PointTracker, Queries, create_featurizer, default_match_config
+from tracker.refine import FOLLOW, OCCLUDED, REDETECT, decide
+from tracker.synthetic import texture
+from tracker.tracking import NOT_STARTED
+
+H, W = 160, 240
+
+
+def translating(num_frames: int, velocity: tuple[float, float], seed: int = 0, bar: tuple[int, int] | None = None):
+    """A texture translating by ``velocity`` px/frame (sub-pixel, bilinear), optionally behind a static opaque bar
+    covering columns ``bar = (x0, x1)``. Returns frames ``[T, H, W, 3]`` and the shift per frame ``[T, 2]``."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    big = texture(H + 200, W + 200, rng)
+    occluder = texture(H, W, np.random.default_rng(seed + 100), colour=True)[..., ::-1]
+    frames, shifts = [], []
+    for t in range(num_frames):
+        dx, dy = velocity[0] * t, velocity[1] * t
+        m = np.float32([[1, 0, 100 + -dx], [0, 1, 100 + -dy]])  # frame(x) = big(x + 100 - d)
+        frame = cv2.warpAffine(big, m, (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+        if bar is not None:
+            frame[:, bar[0] : bar[1]] = occluder[:, bar[0] : bar[1]]
+        frames.append(frame)
+        shifts.append((dx, dy))
+    return np.stack(frames), np.array(shifts, np.float32)
+
+
+def run(tracker, frames, queries):
+    results = list(tracker.track(frames, queries, batch_size=4))
+    stack = {k: torch.stack([getattr(r, k) for r in results]).numpy() for k in ("xy", "visible", "decision")}
+    return stack["xy"], stack["visible"], stack["decision"]
+
+
+def test_decide_follow_redetect_occluded():
+    t, f = True, False
+    #   lk_ok back_ok score_lk sem_ok score_sem distance  -> expected
+    cases = [
+        (t, t, 0.9, t, 0.9, 0.5, FOLLOW),  # local track and semantic match agree
+        (t, t, 0.9, f, 0.2, 9.0, FOLLOW),  # semantic match weak: the local track is followed
+        (t, t, 0.7, t, 0.95, 9.0, REDETECT),  # drifted: a clearly better, consistent match elsewhere
+        (t, t, 0.9, t, 0.92, 9.0, FOLLOW),  # a match elsewhere that is not clearly better does not override
+        (f, t, 0.9, t, 0.8, 0.2, REDETECT),  # local track lost, semantic match confident
+        (t, t, 0.2, t, 0.8, 0.2, REDETECT),  # local track on something else (e.g. the occluder)
+        (t, f, 0.9, t, 0.99, 3.0, REDETECT),  # does not match back, a clearly better consistent match elsewhere
+        (t, f, 0.9, t, 0.9, 1.0, FOLLOW),  # does not match back, but a consistent semantic match agrees
+        (f, t, 0.9, f, 0.8, 0.2, OCCLUDED),  # neither
+        (t, f, 0.9, f, 0.8, 0.2, OCCLUDED),  # slid onto something similar, semantic not consistent
+        (t, t, 0.2, f, 0.9, 0.2, OCCLUDED),  # local track on something else, semantic not consistent
+    ]
+    columns = list(zip(*cases, strict=True))
+    got = decide(
+        torch.tensor(columns[0]),
+        torch.tensor(columns[1]),
+        torch.tensor(columns[2]),
+        torch.tensor(columns[3]),
+        torch.tensor(columns[4]),
+        torch.tensor(columns[5]),
+        follow_score=0.5,
+        agree_cells=1.5,
+        margin=0.05,
+    )
+    assert got.dtype == torch.int8
+    assert got.tolist() == list(columns[6])
+
+
+@pytest.mark.parametrize("size,cell", [("240x160", 4), ("60x40", 16)])
+def test_refinement_is_subpixel_on_fine_and_coarse_grids(size, cell):
+    frames, shifts = translating(16, (1.37, 0.61))
+    rng = np.random.default_rng(3)
+    xy0 = np.stack([rng.uniform(30, 150, 24), rng.uniform(30, 110, 24)], 1)
+    truth = xy0[None] + shifts[:, None]
+    errors = {}
+    for mode in ("lk", "none"):
+        featurizer = create_featurizer("sift", (H, W), size=size)
+        assert featurizer.geometry(H, W).cell_size == (cell, cell)
+        xy, visible, decision = run(
+            PointTracker(featurizer, default_match_config("sift"), refine=mode), frames, Queries.create(xy0)
+        )
+        errors[mode] = np.linalg.norm(xy - truth, axis=-1)
+        if mode == "lk":
+            assert (decision[1:] == FOLLOW).mean() > 0.95 and visible.mean() > 0.95
+    print(f"cell {cell} px: mean error lk {errors['lk'].mean():.3f} px, none {errors['none'].mean():.3f} px")
+    assert errors["lk"].mean() < 0.3  # sub-pixel, below a tenth of a cell on both grids
+    assert errors["lk"].max() < 1.0
+    if cell == 16:
+        assert errors["none"].mean() > 3 * errors["lk"].mean()  # matching alone cannot be this precise
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: re-acquisition of far (widened-search) sift candidates is gated on Lucas-Kanade from the query "
+    "patch, which rejects point 1 here; without the gate BADJA loses 0.03 PCK",
+)
+def test_point_behind_occluder_is_invisible_then_reacquired():
+    # the texture moves 3 px/frame to the right behind a static 30 px bar: a point at x = 50 enters it
+    # (x >= 80) on frame 10 and is hidden for exactly 10 frames (x < 110 until frame 20)
+    frames, shifts = translating(34, (3.0, 0.0), bar=(80, 110))
+    xy0 = np.array([[50.0, 60.0], [50.0, 100.0], [40.0, 80.0], [120.0, 80.0]], np.float32)  # last: never hidden
+    truth = xy0[None] + shifts[:, None]
+    tracker = PointTracker(create_featurizer("sift", (H, W), size="240x160"), default_match_config("sift"))
+    xy, visible, decision = run(tracker, frames, Queries.create(xy0))
+    hidden = (truth[..., 0] >= 80 - 0.5) & (truth[..., 0] <= 110 - 0.5)
+    assert hidden[:, :3].sum(0).tolist() == [10, 10, 10]
+    fully = (truth[..., 0] >= 80 + 1) & (truth[..., 0] <= 110 - 2)  # not just touching the bar's edge
+    # measured: 1 of the 27 fully hidden point-frames judged visible (a false re-detection on the bar)
+    assert visible[fully].mean() <= 0.05
+    assert ((decision[fully] == OCCLUDED) == ~visible[fully]).all()
+    error = np.linalg.norm(xy - truth, axis=-1)
+    for i in range(3):
+        out = int(np.flatnonzero(hidden[:, i])[-1]) + 1  # first frame visible again
+        back = [t for t in range(out, out + 3) if visible[t, i] and error[t, i] < 2.0]
+        assert back, f"point {i} not re-acquired within 3 frames of frame {out}: {visible[out : out + 3, i]}"
+        assert decision[back[0], i] == REDETECT  # it jumped back, from where its prediction waited
+        # Lucas-Kanade windows still overlapping the bar's static edge may hold the point back for a frame or
+        # two (measured: up to 5 px); the semantic match corrects that, and the point is followed from there
+        assert visible[back[0] :, i].mean() > 0.8 and error[out + 5 :, i].max() < 1.0
+    assert visible[:, 3].all() and error[:, 3].max() < 1.0
+
+
+def test_queries_added_mid_video_with_refinement():
+    frames, shifts = translating(12, (1.1, -0.4))
+    xy0 = np.array([[60.0, 60.0], [120.0, 90.0], [150.0, 70.0]], np.float32)
+    start = np.array([0, 4, 7])
+    query_xy = xy0 + shifts[start]
+    tracker = PointTracker(create_featurizer("sift", (H, W), size="240x160"), default_match_config("sift"))
+    state = tracker.init(frames[0], Queries.create(query_xy[:1], frame=0))
+    results = [state.latest]
+    for t in range(1, 12):
+        if t in start[1:]:
+            i = int(np.flatnonzero(start == t)[0])
+            state = tracker.add_queries(state, Queries.create(query_xy[i : i + 1], frame=t))
+        result, state = tracker.step(state, frames[t])
+        results.append(result)
+    assert state.previous_gray.shape == (H, W)  # one previous frame, not a history
+    assert set(state.query_gray) == {0, 4, 7}
+    decision = np.full((12, 3), NOT_STARTED)
+    xy = np.full((12, 3, 2), np.nan)
+    for t, r in enumerate(results):  # points added later are not in the earlier results
+        decision[t, : len(r.decision)] = r.decision.numpy()
+        xy[t, : len(r.xy)] = r.xy.numpy()
+    for i, s in enumerate(start):
+        assert (decision[:s, i] == NOT_STARTED).all() and (decision[s:, i] != NOT_STARTED).all()
+        assert (decision[s:, i] != OCCLUDED).mean() >= 0.75
+        truth = xy0[i] + shifts[s:]
+        assert np.linalg.norm(xy[s:, i] - truth, axis=-1).max() < 0.5
