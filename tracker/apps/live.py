@@ -20,7 +20,7 @@ paused frame in order.
 
 Point tracking reuses :meth:`PointTracker.advance` and masks :meth:`MaskPropagator.advance` on one feature
 grid per frame. A click on frame ``t`` (already processed and shown) is exact: the session keeps the state
-from before ``t`` and ``t``'s feature grid, adds the point on ``t`` and advances again (matching only, the
+from before ``t`` and ``t``'s feature grid, adds the point on ``t`` and advances again (with the same refinement, the
 featurizer does not run twice).
 """
 
@@ -304,11 +304,15 @@ class LiveSession:
         return self.points.latest
 
     def _advance(self) -> None:
-        """(Re)process the frame shown from the states before it (matching and propagation only)."""
+        """(Re)process the frame shown from the states before it (its pixels feed the local refinement)."""
         f = self.frame
         with torch.inference_mode():
-            self.points = self.tracker.advance(f.points_before, f.grid)
-            self.masks = None if f.masks_before is None else self.propagator.advance(f.masks_before, f.grid, f.given)
+            self.points = self.tracker.advance(f.points_before, f.grid, f.pixels)
+            self.masks = (
+                None
+                if f.masks_before is None
+                else self.propagator.advance(f.masks_before, f.grid, f.given, frame=f.pixels)
+            )
 
     # ----------------------------------------------------------------- events
 
