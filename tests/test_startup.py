@@ -45,6 +45,8 @@ def run_cli(*argv: str) -> tuple[dict, str, str]:
         (["weights"], "usage: track weights"),
         (["bench"], "usage: track bench"),
         (["distill"], "usage: track distill"),
+        (["live"], "usage: track live"),
+        (["serve"], "usage: track serve"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else None,
 )
@@ -63,6 +65,8 @@ def test_help_exits_0_without_importing_torch(argv, usage):
         (["weights", "download"], "the following arguments are required: models"),
         (["export", "onnx"], "the following arguments are required: --out"),
         (["bench", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["live", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["serve", "--port", "eighty"], "--port: invalid int value"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else None,
 )

@@ -52,6 +52,8 @@ SUBCOMMANDS = {
     "serve": "tracker.apps.serve",
     "distill": "tracker.distill.cli",
 }
+# Of those, the ones whose parser lives in tracker.apps.parsers (light) and whose module has ``run_command(args)``.
+APP_PARSERS = {"live": "live_parser", "serve": "serve_parser"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -165,6 +167,9 @@ def build_weights_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tracker.allocator import keep_memory_flat
+
+    keep_memory_flat()  # glibc: per-batch buffers mmapped, so long runs do not fragment the heap
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv and argv[0] == "weights":
@@ -173,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
             return eval_command(build_eval_parser().parse_args(argv[1:]))
         if argv and argv[0] == "export":
             return export_command(build_export_parser().parse_args(argv[1:]))
+        if argv and argv[0] in APP_PARSERS:  # parse before importing the app (torch): fast help and errors
+            import importlib
+
+            from tracker.apps import parsers
+
+            args = getattr(parsers, APP_PARSERS[argv[0]])().parse_args(argv[1:])
+            return importlib.import_module(SUBCOMMANDS[argv[0]]).run_command(args)
         if argv and argv[0] in SUBCOMMANDS:
             import importlib
 

@@ -26,6 +26,7 @@ featurizer does not run twice).
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 import sys
@@ -39,6 +40,7 @@ import cv2
 import numpy as np
 import torch
 
+from tracker.apps.parsers import LIVE_KEYS
 from tracker.errors import TrackerError
 from tracker.featurizers import Featurizer
 from tracker.geometry import frames_to_tensor
@@ -52,7 +54,6 @@ from tracker.tracking import PointTracker, Queries, TrackResult, TrackState
 KEYS = {"c": "clear", "p": "pause", " ": "pause", "s": "save", "q": "quit", "\x1b": "quit"}
 KEY_NAMES = {"space": " ", "esc": "\x1b", "escape": "\x1b"}
 MESSAGE_SECONDS = 3.0  # how long the overlay shows what the last event did
-HELP = "click: point  drag: mask  c: clear  p/space: pause  s: save  q/esc: quit"
 
 
 @dataclass(frozen=True)
@@ -452,7 +453,7 @@ class LiveSession:
             if self.message and self.clock() - self.message_time < MESSAGE_SECONDS:
                 lines.append(self.message)
             _text_block(out, lines, (6, 6), scale)
-            _text_block(out, [HELP], (6, out.shape[0] - round(20 * scale)), scale * 0.8)
+            _text_block(out, [LIVE_KEYS], (6, out.shape[0] - round(20 * scale)), scale * 0.8)
         return out
 
 
@@ -772,40 +773,6 @@ def _open_window(gesture: MouseGesture, pending: list[Event]) -> None:
 LIVE_SIFT_PROPAGATION = {"radius": 8.0, "context": 1}
 
 
-def build_parser():
-    from tracker.apps.cli import Parser, add_featurizer_options
-
-    p = Parser(
-        prog="track live",
-        description="Live tracking from a camera (or a video file standing in for one): click to add points, "
-        f"drag to paint a mask. Keys: {HELP}.",
-    )
-    p.add_argument("--camera", default="0", help="camera index (default 0) or a video file standing in for one")
-    p.add_argument("--camera-size", help="ask the camera for WxH (e.g. 640x480)")
-    p.add_argument(
-        "--every-frame",
-        action="store_true",
-        help="with a file: process every frame in order (deterministic) instead of playing it at its frame rate "
-        "and dropping frames while the tracker is busy",
-    )
-    p.add_argument("--headless", action="store_true", help="no window (events from --script)")
-    p.add_argument("--script", help="events JSON: [{'frame': F, 'click': [x, y] | 'paint': [[x, y], ...] | 'key': K}]")
-    p.add_argument(
-        "--save",
-        help="tracks file (.json, .csv, .npz) written by key s and at the end (default: live_tracks.json on s only)",
-    )
-    p.add_argument("--record", help="write the rendered overlay as an .mp4")
-    p.add_argument("--snapshot", help="write the last rendered overlay as a .png")
-    p.add_argument("--max-frames", type=int, help="stop after this many processed frames")
-    add_featurizer_options(p)
-    p.add_argument("--onnx", help="ONNX featurizer written by `track export onnx`")
-    p.add_argument("--engine", help="TensorRT engine written by `track export tensorrt`")
-    p.add_argument("--context", type=int, help="masks: last N predictions as references (live sift: 1)")
-    p.add_argument("--radius", type=float, help="masks: spatial radius in grid cells (live sift: 8)")
-    p.add_argument("--pool", type=int, help="masks: propagate on a grid pooled by this factor (1)")
-    return p
-
-
 def _check_output(path: Path, option: str, suffixes: tuple[str, ...]) -> Path:
     if path.suffix.lower() not in suffixes:
         names = " or ".join(filter(None, [", ".join(suffixes[:-1]), suffixes[-1]]))
@@ -818,11 +785,17 @@ def _check_output(path: Path, option: str, suffixes: tuple[str, ...]) -> Path:
 
 def main(argv: list[str]) -> int:
     """``track live ...``; returns the exit code (bad input raises TrackerError)."""
+    from tracker.apps.parsers import live_parser
+
+    return run_command(live_parser().parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``track live`` with parsed options; returns the exit code (bad input raises TrackerError)."""
     from tracker.featurizers import MODEL_NAMES, default_match_config, resolve_model
     from tracker.io.video import open_video
     from tracker.propagation import default_propagation_config
 
-    args = build_parser().parse_args(argv)
     say = lambda line: print(f"track live: {line}", file=sys.stderr)  # noqa: E731
     from tracker.backends import pick_device
 
@@ -908,7 +881,7 @@ def main(argv: list[str]) -> int:
         }
         return LiveSession(featurizer, match, propagation, description, meta)
 
-    say(f"{kind}; {'headless' if args.headless else HELP}")
+    say(f"{kind}; {'headless' if args.headless else LIVE_KEYS}")
     try:
         session, status = run(make_session, source, options, say)
     finally:

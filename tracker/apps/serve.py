@@ -29,6 +29,7 @@ Other web sites cannot use it through a visitor's browser (``Guard``):
   is parsed; numbers too large for a float, NaN/Infinity and deep nesting are a 400, never a 500.
 """
 
+import argparse
 import asyncio
 import base64
 import contextlib
@@ -855,31 +856,15 @@ def create_app(config: ServeConfig):
 # --------------------------------------------------------------------------- command line
 
 
-def build_parser():
-    from tracker.apps.cli import Parser, add_featurizer_options
-
-    p = Parser(
-        prog="track serve",
-        description="Web demo: upload a video or use the browser's camera, click points, watch them tracked.",
-    )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
-    p.add_argument(
-        "--allowed-host",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="a further Host name (or name:port) the server answers, besides loopback names and --host "
-        "(repeatable; needed for --host 0.0.0.0: the names or addresses clients open)",
-    )
-    add_featurizer_options(p, "torch, tensorrt or auto")
-    p.add_argument("--max-upload-mb", type=float, default=64.0, help="largest upload accepted (default 64)")
-    p.add_argument("--max-frames", type=int, default=900, help="frames tracked at most per video (default 900)")
-    return p
-
-
 def main(argv: list[str]) -> int:
     """``track serve ...``: serve until Ctrl-C."""
+    from tracker.apps.parsers import serve_parser
+
+    return run_command(serve_parser().parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``track serve`` with parsed options: serve until Ctrl-C."""
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -889,7 +874,6 @@ def main(argv: list[str]) -> int:
     from tracker.backends import BackendOptions, pick_device
     from tracker.featurizers import resolve_model
 
-    args = build_parser().parse_args(argv)
     if not 0 <= args.port <= 65535:
         raise TrackerError(f"--port must be in 0..65535, got {args.port}")
     if args.max_upload_mb <= 0 or args.max_frames < 2:
