@@ -173,37 +173,48 @@ def _short(exc) -> str:
 class TrackLog:
     """Results gathered frame by frame; what a run has finished is always writable.
 
+    Each frame is copied into preallocated blocks of ``block`` frames, so a long run leaves one allocation
+    per block behind instead of three small tensors per frame: small long-lived allocations made between
+    the featurizer's large short-lived buffers pin freed heap space and made the memory of a long run grow
+    (see :mod:`tracker.allocator`).
+
     Attributes:
         queries: the query points (N).
-        xy, visible, score: per frame ``[N, 2]``, ``[N]``, ``[N]`` arrays.
+        block: frames per storage block.
     """
 
     queries: Queries
+    block: int = 1024
 
     def __post_init__(self) -> None:
-        self.xy: list[np.ndarray] = []
-        self.visible: list[np.ndarray] = []
-        self.score: list[np.ndarray] = []
+        self._blocks: list[np.ndarray] = []  # each [block, N, 4] float32: x, y, score, visible
+        self._count = 0
 
     def append(self, result: TrackResult) -> None:
-        self.xy.append(result.xy.numpy())
-        self.visible.append(result.visible.numpy())
-        self.score.append(result.score.numpy())
+        """Copy ``result`` (``N`` points) into the log; the result's tensors are not kept."""
+        row = self._count % self.block
+        if row == 0:
+            self._blocks.append(np.empty((self.block, len(result.xy), 4), np.float32))
+        out = self._blocks[-1][row]
+        out[:, :2] = result.xy.numpy()
+        out[:, 2] = result.score.numpy()
+        out[:, 3] = result.visible.numpy()
+        self._count += 1
 
     def __len__(self) -> int:
-        return len(self.xy)
+        return self._count
 
     def arrays(self) -> dict[str, np.ndarray]:
         """``frame [T]``, ``point [N]``, ``x, y, score [T, N]`` float32, ``visible [T, N]`` bool."""
         n = len(self.queries)
-        xy = np.stack(self.xy) if self.xy else np.zeros((0, n, 2), np.float32)
+        rows = np.concatenate(self._blocks)[: self._count] if self._blocks else np.zeros((0, n, 4), np.float32)
         return {
             "frame": np.arange(len(self), dtype=np.int64),
             "point": np.arange(n, dtype=np.int64),
-            "x": xy[..., 0].astype(np.float32),
-            "y": xy[..., 1].astype(np.float32),
-            "visible": np.stack(self.visible) if self.visible else np.zeros((0, n), bool),
-            "score": np.stack(self.score).astype(np.float32) if self.score else np.zeros((0, n), np.float32),
+            "x": np.ascontiguousarray(rows[..., 0]),
+            "y": np.ascontiguousarray(rows[..., 1]),
+            "visible": rows[..., 3] > 0.5,
+            "score": np.ascontiguousarray(rows[..., 2]),
         }
 
 
