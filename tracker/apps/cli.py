@@ -518,7 +518,7 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
             if writer is not None:
                 writer.write(draw_masks(frame, result.labels))
     else:
-        results = CorrespondenceField(featurizer, match_config).fields(frames, args.batch)
+        results = CorrespondenceField(featurizer, match_config, refine=prop_config.refine).fields(frames, args.batch)
         render = composite_edit if mode == "--edit" else render_colormap
 
         def handle(corr) -> None:
