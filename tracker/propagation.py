@@ -52,7 +52,8 @@ class PropagationConfig:
         refine: one of :data:`REFINE_MODES`.
         flow_weight: ``refine="flow"``: weight in [0, 1] of the flow-warped probabilities where the flow is
             consistent (the feature estimate gets the rest; where the flow is inconsistent, everything).
-        flow_scale: ``refine="flow"``: flow is computed on frames resized by this factor (0 < s <= 1).
+        flow_size: ``refine="flow"``: flow is computed on grey frames resized to this short side in pixels
+            (never enlarged; 240 is dense SIFT's input, where 480p frames take 5 ms with DIS "fast").
         flow_tolerance: ``refine="flow"``: forward-backward error in pixels of the original frame at which
             the flow's weight has fallen to ``exp(-1)`` of ``flow_weight`` (Gaussian in the error).
     """
@@ -64,7 +65,7 @@ class PropagationConfig:
     pool: int = 1
     refine: str = REFINE_MODES[0]
     flow_weight: float = 0.7
-    flow_scale: float = 0.5
+    flow_size: int = 240
     flow_tolerance: float = 2.0
 
     def __post_init__(self) -> None:
@@ -74,8 +75,8 @@ class PropagationConfig:
             raise ValueError("--context >= 0, --topk >= 1, --prop-temperature > 0 and --radius > 0 required")
         if self.refine not in REFINE_MODES:
             raise ValueError(f"--refine must be one of {', '.join(REFINE_MODES)}, not {self.refine!r}")
-        if not (0.0 <= self.flow_weight <= 1.0 and 0.0 < self.flow_scale <= 1.0 and self.flow_tolerance > 0):
-            raise ValueError("flow_weight in [0, 1], flow_scale in (0, 1] and flow_tolerance > 0 required")
+        if not (0.0 <= self.flow_weight <= 1.0 and self.flow_size >= 16 and self.flow_tolerance > 0):
+            raise ValueError("flow_weight in [0, 1], flow_size >= 16 and flow_tolerance > 0 required")
 
 
 def default_propagation_config(name: str, **overrides) -> PropagationConfig:
@@ -273,7 +274,7 @@ class MaskPropagator:
     def __init__(self, featurizer: Featurizer, config: PropagationConfig | None = None):
         self.featurizer = featurizer
         self.config = config or PropagationConfig()
-        self.flow = FlowEstimator(self.config.flow_scale) if self.config.refine == "flow" else None
+        self.flow = FlowEstimator(self.config.flow_size) if self.config.refine == "flow" else None
 
     def _pool(self, grid: Tensor) -> Tensor:
         return _pool_grid(grid, self.config.pool)
@@ -411,24 +412,27 @@ class FlowEstimator:
     """Dense optical flow between consecutive frames (OpenCV DIS) and the flow-feature fusion of labels.
 
     Args:
-        scale: frames are resized by this factor (grey, area-averaged) before the flow.
+        short_side: frames are resized (grey, area-averaged) to this short side before the flow; never enlarged.
         preset: a ``cv2.DISOPTICAL_FLOW_PRESET_*``.
+
+    Attributes:
+        scale: flow pixels per frame pixel (set by :meth:`gray`).
     """
 
-    def __init__(self, scale: float = 0.5, preset: int = cv2.DISOPTICAL_FLOW_PRESET_FAST):
-        self.scale = scale
+    def __init__(self, short_side: int = 240, preset: int = cv2.DISOPTICAL_FLOW_PRESET_FAST):
+        self.short_side = short_side
+        self.scale = 1.0
         self.dis = cv2.DISOpticalFlow_create(preset)
         self._grid: np.ndarray | None = None
 
     def gray(self, frame: np.ndarray) -> np.ndarray:
         """``[H, W, 3]`` uint8 RGB -> ``[h', w']`` uint8 grey at the flow resolution."""
         gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        h, w = gray.shape
+        self.scale = min(1.0, self.short_side / min(h, w))
         if self.scale == 1.0:
             return gray
-        h, w = gray.shape
-        return cv2.resize(
-            gray, (max(8, round(w * self.scale)), max(8, round(h * self.scale))), interpolation=cv2.INTER_AREA
-        )
+        return cv2.resize(gray, (round(w * self.scale), round(h * self.scale)), interpolation=cv2.INTER_AREA)
 
     def backward(self, previous: np.ndarray, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Where each pixel of ``gray`` was in ``previous``, and how consistent that is.
@@ -497,12 +501,18 @@ class Correspondence:
     Attributes:
         frame_index: index of the frame.
         map_xy: ``[H, W, 2]`` float32 reference pixel xy for every pixel of the frame (for ``cv2.remap``).
-        valid: ``[H, W]`` float32 in [0, 1]: the reference is visible there (cycle-consistent and similar).
+        valid: ``[H, W]`` float32 in [0, 1]: the reference is visible there (cycle-consistent and similar,
+            or carried there by consistent flow).
     """
 
     frame_index: int
     map_xy: np.ndarray
     valid: np.ndarray
+
+    @property
+    def kept(self) -> float:
+        """Share of the frame's pixels where the reference is composited (mean of ``valid``)."""
+        return float(self.valid.mean())
 
 
 class CorrespondenceField:
@@ -515,12 +525,26 @@ class CorrespondenceField:
     9 / 19, against 94% / 84% and 0.69 / 1.04 px at stride 1. Matched globally, pooled blocks find wrong
     places far more often (median error 14 px), so global matching (ViT grids, small anyway) keeps stride 1.
 
+    With ``refine="flow"`` the field is carried from frame to frame by DIS optical flow (chained where the
+    flow is forward-backward consistent) and re-anchored to the cycle-consistent feature matches, which also
+    fill pixels the chain lost (disocclusions); the chain fills the pixels the cycle check rejects. On the
+    synthetic clip at frame 19: 100% of object pixels valid, median error 1.8 px, against 77% and 1.0 px for
+    the feature field alone (``refine="none"``).
+
     Args:
         featurizer: any featurizer.
         config: matcher settings (``search_radius`` makes each cell search around its previous match).
         cycle_tolerance: a cell is valid when frame -> reference -> frame lands within this many cells.
         stride: query-cell stride; None: ``round(sqrt(h * w / 1600))`` (about 1600 query cells) with a search
             radius, else 1.
+        refine: one of :data:`REFINE_MODES`.
+        flow_size: ``refine="flow"``: flow (and the carried field) on frames resized to this short side.
+        flow_tolerance: ``refine="flow"``: forward-backward error, pixels of the original frame, above which
+            the chain breaks.
+        reanchor: ``refine="flow"``: distance in reference grid cells between the chain and a cycle-consistent
+            feature match beyond which the match replaces the chain. 0 (default): every cycle-consistent match
+            does (matches to the reference do not drift; the chain did, by a median 4.5 px after 19 frames of
+            the synthetic clip with 2 cells, 1.8 px with 0).
     """
 
     def __init__(
@@ -529,19 +553,29 @@ class CorrespondenceField:
         config: MatchConfig | None = None,
         cycle_tolerance: float = 1.5,
         stride: int | None = None,
+        refine: str = REFINE_MODES[0],
+        flow_size: int = 240,
+        flow_tolerance: float = 2.0,
+        reanchor: float = 0.0,
     ):
+        if refine not in REFINE_MODES:
+            raise TrackerError(f"unknown refinement {refine!r}; choose from: {', '.join(REFINE_MODES)}")
         self.featurizer = featurizer
         self.config = config or MatchConfig()
         self.cycle_tolerance = cycle_tolerance
         self.stride = stride
+        self.flow = FlowEstimator(flow_size) if refine == "flow" else None
+        self.flow_tolerance = flow_tolerance
+        self.reanchor = reanchor
 
     def fields(self, frames: Iterable[np.ndarray], batch_size: int = 8) -> Iterator[Correspondence]:
         """Yield one :class:`Correspondence` per frame, the first frame being the reference."""
         reference = ref_queries = geometry = prior_back = prior_fwd = centres = None
         s = 1
         index = 0
+        chain: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # flow: grey, field [h', w', 2], valid
         for chunk in _chunked(frames, batch_size):
-            for grid in self.featurizer(frames_to_tensor(chunk)):
+            for grid, frame in zip(self.featurizer(frames_to_tensor(chunk)), chunk, strict=True):
                 c, h, w = grid.shape
                 if reference is None:
                     reference, geometry = grid, self.featurizer.geometry(*chunk[0].shape[:2])
@@ -556,10 +590,48 @@ class CorrespondenceField:
                 back = match(queries.reshape(c, -1).T, reference, self.config, prior_uv=prior_back)  # -> ref
                 fwd = match(ref_queries.reshape(c, -1).T, grid, self.config, prior_uv=prior_fwd)  # ref ->
                 prior_back, prior_fwd = back.uv, fwd.uv
-                yield self._to_pixels(index, back, fwd, centres, geometry, tuple(queries.shape[1:]), s)
+                sub_hw = tuple(queries.shape[1:])
+                if self.flow is None:
+                    out_hw = (geometry.frame_h, geometry.frame_w)
+                    map_xy, valid = self._to_pixels(back, fwd, centres, geometry, sub_hw, s, out_hw)
+                    yield Correspondence(index, map_xy, valid)
+                else:
+                    gray = self.flow.gray(frame)
+                    feat_xy, feat_valid = self._to_pixels(back, fwd, centres, geometry, sub_hw, s, gray.shape)
+                    chain = self._carry(chain, gray, feat_xy, feat_valid, geometry)
+                    size = (geometry.frame_w, geometry.frame_h)
+                    map_xy = cv2.resize(chain[1], size, interpolation=cv2.INTER_LINEAR)
+                    valid = cv2.resize(chain[2], size, interpolation=cv2.INTER_LINEAR)
+                    yield Correspondence(index, map_xy, valid)
                 index += 1
 
-    def _to_pixels(self, index, back, fwd, centres, geometry: GridGeometry, sub_hw, s: int) -> Correspondence:
+    def _carry(self, chain, gray: np.ndarray, feat_xy: np.ndarray, feat_valid: np.ndarray, geometry: GridGeometry):
+        """The flow-carried field of this frame: ``(grey, field [h', w', 2], valid [h', w'])``."""
+        h, w = gray.shape
+        if chain is None:  # the reference frame: every pixel is itself
+            ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+            field = np.stack([(xs + 0.5) * geometry.frame_w / w - 0.5, (ys + 0.5) * geometry.frame_h / h - 0.5], -1)
+            return gray, field.astype(np.float32), np.ones((h, w), np.float32)
+        previous, prev_field, prev_valid = chain
+        map_xy, error = self.flow.backward(previous, gray)
+        carried = cv2.remap(
+            np.dstack([prev_field, prev_valid]),
+            map_xy[..., 0],
+            map_xy[..., 1],
+            cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        field = np.ascontiguousarray(carried[..., :2])
+        ok = (carried[..., 2] > 0.5) & (error <= self.flow_tolerance * self.flow.scale)
+        matched = feat_valid > 0.5
+        cell = max(geometry.cell_size)
+        drifted = np.linalg.norm(field - feat_xy, axis=2) > self.reanchor * cell
+        anchor = matched & (~ok | drifted)
+        field[anchor] = feat_xy[anchor]
+        return gray, field, (ok | anchor).astype(np.float32)
+
+    def _to_pixels(self, back, fwd, centres, geometry: GridGeometry, sub_hw, s: int, out_hw) -> tuple:
+        """The feature field on an ``out_hw`` raster of the frame: ``(map_xy [h, w, 2], valid [h, w])``."""
         hs, ws = sub_hw
         # cycle: frame cell -> ref uv (back) -> frame uv (the fwd field read at back.uv) -> near the cell?
         fwd_map = fwd.uv.T.reshape(1, 2, hs, ws)
@@ -567,12 +639,14 @@ class CorrespondenceField:
         ok = ((returned - centres).norm(dim=1) <= self.cycle_tolerance) & (back.score >= self.config.min_score)
         ref_xy = geometry.grid_to_pixel(back.uv)  # [hs*ws, 2] reference pixels
         field = torch.cat([ref_xy.T.reshape(2, hs, ws), ok.float().reshape(1, hs, ws)])[None].float()
-        # every frame pixel -> its full-grid uv -> read the field on the sub-grid
-        frame_h, frame_w = geometry.frame_h, geometry.frame_w
-        ys, xs = torch.meshgrid(torch.arange(frame_h), torch.arange(frame_w), indexing="ij")
-        pixel_uv = geometry.pixel_to_grid(torch.stack([xs, ys], -1).reshape(-1, 2).float().to(field.device))
-        up = _sample_subgrid(field, pixel_uv, s).T.reshape(3, frame_h, frame_w)
-        return Correspondence(index, up[:2].permute(1, 2, 0).cpu().numpy().astype(np.float32), up[2].cpu().numpy())
+        # every raster pixel -> frame pixel -> its full-grid uv -> read the field on the sub-grid
+        out_h, out_w = out_hw
+        ys, xs = torch.meshgrid(torch.arange(out_h), torch.arange(out_w), indexing="ij")
+        xy = torch.stack([xs, ys], -1).reshape(-1, 2).float()
+        xy = (xy + 0.5) * xy.new_tensor([geometry.frame_w / out_w, geometry.frame_h / out_h]) - 0.5
+        pixel_uv = geometry.pixel_to_grid(xy.to(field.device))
+        up = _sample_subgrid(field, pixel_uv, s).T.reshape(3, out_h, out_w)
+        return up[:2].permute(1, 2, 0).cpu().numpy().astype(np.float32), up[2].float().cpu().numpy()
 
 
 def _query_cells(grid: Tensor, s: int) -> Tensor:
