@@ -270,8 +270,9 @@ def eval_davis(root: str | Path, sequences: list[str] | None, make_featurizer, p
             config = prop_config if mode is None else replace(prop_config, refine=mode)
             propagator = MaskPropagator(featurizer, config)
             labels = [r.labels for r in propagator.propagate(frames, given, batch)]
-            row[ours(mode)] = _jf(jaccard_and_f(labels, truths, exclude_last=True))
-        row[DIS_BASELINE] = _jf(jaccard_and_f(list(dis_flow_masks(frames, given[0])), truths, exclude_last=True))
+            row[ours(mode)] = {**_jf(jaccard_and_f(labels, truths, exclude_last=True)), "kept": _kept(labels, truths)}
+        dis = list(dis_flow_masks(frames, given[0]))
+        row[DIS_BASELINE] = {**_jf(jaccard_and_f(dis, truths, exclude_last=True)), "kept": _kept(dis, truths)}
         per_sequence[name] = row
     return {
         "benchmark": "davis",
@@ -279,12 +280,22 @@ def eval_davis(root: str | Path, sequences: list[str] | None, make_featurizer, p
         "protocol": "semi-supervised: first-frame mask given; J, F averaged over frames 1..T-2 (DAVIS toolkit)",
         "methods": methods,
         "sequences": per_sequence,
-        "mean": _means(per_sequence, methods, ("J", "F", "J&F")),
+        "mean": _means(per_sequence, methods, ("J", "F", "J&F", "kept")),
     }
 
 
 def _jf(scores: dict) -> dict:
     return {k: float(scores[k]) for k in ("J", "F", "J&F")}
+
+
+def _kept(labels: list[np.ndarray], truths: list[np.ndarray | None]) -> float:
+    """Share of object pixels a method keeps: predicted over true object area, mean over frames ``1..T-2``."""
+    ratios = [
+        np.count_nonzero(p) / np.count_nonzero(t)
+        for p, t in zip(labels[1:-1], truths[1:-1], strict=True)
+        if t is not None and t.any()
+    ]
+    return float(np.mean(ratios)) if ratios else float("nan")
 
 
 def eval_badja(root: str | Path, davis_root: str | Path, make_featurizer, match_config, batch: int = 8) -> dict:
