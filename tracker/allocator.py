@@ -7,9 +7,10 @@ the overlay writer's state). glibc serves large requests with ``mmap`` only abov
 at 128 KiB and *rises* to the size of any mmapped block that is freed (up to 32 MiB), so after the first
 batch the large buffers come from the heap instead. Small long-lived allocations are then carved out of
 freed large blocks, which pins them, and the next batch's buffers no longer fit in the holes: the heap
-grows by about one batch of buffers every few batches although nothing leaks (measured: RSS 1.0 -> 1.7 GB
-over 3,000 frames of a 160x120 clip with ``--model sift``; ``malloc_trim(0)`` gave most of it back, proof
-that it was free memory held by the heap; a fixed threshold kept it flat; ``benchmarks/memory_flat.py``).
+grows by several MB per batch although nothing leaks. Measured (``--model sift --size 120``, 160x120 clip,
+12 points, no overlay, 2 cores): RSS 1014 MiB at frames 450-1050, 1722 MiB at frame 2850; with
+``malloc_trim(0)`` every 50 frames (free heap memory handed back), with this fixed threshold, or with the
+track log in blocks, it stayed at 0.89-0.92 GB past frame 2000 (see ``benchmarks/memory_flat.py``).
 
 :func:`keep_memory_flat` fixes the threshold (which also switches off glibc's dynamic adjustment), so
 large buffers are mapped and unmapped with each batch and return to the system when freed. The ``track``
