@@ -64,17 +64,6 @@ def _empty_folder(d: Path) -> None:
     (d / "frames").mkdir()
 
 
-def _truncated_frame(d: Path) -> None:
-    """A DAVIS-style folder whose 00003.jpg is cut at half its length (it decoded as a half-grey frame)."""
-    import cv2
-
-    (d / "frames").mkdir()
-    for i, frame in enumerate(moving_objects(num_frames=NUM_FRAMES, size=SIZE).frames):
-        cv2.imwrite(str(d / "frames" / f"{i:05d}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    data = (d / "frames" / "00003.jpg").read_bytes()
-    (d / "frames" / "00003.jpg").write_bytes(data[: len(data) // 2])
-
-
 def _subfolder(d: Path) -> None:
     (d / "sub").mkdir()
 
@@ -141,7 +130,6 @@ CASES: dict[str, Case] = {
     "points-5000-digit-int": Case(("points.json", "5000 digits"), points="[[" + "9" * 5000 + ", 5]]"),
     "points-deep-nesting": Case(("points.json", "nested too deeply"), points="[" * 100_000 + "]" * 100_000),
     "points-too-many": Case(("points.json", "10001 points", "at most 10000"), points=[[1.0, 1.0]] * 10_001),
-    "truncated-frame-in-folder": Case(("00003.jpg", "truncated"), video="frames", setup=_truncated_frame),
     # points that do not fit the video
     "point-outside-frame": Case(("500", "outside"), points=[[500, 10]]),
     "point-past-last-frame": Case(

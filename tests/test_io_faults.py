@@ -189,12 +189,26 @@ def test_contiguous_frame_folder_has_no_warning(tmp_path: Path) -> None:
         assert source.warnings == [] and len(list(source)) == 4
 
 
+def test_truncated_jpeg_in_a_folder_stops_the_run_naming_it(tmp_path: Path) -> None:
+    """It decoded as a half-grey frame and was tracked (exit 0); now the run stops there, keeping frames 0..2."""
+    _frames_folder(tmp_path / "frames", [f"{i:05d}.jpg" for i in range(6)])
+    data = (tmp_path / "frames" / "00003.jpg").read_bytes()
+    (tmp_path / "frames" / "00003.jpg").write_bytes(data[: len(data) // 2])
+    proc = _track(tmp_path, "frames", "--out-tracks", "t.json", "--no-video", "--backend", "torch")
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, _describe(proc)
+    assert len(lines) == 1 and lines[0].startswith("track: error: "), _describe(proc)
+    assert "00003.jpg" in lines[0] and "truncated" in lines[0] and "kept 3 finished frames" in lines[0], _describe(proc)
+    doc = json.loads((tmp_path / "t.json").read_text())
+    assert doc["num_frames_tracked"] == 3 and doc["status"] == "failed"
+
+
 def test_truncated_png_frame_is_refused(tmp_path: Path) -> None:
     _frames_folder(tmp_path / "frames", [f"{i:05d}.png" for i in range(3)])
     data = (tmp_path / "frames" / "00001.png").read_bytes()
     (tmp_path / "frames" / "00001.png").write_bytes(data[: len(data) // 2])
-    with pytest.raises(TrackerError, match="00001.png"):
-        video.open_video(tmp_path / "frames")
+    with video.open_video(tmp_path / "frames") as source, pytest.raises(TrackerError, match="00001.png"):
+        list(source)
 
 
 def test_jpeg_with_data_after_its_end_marker_is_accepted(tmp_path: Path) -> None:

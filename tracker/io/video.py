@@ -80,8 +80,6 @@ class FolderVideo(VideoSource):
         if not self.paths:
             raise TrackerError(f"{folder} holds no .jpg or .png frames")
         self.warnings = [w for w in [_numbering_gap(folder, self.paths)] if w]
-        for path in self.paths:  # a truncated file decodes as a half-grey frame: refuse it before tracking
-            _check_complete(path)
         first = self._read(self.paths[0])
         self.info = VideoInfo(str(folder), first.shape[1], first.shape[0], 25.0, len(self.paths))
 
@@ -91,6 +89,7 @@ class FolderVideo(VideoSource):
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             raise TrackerError(f"cannot read frame {path}")
+        _check_complete(path)  # a truncated JPEG decodes as a half-grey frame
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
     def __iter__(self) -> Iterator[np.ndarray]:
