@@ -8,9 +8,9 @@ at 128 KiB and *rises* to the size of any mmapped block that is freed (up to 32 
 batch the large buffers come from the heap instead. Small long-lived allocations are then carved out of
 freed large blocks, which pins them, and the next batch's buffers no longer fit in the holes: the heap
 grows by several MB per batch although nothing leaks. Measured (``--model sift --size 120``, 160x120 clip,
-12 points, no overlay, 2 cores): RSS 1014 MiB at frames 450-1050, 1722 MiB at frame 2850; with
-``malloc_trim(0)`` every 50 frames (free heap memory handed back), with this fixed threshold, or with the
-track log in blocks, it stayed at 0.89-0.92 GB past frame 2000 (see ``benchmarks/memory_flat.py``).
+12 points, no overlay, 2 cores): RSS 1014 MiB at frames 450-1050, 1218 at 1650, 1722 at 2850; with this
+fixed threshold 855 MiB at frame 50 and 865 at 1650; with the track log in blocks 873 and 877; with
+``malloc_trim(0)`` every 50 frames 855-859 after each trim (runs stopped at frame 1650-1736).
 
 :func:`keep_memory_flat` fixes the threshold (which also switches off glibc's dynamic adjustment), so
 large buffers are mapped and unmapped with each batch and return to the system when freed. The ``track``
