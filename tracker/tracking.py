@@ -23,7 +23,17 @@ from tracker.errors import TrackerError
 from tracker.featurizers import Featurizer
 from tracker.geometry import GridGeometry, frames_to_tensor
 from tracker.matching import MatchConfig, forward_backward_ok, match, sample_descriptors
-from tracker.refine import FOLLOW, OCCLUDED, REDETECT, RefineConfig, decide, lk_from_query, lk_track, to_gray
+from tracker.refine import (
+    FOLLOW,
+    OCCLUDED,
+    REDETECT,
+    RefineConfig,
+    decide,
+    lk_from_query,
+    lk_track,
+    patch_ncc,
+    to_gray,
+)
 
 REFINE_MODES: tuple[str, ...] = POINT_REFINE_MODES
 """Refinement modes; the first is the default. ``lk``: coarse-to-fine (motion prediction, Lucas-Kanade local
@@ -403,11 +413,18 @@ class PointTracker:
         limit = torch.tensor([g.frame_w - 0.5, g.frame_h - 0.5])
         predicted = torch.maximum(torch.minimum(previous + speed, limit), torch.full((2,), -0.5))
         # 1. local track: Lucas-Kanade from the previous position, started at the prediction
+        photo_ok = torch.zeros(len(active), dtype=torch.bool)
         if gray is not None and state.previous_gray is not None:
             lk_xy, fb = lk_track(state.previous_gray, gray, previous.numpy(), predicted.numpy(), rc)
             lk_xy = torch.from_numpy(lk_xy)
             inside = (lk_xy >= -0.5).all(1) & (lk_xy <= limit).all(1)
             lk_ok = torch.from_numpy(fb <= rc.fb_px) & inside
+            if lk_ok.any():  # photometric agreement of the tracked patch with the previous frame's
+                sel = lk_ok.nonzero().flatten()
+                ncc = patch_ncc(
+                    state.previous_gray, previous[sel].numpy(), gray, lk_xy[sel].numpy(), rc.ncc_window or rc.window
+                )
+                photo_ok[sel] = torch.from_numpy(ncc >= rc.min_ncc)
             # a loosely consistent local track is still the best prediction of a point that is not followed
             loose = torch.from_numpy(fb <= rc.loose_fb_cells * max(g.cell_size)) & inside
             predicted = torch.where(loose[:, None], lk_xy, predicted)
@@ -434,13 +451,16 @@ class PointTracker:
         score_lk = (sample_descriptors(features, lk_uv) * act_desc).sum(1)
         distance = (lk_uv - sem_uv).norm(dim=1)
         follow_score = mc.min_score if rc.follow_score is None else rc.follow_score
-        back_ok = lk_ok.to(dev)
-        if back_ok.any():  # the descriptor at the local track, matched back into the query frame
-            sel = back_ok.nonzero().flatten()
-            loose = replace(mc, fb_tolerance=rc.back_cells or mc.fb_tolerance)
-            back_ok[sel] = self._fb_ok(lk_uv[sel], features, active[sel.cpu()], q, query_features, g, loose)
         decision = decide(
-            lk_ok.to(dev), back_ok, score_lk, semantic_ok, sem_score, distance, follow_score, rc.agree_cells, rc.margin
+            lk_ok.to(dev),
+            photo_ok.to(dev),
+            score_lk,
+            semantic_ok,
+            sem_score,
+            distance,
+            follow_score,
+            rc.agree_cells,
+            rc.margin,
         ).cpu()
         # 4. positions: the local track, the refined semantic match, or the prediction
         sem_xy = g.grid_to_pixel(sem_uv).cpu().float()
