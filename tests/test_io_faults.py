@@ -166,6 +166,17 @@ def test_overlay_video_keeps_the_input_size(tmp_path: Path, width: int, height: 
     assert back[:, 2:-2, -3].mean() < 80 and back[:, -3, 2:-2].mean() < 80  # and only there
 
 
+def test_overlay_of_an_odd_sized_video_through_the_command_line(tmp_path: Path) -> None:
+    (tmp_path / "frames").mkdir()
+    for i in range(3):  # 97x65 PNG frames: an OpenCV-written mp4 would itself be cropped to even sides
+        cv2.imwrite(str(tmp_path / "frames" / f"{i:05d}.png"), np.full((65, 97, 3), 40 + 20 * i, np.uint8))
+    proc = _track(tmp_path, "frames", "--out-tracks", "t.json", "--out-video", "o.mp4", "--backend", "torch")
+    assert proc.returncode == 0, _describe(proc)
+    with video.open_video(tmp_path / "o.mp4") as source:
+        assert (source.info.width, source.info.height, source.info.num_frames) == (97, 65, 3)
+    assert _temps(tmp_path) == []
+
+
 def _frames_folder(folder: Path, names: list[str]) -> None:
     folder.mkdir()
     clip = moving_objects(num_frames=len(names), size=SIZE).frames
