@@ -439,3 +439,30 @@ def test_schema_states_the_maximum_number_of_points() -> None:
     assert schema["$defs"]["points"]["maxItems"] == MAX_POINTS
     assert f"At most {MAX_POINTS} points" in schema["description"]
     assert f"{MAX_POINTS:,} points" in (REPO / "README.md").read_text()
+
+
+def test_full_disk_while_writing_masks_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    from tracker.apps import cli
+    from tracker.io import formats
+
+    clip = moving_objects(num_frames=4, size=SIZE)
+    write_video(str(tmp_path / "clip.mp4"), clip.frames)
+    cv2.imwrite(str(tmp_path / "m.png"), (clip.masks[0] > 0).astype(np.uint8) * 255)
+    real, calls = formats.atomic_write, []
+
+    def fills_up(path, data):
+        calls.append(path)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, data)
+
+    monkeypatch.setattr(formats, "atomic_write", fills_up)
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["clip.mp4", "--mask", "m.png", "--model", "sift", "--out-masks", "masks", "--no-video",
+                     "--no-progress", "--backend", "torch"])  # fmt: skip
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert code == 2 and "Traceback" not in err and len(lines) == 1, err
+    assert "cannot write mask masks/00001.png" in lines[0] and "No space left" in lines[0], err
+    assert "kept 1 finished frames" in lines[0], err
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["00000.png"]

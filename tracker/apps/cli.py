@@ -514,7 +514,11 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
         def handle(result) -> None:
             frame = frames.pop(result.frame_index)
             if out_masks is not None:
-                write_mask(out_masks / f"{result.frame_index:05d}.png", result.labels)
+                path = out_masks / f"{result.frame_index:05d}.png"
+                try:
+                    write_mask(path, result.labels)
+                except OSError as exc:  # disk full: the masks written so far stay
+                    raise TrackerError(f"cannot write mask {path} ({exc.strerror or exc})") from None
             if writer is not None:
                 writer.write(draw_masks(frame, result.labels))
     else:
@@ -564,9 +568,9 @@ def _drive(results, handle, video, writer, quiet: bool) -> tuple[int, str, Track
         status = "terminated" if isinstance(exc, Terminated) else "interrupted"
     except TrackerError as exc:
         status, error = "failed", exc
-    except OSError as exc:  # writing a mask: disk full, folder removed...
-        where = exc.filename or "an output"
-        status, error = "failed", TrackerError(f"cannot write {where} ({exc.strerror or exc})")
+    except OSError as exc:  # reading or writing failed half-way (a removed folder, an I/O error)
+        where = f" on {exc.filename}" if exc.filename else ""
+        status, error = "failed", TrackerError(f"I/O error{where} ({exc.strerror or exc})")
     except BaseException:  # a bug or out of memory: still keep the finished frames of the video, then raise
         if writer is not None:
             with contextlib.suppress(TrackerError):

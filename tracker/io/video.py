@@ -327,13 +327,17 @@ class AtomicVideoWriter:
             raise TrackerError(f"cannot finish video {self.path} ({problem}); not written")
 
 
-def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
-    """``(type, offset, size)`` of the ISO-BMFF boxes in ``data[start:end]``; stops at a malformed one."""
-    offset = start
+def _top_boxes(f) -> Iterator[tuple[bytes, int, int]]:
+    """``(type, offset, size)`` of the top-level ISO-BMFF boxes of an open file (headers only are read);
+    a box running past the end of the file comes as type ``b""``."""
+    end = f.seek(0, os.SEEK_END)
+    offset = 0
     while offset + 8 <= end:
-        size, kind = struct.unpack(">I4s", data[offset : offset + 8])
-        if size == 1 and offset + 16 <= end:
-            size = struct.unpack(">Q", data[offset + 8 : offset + 16])[0]
+        f.seek(offset)
+        head = f.read(16)
+        size, kind = struct.unpack(">I4s", head[:8])
+        if size == 1 and len(head) == 16:
+            size = struct.unpack(">Q", head[8:16])[0]
         elif size == 0:
             size = end - offset
         if size < 8 or offset + size > end:
@@ -349,9 +353,9 @@ def mp4_problem(path: str | Path, frames: int) -> str | None:
     Checks that the top-level boxes fill the file exactly, that the index (``moov``) is there, and that a
     decoder opens it and counts ``frames`` frames.
     """
-    data = Path(path).read_bytes()
-    kinds = [kind for kind, _, _ in _boxes(data, 0, len(data))]
-    if not data:
+    with open(path, "rb") as f:
+        kinds = [kind for kind, _, _ in _top_boxes(f)]
+    if not kinds:
         return "the encoder wrote nothing"
     if b"" in kinds:
         return "the file is cut short"
@@ -428,10 +432,15 @@ def set_mp4v_size(path: str | Path, width: int, height: int) -> bool:
     Returns:
         True when the size was set; False (file untouched) when the layout is not the one expected.
     """
-    data = bytearray(Path(path).read_bytes())
+    with open(path, "rb") as f:
+        found = [(o, n) for kind, o, n in _top_boxes(f) if kind == b"moov"]
+        if not found or found[0][1] > 1 << 26:  # the index of a video OpenCV wrote: kilobytes to megabytes
+            return False
+        at, length = found[0]
+        f.seek(at)
+        data = bytearray(f.read(length))  # only the index is read and rewritten, in place
     try:
-        moov = next(o for kind, o, _ in _boxes(data, 0, len(data)) if kind == b"moov")
-        vol = data.index(b"\x00\x00\x01\x20", moov)
+        vol = data.index(b"\x00\x00\x01\x20")
         pos = _vol_size_bit(data, vol)
         bits = _Bits(data, 0)
         bits.pos = pos
@@ -444,15 +453,15 @@ def set_mp4v_size(path: str | Path, width: int, height: int) -> bool:
         bits.write(13, width)
         bits.read(1)
         bits.write(13, height)
-        entry = data.index(b"mp4v", moov) - 4
+        entry = data.index(b"mp4v") - 4
         if struct.unpack(">HH", data[entry + 32 : entry + 36]) != (old_w, old_h):
             return False
         struct.pack_into(">HH", data, entry + 32, width, height)
-        tkhd = data.index(b"tkhd", moov) - 4
-        at = tkhd + (84 if data[tkhd + 8] == 0 else 96)
-        struct.pack_into(">II", data, at, width << 16, height << 16)
-    except (StopIteration, ValueError, IndexError, struct.error):
+        tkhd = data.index(b"tkhd") - 4
+        struct.pack_into(">II", data, tkhd + (84 if data[tkhd + 8] == 0 else 96), width << 16, height << 16)
+    except (ValueError, IndexError, struct.error):
         return False
     with open(path, "r+b") as f:
+        f.seek(at)
         f.write(data)
     return True
