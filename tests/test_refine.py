@@ -95,8 +95,9 @@ def test_refinement_is_subpixel_on_fine_and_coarse_grids(size, cell):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="open: re-acquisition of far (widened-search) sift candidates is gated on Lucas-Kanade from the query "
-    "patch, which rejects point 1 here; without the gate BADJA loses 0.03 PCK",
+    reason="open: point 1 is re-acquired on the 4th frame it is back (3 wanted) and point 2 is held 4 px behind by "
+    "the bar edge after its re-detection; far (widened-search) sift candidates need Lucas-Kanade from the query "
+    "patch or a score >= 0.85; accepting 0.8 makes a false jump here",
 )
 def test_point_behind_occluder_is_invisible_then_reacquired():
     # the texture moves 3 px/frame to the right behind a static 30 px bar: a point at x = 50 enters it

@@ -34,7 +34,8 @@ class RefineConfig:
         levels: pyramid levels above the frame for the frame-to-frame track (3: motions up to ~8x the window).
         fb_px: the local track is valid when Lucas-Kanade back into the previous frame lands within this many
             pixels of where it started. BADJA (sift, mean PCK@0.2 of dog and horsejump-high, other settings
-            at their defaults then): 1 px 0.441, 2 px 0.447, 4 px 0.440.
+            at their defaults then): 1 px 0.441, 2 px 0.447, 4 px 0.440; with the photometric check (``min_ncc``
+            0.8) 1 px 0.497, 2 px 0.476 (synthetic AJ 0.331 and 0.334).
         agree_cells: the local track and the semantic match agree when within this many grid cells.
         follow_score: the descriptor at the local track must have at least this cosine similarity with the query
             descriptor to be followed; None uses the matcher's ``min_score``. Dense SIFT scores 0.5 and more on
@@ -59,11 +60,16 @@ class RefineConfig:
         widen: while a point is occluded, a local semantic search (``search_radius``) grows by this many times
             the radius per occluded frame, up to ``max_widen`` times.
         max_widen: cap of the search radius growth factor.
+        far_score: a re-detection beyond the usual search radius (found by the widened search of a lost point)
+            is taken when the query frame's patch confirms it at pixel level (:func:`lk_from_query`), or when its
+            semantic score is at least this (None: only the former). BADJA / synthetic AJ / re-acquired within 3
+            frames (fb_px 1): None 0.497 / 0.331 / 0.116; 0.85 0.497 / 0.341 / 0.132; 0.8 (fb_px 2) 0.486 / 0.336
+            / 0.143 but a false jump onto the noise texture in tests/test_refine.py's occluder clip; 0.7 0.448.
     """
 
     window: int = 21
     levels: int = 3
-    fb_px: float = 2.0
+    fb_px: float = 1.0
     agree_cells: float = 1.5
     follow_score: float | None = 0.8
     margin: float = 0.03
@@ -74,6 +80,7 @@ class RefineConfig:
     occluded_decay: float = 0.8
     widen: float = 0.5
     max_widen: float = 4.0
+    far_score: float | None = 0.85
 
 
 def to_gray(frame: np.ndarray | Tensor) -> np.ndarray:

@@ -481,9 +481,10 @@ class PointTracker:
                 jumped[sel], verified[sel] = torch.from_numpy(refined), torch.from_numpy(ok)
             if mc.search_radius is not None:
                 # a local (non-semantic) match found beyond the usual search radius, by the widened search of a
-                # lost point, is taken only when the query frame's patch confirms it at pixel level
+                # lost point, is taken only when the query frame's patch confirms it at pixel level or it is strong
                 far = (sem_uv.cpu() - prior.cpu()).norm(dim=1) > mc.search_radius
-                redetect &= ~far | verified
+                strong = sem_score.cpu() >= (rc.far_score if rc.far_score is not None else float("inf"))
+                redetect &= ~far | verified | strong
                 decision[~redetect & (decision == REDETECT)] = OCCLUDED
             out[redetect] = jumped[redetect]
         score = torch.where(follow, score_lk.cpu().float(), sem_score.cpu().float())
