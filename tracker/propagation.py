@@ -64,7 +64,7 @@ class PropagationConfig:
     temperature: float = 0.1
     pool: int = 1
     refine: str = REFINE_MODES[0]
-    flow_weight: float = 0.7
+    flow_weight: float = 0.6
     flow_size: int = 240
     flow_tolerance: float = 2.0
 
@@ -89,6 +89,13 @@ def default_propagation_config(name: str, **overrides) -> PropagationConfig:
     scooter-black / motocross-jump, with context 7: 0.507 / 0.688 / 0.231 (OpenCV DIS: 0.523 / 0.482 / 0.391);
     on the synthetic two-object clip radius 12 gave IoU 0.81 against 0.56 for whole frames. ``pool=2`` (radius
     6) is 12x faster but scored 0.237 / 0.416 / 0.133 on the same DAVIS sequences, so it is not the default.
+
+    ``refine="flow"`` (sift, context 7, radius 12), measured on the 8 shared DAVIS-2016 sequences together
+    (benchmarks/results/cpu-2core/davis_refine_sweep.md): flow weight 0.85 gave mean J&F 0.443 (the flow
+    leaks into the background where it is smooth across boundaries: blackswan 0.71, car-shadow 0.69), 0.6
+    keeps blackswan at 0.85 and lifts dog to 0.58 (pure matching 0.51, DIS 0.52). With context 2 and pool 2
+    (the speed target's budget) every weight tried (0.5 .. 1.0) fell below pure matching (mean J&F <= 0.33):
+    the pooled feature estimate is biased to the background and the fusion shrinks the masks (kept 0.4).
     """
     overrides = {k: v for k, v in overrides.items() if v is not None}
     base = {"radius": 12.0, "context": 7} if name == "sift" else {}
