@@ -93,7 +93,7 @@ def default_propagation_config(name: str, **overrides) -> PropagationConfig:
     ``refine="flow"`` (sift, context 7, radius 12), measured on the 8 shared DAVIS-2016 sequences together
     (benchmarks/results/cpu-2core/davis_refine_sweep.md): flow weight 0.85 gave mean J&F 0.443 (the flow
     leaks into the background where it is smooth across boundaries: blackswan 0.71, car-shadow 0.69), 0.6
-    keeps blackswan at 0.85 and lifts dog to 0.58 (pure matching 0.51, DIS 0.52). With context 2 and pool 2
+    gives mean J&F 0.493 (pure matching 0.478, DIS 0.439), dog 0.58 (0.51, 0.52). With context 2 and pool 2
     (the speed target's budget) every weight tried (0.5 .. 1.0) fell below pure matching (mean J&F <= 0.33):
     the pooled feature estimate is biased to the background and the fusion shrinks the masks (kept 0.4).
     """
