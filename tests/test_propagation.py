@@ -82,10 +82,25 @@ def test_judo_objects_appear_from_their_first_frame(shared_data):
                 assert obj not in present, (obj, result.frame_index)
 
 
-@pytest.mark.parametrize("config", ["global", "sift"])
-def test_correspondence_field_maps_back_to_the_moving_object(two_objects, config):
+FLOW_EDIT_BLEEDS = pytest.mark.xfail(
+    strict=True,
+    reason="known defect: with global matching (the ViT models' config) the flow-carried field paints 19% of "
+    "the edit off the object at frame 9 (81% on it; 98% with refine=none)",
+)
+
+
+@pytest.mark.parametrize(
+    "config,refine",
+    [
+        ("global", "none"),
+        pytest.param("global", "flow", marks=FLOW_EDIT_BLEEDS),
+        ("sift", "none"),
+        ("sift", "flow"),
+    ],
+)
+def test_correspondence_field_maps_back_to_the_moving_object(two_objects, config, refine):
     match_config = MatchConfig() if config == "global" else default_match_config("sift")  # sift: stride 2
-    field = CorrespondenceField(create_featurizer("sift", (240, 320)), match_config)
+    field = CorrespondenceField(create_featurizer("sift", (240, 320)), match_config, refine=refine)
     fields = list(field.fields(two_objects.frames[:10]))
     assert fields[0].map_xy.shape == (240, 320, 2)
     t = 9
