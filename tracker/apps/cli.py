@@ -126,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--refine",
         choices=REFINE_MODES,
         default=REFINE_MODES[0],
-        help=f"points: {' or '.join(REFINE_MODES)} (default {REFINE_MODES[0]}; none: pure per-frame matching)",
+        help=f"{' or '.join(REFINE_MODES)} (default {REFINE_MODES[0]}): points are refined by Lucas-Kanade, masks, "
+        "colormaps and edits carried by DIS optical flow, both corrected by the feature matches; none: pure "
+        "per-frame feature matching (the seed's method)",
     )
     d = p.add_argument_group("dense propagation (masks)")
     d.add_argument("--context", type=int, help="also use the last N predicted frames as references (sift: 7; ViT: 0)")
