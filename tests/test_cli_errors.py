@@ -272,7 +272,12 @@ def _drain(fd: int, into: list[bytes]) -> None:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_ctrl_c_keeps_finished_frames(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "sig,exit_code,said",
+    [(signal.SIGINT, 130, "track: interrupted"), (signal.SIGTERM, 143, "track: terminated")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_ctrl_c_and_sigterm_keep_finished_frames(tmp_path: Path, sig, exit_code: int, said: str) -> None:
     frames = 300
     write_video(str(tmp_path / "long.mp4"), moving_objects(num_frames=frames, size=SIZE).frames)
     (tmp_path / "points.json").write_text(json.dumps([[30.0, 25.0]]))
@@ -312,7 +317,7 @@ def test_ctrl_c_keeps_finished_frames(tmp_path: Path) -> None:
         progress = b"".join(chunks).decode(errors="replace")
         assert proc.poll() is None, f"finished before the signal; make the clip longer\n{progress}"
         assert done >= 1, "no frame tracked in time"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         code = proc.wait(TIMEOUT)
     finally:
         if proc.poll() is None:
@@ -321,9 +326,9 @@ def test_ctrl_c_keeps_finished_frames(tmp_path: Path) -> None:
         reader.join()
         proc.stderr.close()
     stderr = b"".join(chunks).decode(errors="replace")
-    assert code == 130, f"exit {code}\n{stderr}"
+    assert code == exit_code, f"exit {code}\n{stderr}"
     assert "Traceback" not in stderr, stderr
-    assert "track: interrupted" in stderr, stderr
+    assert said in stderr, stderr
     with (tmp_path / "t.csv").open(newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["frame", "point", "x", "y", "visible", "score"]
@@ -331,4 +336,5 @@ def test_ctrl_c_keeps_finished_frames(tmp_path: Path) -> None:
     assert 1 <= len(data) < frames, f"{len(data)} rows"
     assert [int(r[0]) for r in data] == list(range(len(data)))  # one point: one row per finished frame
     assert all(r[1] == "0" and r[2] and r[3] for r in data)
-    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")], "temporary file left"
+    hidden = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert hidden == [], f"temporary file left: {hidden}"

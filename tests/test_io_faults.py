@@ -8,16 +8,12 @@ in one write) are injected in-process.
 
 from __future__ import annotations
 
-import csv
 import errno
 import json
 import os
-import re
-import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -340,50 +336,7 @@ def test_real_full_disk(tmp_path: Path) -> None:
         subprocess.run(["umount", str(disk)], capture_output=True, timeout=30)
 
 
-# --------------------------------------------------------------------------- SIGTERM, stale temporary files
-
-
-def _drain(fd: int, into: list[bytes]) -> None:
-    while chunk := os.read(fd, 4096):
-        into.append(chunk)
-
-
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_sigterm_keeps_finished_frames(tmp_path: Path) -> None:
-    frames = 300
-    write_video(str(tmp_path / "long.mp4"), moving_objects(num_frames=frames, size=SIZE).frames)
-    (tmp_path / "points.json").write_text(json.dumps([[30.0, 25.0]]))
-    argv = [*CLI, "long.mp4", "--points", "points.json", "--model", "sift", "--batch", "1", "--out-tracks", "t.csv",
-            "--no-video"]  # fmt: skip
-    proc = subprocess.Popen(argv, cwd=tmp_path, env=_env(tmp_path / ".cache"), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    chunks: list[bytes] = []
-    reader = threading.Thread(target=_drain, args=(proc.stderr.fileno(), chunks))
-    reader.start()
-    try:
-        deadline, done = time.monotonic() + TIMEOUT, 0
-        while proc.poll() is None and time.monotonic() < deadline:
-            counts = re.findall(rb"(\d+)/%d \[" % frames, b"".join(list(chunks)))
-            done = int(counts[-1]) if counts else 0
-            if done >= 1:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None and done >= 1, b"".join(chunks).decode(errors="replace")
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        reader.join()
-        proc.stderr.close()
-    stderr = b"".join(chunks).decode(errors="replace")
-    assert code == 143, f"exit {code}\n{stderr}"
-    assert "Traceback" not in stderr and "track: terminated: " in stderr, stderr
-    with (tmp_path / "t.csv").open(newline="") as f:
-        rows = list(csv.reader(f))[1:]
-    assert 1 <= len(rows) < frames and [int(r[0]) for r in rows] == list(range(len(rows)))
-    assert _temps(tmp_path) == [], "temporary file left"
+# ------------------------------------------------------------ stale temporary files (SIGTERM: test_cli_errors.py)
 
 
 def _dead_pid() -> int:
