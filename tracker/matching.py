@@ -161,7 +161,7 @@ def _match_local(descriptors: Tensor, features: Tensor, config: MatchConfig, pri
 
 
 def forward_backward_ok(
-    uv: Tensor, features: Tensor, query_features: Tensor, query_uv: Tensor, config: MatchConfig, local: bool = False
+    uv: Tensor, features: Tensor, query_features: Tensor, query_uv: Tensor, config: MatchConfig
 ) -> Tensor:
     """``[N]`` bool: the descriptor found at ``uv`` in ``features`` matches back near ``query_uv``.
 
@@ -169,8 +169,6 @@ def forward_backward_ok(
         uv: ``[N, 2]`` positions found in the current grid ``features`` ``[C, h, w]``.
         query_features: ``[C, h, w]`` grid of the query frame.
         query_uv: ``[N, 2]`` query positions in that grid.
-        local: with ``config.search_radius``, match back only within that radius of ``query_uv`` (the same
-            search as forward; non-semantic features matched globally land anywhere on real video).
     """
-    back = match(sample_descriptors(features, uv), query_features, config, prior_uv=query_uv if local else None)
+    back = match(sample_descriptors(features, uv), query_features, config)
     return (back.uv - query_uv).norm(dim=1) <= config.fb_tolerance

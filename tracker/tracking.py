@@ -374,17 +374,13 @@ class PointTracker:
         q: Queries,
         query_features: dict,
         g: GridGeometry,
-        config: MatchConfig | None = None,
-        local: bool = False,
     ) -> Tensor:
         """Forward-backward verdict ``[A]`` of the matches ``uv`` ``[A, 2]`` of points ``active``, per query frame."""
         ok = torch.zeros(len(active), dtype=torch.bool, device=features.device)
         for qf in q.frame[active].unique().tolist():
             sel = (q.frame[active] == qf).nonzero().flatten().to(features.device)
             query_uv = g.pixel_to_grid(q.xy[active[sel.cpu()]].to(features.device))
-            ok[sel] = forward_backward_ok(
-                uv[sel], features, query_features[qf], query_uv, config or self.config, local=local
-            )
+            ok[sel] = forward_backward_ok(uv[sel], features, query_features[qf], query_uv, self.config)
         return ok
 
     def _coarse_to_fine(
