@@ -3,11 +3,15 @@
 The graph takes ``frames``: ``[B, H_in, W_in, 3]`` float32 RGB in 0..255 at the featurizer's input size
 (resizing stays in the backend, on its device) and returns ``features``: ``[B, C, h, w]`` float32, unit
 L2 norm along C. Batch is dynamic, the spatial size static (the position embedding is resampled once, when
-the model is built). Opset >= 17 keeps LayerNorm one node. In the fp16 and bf16 variants LayerNorm, softmax
-and the final L2 normalisation run in fp32 (casts around them: :func:`keep_fp32`), so a strongly typed
-TensorRT build keeps them there too. Every export passes ``onnx.checker`` and is compared with torch in ONNX
-Runtime on check frames before it is moved into place (bf16, which ONNX Runtime cannot run, is checked by
-the TensorRT build instead); the file's metadata names the model, input size, stride and precision.
+the model is built). Opset >= 17 keeps LayerNorm one node. In the fp16 and bf16 variants LayerNorm and the
+final L2 normalisation run in fp32 (casts around LayerNorm: :func:`keep_fp32`; the featurizer casts its grid to
+fp32 before normalising), so a strongly typed TensorRT build keeps them there too. Attention's softmax stays in
+the half type: a cast around it splits MatMul-Softmax-MatMul and a strongly typed TensorRT build then cannot
+fuse the attention kernel (one export of a similar ViT reported no fused attention nodes and 4.3x slower
+attention); TensorRT's fused kernel accumulates the softmax in fp32 itself. Every export passes
+``onnx.checker`` and is compared with torch in ONNX Runtime on check frames before it is moved into place
+(bf16, which ONNX Runtime cannot run, is checked by the TensorRT build instead); the file's metadata names
+the model, input size, stride and precision.
 
 :func:`export_step_onnx` writes the whole per-frame step as one graph: frames and N query descriptors in,
 features, grid and pixel positions and scores out (similarity, argmax, window soft-argmax).
@@ -31,7 +35,7 @@ from tracker.featurizers import ViTFeaturizer
 from tracker.matching import MatchConfig, similarity, window_soft_argmax
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-FP32_OPS = ("LayerNormalization", "Softmax")
+FP32_OPS = ("LayerNormalization",)  # not Softmax: see the module docstring
 
 
 class _Graph(nn.Module):
@@ -88,7 +92,7 @@ def cosine_per_cell(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def keep_fp32(model, ops: tuple[str, ...] = FP32_OPS) -> int:
-    """Run ``ops`` (LayerNorm, softmax) of a half-precision graph in fp32: cast their inputs up, outputs back.
+    """Run ``ops`` (LayerNorm by default) of a half-precision graph in fp32: cast their inputs up, outputs back.
 
     Args:
         model: an ``onnx.ModelProto``, changed in place.
@@ -150,8 +154,9 @@ def export_onnx(
     Args:
         featurizer: a :class:`~tracker.featurizers.ViTFeaturizer` (weights loaded, LoRA merged).
         path: target ``.onnx`` path (written atomically after the checks pass).
-        precision: ``fp32``, ``fp16`` or ``bf16`` weights and compute (LayerNorm, softmax and the L2
-            normalisation in fp32). bf16 cannot run in ONNX Runtime: it is checked by the TensorRT build.
+        precision: ``fp32``, ``fp16`` or ``bf16`` weights and compute (LayerNorm and the L2 normalisation
+            in fp32, attention's softmax in the half type so TensorRT can fuse attention). bf16 cannot run in
+            ONNX Runtime: it is checked by the TensorRT build.
         opset: ONNX opset, at least 17.
         min_cosine: refuse the export below this per-cell cosine against torch fp32 (default 0.9999 for
             fp32, 0.999 otherwise).

@@ -1,8 +1,8 @@
 """TensorRT engines for ViT featurizers (TensorRT 10 and 11 Python APIs).
 
 An engine is built from the ONNX graph of :mod:`export.onnx` as a *strongly typed* network: the graph's own
-types decide the precision (fp16 or bf16 matmuls, with LayerNorm, softmax and the L2 normalisation cast to
-fp32 in the graph by :func:`export.onnx.keep_fp32`), which is also the only mode TensorRT 11 has. Batch is
+types decide the precision (fp16 or bf16 matmuls and attention, with LayerNorm and the L2 normalisation in
+fp32 in the graph, see :mod:`export.onnx`), which is also the only mode TensorRT 11 has. Batch is
 dynamic (1..``max_batch``), the spatial size static. Every engine carries a sidecar JSON (``<engine>.json``)
 naming the GPU, its compute capability, the TensorRT version, the model, input size, batch range and
 precision; an engine built elsewhere is refused with one line instead of failing deep inside TensorRT.

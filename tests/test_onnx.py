@@ -27,6 +27,26 @@ def exported(featurizer, tmp_path_factory):
     return export_onnx(featurizer, path)
 
 
+def test_torch_path_runs_fused_sdpa_attention(featurizer):
+    """timm's fused attention (``F.scaled_dot_product_attention``) is what runs, not the unfused matmul-softmax."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.name())
+            return func(*args, **(kwargs or {}))
+
+    assert all(block.attn.fused_attn for block in featurizer.model.blocks)
+    with Ops() as ops:
+        featurizer(torch.zeros(1, 98, 126, 3, dtype=torch.uint8))
+    assert any("scaled_dot_product" in name for name in ops.names), sorted(ops.names)
+    assert not any("_softmax" in name for name in ops.names)  # the unfused path's softmax
+
+
 def test_export_passes_the_checker_and_matches_torch(exported, featurizer):
     assert exported.path.is_file() and exported.min_cosine >= 0.9999
     model = onnx.load(exported.path)
@@ -59,12 +79,24 @@ def test_tracking_through_onnx_matches_torch_within_a_tenth_of_a_pixel(exported,
 def test_fp16_variant_and_refusals(featurizer, tmp_path):
     report = export_onnx(featurizer, tmp_path / "fp16.onnx", precision="fp16")
     assert report.min_cosine >= 0.999
-    # LayerNorm and softmax compute in fp32 inside the fp16 graph (what a strongly typed TensorRT build keeps)
+    # LayerNorm and the final L2 norm compute in fp32 inside the fp16 graph (what a strongly typed TensorRT build
+    # keeps); attention's softmax stays fp16 between its two fp16 MatMuls, so TensorRT can fuse attention
     model = onnx.shape_inference.infer_shapes(onnx.load(report.path))
-    types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input)}
-    kept = [n for n in model.graph.node if n.op_type in ("LayerNormalization", "Softmax")]
-    assert len(kept) == 2 * 2 + 1 + 2  # 5 LayerNorms, one softmax per block
-    assert all(types[n.input[0]] == onnx.TensorProto.FLOAT for n in kept)
+    types = {
+        v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input, *model.graph.output)
+    }
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    assert len(norms) == 2 * 2 + 1 and all(types[n.input[0]] == onnx.TensorProto.FLOAT for n in norms)
+    softmax = [n for n in model.graph.node if n.op_type == "Softmax"]
+    assert len(softmax) == 2  # one per block
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for node in softmax:
+        assert types[node.input[0]] == types[node.output[0]] == onnx.TensorProto.FLOAT16
+        assert producer[node.input[0]].op_type != "Cast"  # no cast splitting MatMul -> Softmax -> MatMul
+        assert any(n.op_type == "MatMul" and node.output[0] in n.input for n in model.graph.node)
+    l2 = [n for n in model.graph.node if n.op_type == "ReduceL2"]
+    assert len(l2) == 1 and types[l2[0].input[0]] == onnx.TensorProto.FLOAT
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)  # the rest is fp16
     assert {p.key: p.value for p in model.metadata_props}["precision"] == "fp16"
     assert next(featurizer.model.parameters()).dtype == torch.float32  # the torch model is left as it was
