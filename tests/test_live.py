@@ -249,7 +249,9 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, clip, capsys, argv, mes
 @pytest.mark.skipif(has_gui(), reason="this OpenCV can open windows")
 def test_a_window_without_gui_support_is_a_clear_error(clip, capsys):
     assert track_main(["live", "--camera", str(clip), "--model", "sift"]) == 2
-    assert "run with --headless, or replace it: pip uninstall -y opencv-python-headless" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"run with --headless, or replace it: {sys.executable} -m pip uninstall -y opencv-python-headless" in err
+    assert f"&& {sys.executable} -m pip install opencv-python" in err  # the venv's pip, not the shell's
 
 
 def test_script_reading(tmp_path):

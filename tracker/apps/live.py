@@ -734,9 +734,16 @@ def _apply(session: LiveSession, event: Event, options: RunOptions, say: Callabl
         say(f"ignored: {exc}")
 
 
+def _pip() -> str:
+    """The pip of the Python running this (the venv's, not whatever ``pip`` the shell finds first)."""
+    import shlex
+
+    return f"{shlex.quote(sys.executable)} -m pip"
+
+
 NO_GUI = (
     "this OpenCV has no window support (opencv-python-headless); run with --headless, or replace it: "
-    "pip uninstall -y opencv-python-headless && pip install opencv-python"
+    f"{_pip()} uninstall -y opencv-python-headless && {_pip()} install opencv-python"
 )
 
 
