@@ -6,5 +6,6 @@ their meaning is documented; :mod:`tracker.weights` holds each ViT model's sourc
 """
 
 VIT_MODELS = ("distilldift", "distilldift-ws", "distilldift-s", "dinov2-b", "dinov2-s")
-MODEL_NAMES = ("auto", *VIT_MODELS, "sift")  # what ``--model`` takes
+DINOV3_MODELS = ("dinov3-s", "dinov3-b")  # patch 16, through timm (tracker.dinov3)
+MODEL_NAMES = ("auto", *VIT_MODELS, *DINOV3_MODELS, "sift")  # what ``--model`` takes
 POINT_REFINE_MODES = ("lk", "none")  # ``track --refine``: tracker.tracking.REFINE_MODES; the first is the default

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tracker.choices import MODEL_NAMES, VIT_MODELS  # noqa: F401 - re-exported
+from tracker.choices import DINOV3_MODELS, MODEL_NAMES, VIT_MODELS  # noqa: F401 - re-exported
 from tracker.errors import TrackerError
 from tracker.geometry import GridGeometry
 from tracker.matching import MatchConfig
@@ -183,7 +183,8 @@ class SiftFeaturizer(Featurizer):
 DEFAULT_SIZE = {
     "vit": "434",
     "sift": "240",
-}  # ViT: the paper's 434x434 (31x31); SIFT: short side 240, stride 4
+    "dinov3": "448",
+}  # ViT: the paper's 434x434 (31x31); SIFT: short side 240, stride 4; DINOv3: 448x448 (28x28, patch 16)
 
 
 def default_match_config(name: str, **overrides) -> MatchConfig:
@@ -260,6 +261,13 @@ def create_featurizer(
             raise TrackerError("--weights does not apply to sift (it has no weights)")
         spec = SizeSpec.parse(size or DEFAULT_SIZE["sift"], keep_aspect=keep_aspect or size is None)
         return SiftFeaturizer(spec.resolve(*frame_hw, multiple=SiftFeaturizer.stride)).to(device)
+    if name in DINOV3_MODELS:
+        from tracker.dinov3 import PATCH, load_dinov3
+
+        input_hw = SizeSpec.parse(size or DEFAULT_SIZE["dinov3"], keep_aspect=keep_aspect).resolve(
+            *frame_hw, multiple=PATCH
+        )
+        return ViTFeaturizer(load_dinov3(name, input_hw, weights, **overrides), name, input_hw).to(device)
     model_spec = W.get_spec(name)
     input_hw = SizeSpec.parse(size or DEFAULT_SIZE["vit"], keep_aspect=keep_aspect).resolve(*frame_hw, multiple=14)
     model = W.load_model(model_spec, input_hw, weights, **overrides)

@@ -172,6 +172,23 @@ MODELS: dict[str, ModelSpec] = {
     "dinov2-s": ModelSpec(
         "dinov2-s", "vit_small_patch14_reg4_dinov2", _DINOV2_S, None, "DINOv2 ViT-S/14 with 4 registers"
     ),
+    # DINOv3 (Meta, 2025): gated under Meta's DINOv3 licence on the hub (accept it there and log in); Meta's own
+    # files come by e-mailed links only, so no public location: a local Meta- or timm-format file via --weights.
+    # Loaded by tracker.dinov3.load_dinov3 (timm's Eva with RoPE; Meta keys converted by timm's filter).
+    "dinov3-s": ModelSpec(
+        "dinov3-s",
+        "vit_small_patch16_dinov3",
+        Source("timm/vit_small_patch16_dinov3.lvd1689m", (), "model.safetensors"),
+        None,
+        "DINOv3 ViT-S/16 with 4 registers, LVD-1689M (gated: Meta DINOv3 licence)",
+    ),
+    "dinov3-b": ModelSpec(
+        "dinov3-b",
+        "vit_base_patch16_dinov3",
+        Source("timm/vit_base_patch16_dinov3.lvd1689m", (), "model.safetensors"),
+        None,
+        "DINOv3 ViT-B/16 with 4 registers, LVD-1689M (gated: Meta DINOv3 licence)",
+    ),
 }
 
 
