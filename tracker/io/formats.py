@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -106,6 +107,72 @@ def read_points(path: str | Path) -> Queries:
         TrackerError: missing, not JSON, not matching the schema, empty, or more than ``MAX_POINTS`` points.
     """
     return parse_points(read_json(path, "points file"), f"points file {path}")
+
+
+_NUMBER = r"[-+]?(\d+\.?\d*|\.\d+)"
+_ONE_POINT = rf"\s*{_NUMBER}\s*,\s*{_NUMBER}(\s*,\s*\d+)?\s*"
+_INLINE = re.compile(rf"^{_ONE_POINT}(;{_ONE_POINT})*;?\s*$")
+POINTS_SYNTAX = (
+    'a points JSON file, inline points "x,y;x,y" (pixels of frame 0, e.g. "495,405;560,430"; "x,y,frame" '
+    "for another frame), or --grid N instead"
+)
+
+
+def is_inline_points(value: str) -> bool:
+    """Whether ``value`` is written as inline points (``"495,405;560,430"``, optionally ``x,y,frame``)."""
+    return bool(_INLINE.match(value))
+
+
+def parse_inline_points(value: str, max_points: int = MAX_POINTS) -> Queries:
+    """Inline points ``"x,y;x,y"`` (pixels of frame 0) or ``"x,y,frame;..."``.
+
+    Raises:
+        TrackerError: not that syntax (the error shows it), or more than ``max_points`` points.
+    """
+    if not is_inline_points(value):
+        raise TrackerError(f"--points {value!r} is not inline points; give {POINTS_SYNTAX}")
+    items = [item for item in value.strip().strip(";").split(";") if item.strip()]
+    if len(items) > max_points:
+        raise TrackerError(f"--points gives {len(items)} points; at most {max_points} are tracked in one run")
+    xy, frames = [], []
+    for item in items:
+        parts = [float(v) for v in item.split(",")]
+        xy.append(parts[:2])
+        frames.append(int(parts[2]) if len(parts) == 3 else 0)
+    if max(abs(v) for pair in xy for v in pair) >= 2**31 or max(frames) >= 2**31:
+        raise TrackerError("--points has a coordinate or frame too large")
+    return Queries.create(xy, frames)
+
+
+def points_argument(value: str) -> Queries:
+    """``--points``: a points file when one exists by that name, else inline points.
+
+    Raises:
+        TrackerError: a bad file (see :func:`read_points`), or neither a file nor inline points, in one line
+            that shows the syntax.
+    """
+    path = Path(value)
+    if path.exists() or not is_inline_points(value):
+        if not path.exists():
+            raise TrackerError(f"--points {value}: no such file, nor inline points; give {POINTS_SYNTAX}")
+        return read_points(path)
+    return parse_inline_points(value)
+
+
+def grid_points(n: int, height: int, width: int, frame: int = 0) -> Queries:
+    """An ``n x n`` grid of query points over a ``height x width`` frame (cell centres), as demos start with.
+
+    Raises:
+        TrackerError: ``n`` below 1 or the grid over ``MAX_POINTS`` points.
+    """
+    if n < 1:
+        raise TrackerError(f"--grid N needs N >= 1 (an N x N grid of points), got {n}")
+    if n * n > MAX_POINTS:
+        raise TrackerError(f"--grid {n} is {n * n} points; at most {MAX_POINTS} (--grid {math.isqrt(MAX_POINTS)})")
+    xs = (np.arange(n) + 0.5) * width / n - 0.5
+    ys = (np.arange(n) + 0.5) * height / n - 0.5
+    gx, gy = np.meshgrid(xs, ys)
+    return Queries.create(np.stack([gx.ravel(), gy.ravel()], 1), frame)
 
 
 def points_from_json_text(text: str | bytes, what: str = "points", max_points: int = MAX_POINTS) -> Queries:
