@@ -3,16 +3,21 @@
 An engine is built from the ONNX graph of :mod:`export.onnx` as a *strongly typed* network: the graph's own
 types decide the precision (fp16 or bf16 matmuls and attention, with LayerNorm and the L2 normalisation in
 fp32 in the graph, see :mod:`export.onnx`), which is also the only mode TensorRT 11 has. Batch is
-dynamic (1..``max_batch``), the spatial size static. Every engine carries a sidecar JSON (``<engine>.json``)
+built for the shapes it runs: one optimisation profile per batch shape of
+:func:`tracker.backends.run_sizes` (1, 8, 32 up to ``max_batch``), each tuned for exactly that shape; the spatial
+size is static. Every engine carries a sidecar JSON (``<engine>.json``)
 naming the GPU, its compute capability, the TensorRT version, the model, input size, batch range and
 precision; an engine built elsewhere is refused with one line instead of failing deep inside TensorRT.
 Engines are cached under ``$TRACKER_CACHE/engines`` keyed by all of these plus a digest of the weights, and
-builds reuse a timing cache. An engine whose features fall below cosine 0.999 against torch fp32 on a check
-image is refused and not cached.
+builds reuse a timing cache (one per GPU and TensorRT version). An engine whose features fall below
+:data:`MIN_COSINE` (per precision) against torch fp32 on a check image is refused and not cached.
 
 At run time :class:`TensorRTFeaturizer` resizes frames on the GPU with torch, binds torch CUDA tensors with
-``set_tensor_address`` and runs ``execute_async_v3`` on torch's current stream; each batch size is captured
-once in a CUDA graph and replayed.
+``set_tensor_address`` and runs ``execute_async_v3`` on its own stream, ordered with torch's current one.
+Every batch runs at one of the engine's profile shapes (:func:`tracker.backends.plan_batches`: a tail batch is
+padded, the padding's features dropped), and each shape has its own execution context on its own profile, its
+shape and tensor addresses set once; so the CUDA graph captured for a shape always replays on the state it was
+captured with (one shared context would replay the batch-8 graph after the tail batch re-set its shape).
 """
 
 from __future__ import annotations
@@ -27,11 +32,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from tracker.backends import plan_batches, run_sizes
 from tracker.errors import TrackerError
 from tracker.featurizers import Featurizer, ViTFeaturizer, to_input_size
 from tracker.io.atomic import atomic_write
 
-MIN_COSINE = 0.999
+# Lowest per-cell cosine against torch fp32 an engine may have. bf16 keeps 8 mantissa bits against fp16's 11 (8x
+# the rounding error per op); a cell whose features carry a relative error e has cosine about 1 - e^2 / 2, so
+# the 0.999 that fp16 meets (e ~ 4%) is the edge of what bf16 reaches after 12 blocks: bf16 gets 0.995 (e ~ 10%).
+# Random-weight test models are no guide (their bf16 cosine is 0.99999); real weights on a GPU must confirm it.
+MIN_COSINE = {"fp32": 0.999, "fp16": 0.999, "bf16": 0.995}
 PLATFORM_FIELDS = ("gpu", "compute_capability", "tensorrt")
 
 
@@ -45,7 +55,9 @@ class EngineMeta:
         stride: input pixels per grid cell.
         channels: feature channels.
         precision: ``fp32``, ``fp16`` or ``bf16``.
-        max_batch: the largest batch the optimisation profile allows (smallest: 1).
+        max_batch: the largest batch the engine runs at once (larger batches are split).
+        profiles: the batch shape of each optimisation profile, in profile order (empty: an engine from before
+            profiles per shape, one profile 1..``max_batch``).
         weights: sha256 over the weights' tensors (the cache key's model part).
         gpu: CUDA device name the engine was built on.
         compute_capability: e.g. ``"9.0"``.
@@ -63,6 +75,7 @@ class EngineMeta:
     gpu: str
     compute_capability: str
     tensorrt: str
+    profiles: tuple[int, ...] = ()
     min_cosine: float = float("nan")
 
     def key(self) -> str:
@@ -76,6 +89,7 @@ class EngineMeta:
         try:
             raw = json.loads(sidecar.read_text())
             raw["input_hw"] = tuple(raw["input_hw"])
+            raw["profiles"] = tuple(raw.get("profiles", ()))
             return cls(**raw)
         except FileNotFoundError:
             raise TrackerError(
@@ -125,11 +139,32 @@ def weights_digest(featurizer: ViTFeaturizer) -> str:
     return digest.hexdigest()
 
 
+def tensorrt_package(cuda: str | None = None) -> str:
+    """The TensorRT wheel for this torch's CUDA: ``tensorrt-cu12`` for CUDA 12.x, ``tensorrt-cu13`` for 13.x.
+
+    The bare ``tensorrt`` metapackage resolves to the newest CUDA major, which a torch built for another one (and
+    an older driver) cannot load next to it.
+    """
+    cuda = cuda if cuda is not None else torch.version.cuda
+    major = (cuda or "").split(".")[0]
+    return f"tensorrt-cu{major}" if major.isdigit() else "tensorrt-cu13"
+
+
+def timing_cache_name(platform: dict[str, str]) -> str:
+    """Timing-cache file name for one GPU model, compute capability and TensorRT version (kernel timings of one
+    GPU or TensorRT version are noise, or refused, on another)."""
+    gpu = "".join(c if c.isalnum() else "-" for c in platform["gpu"]).strip("-").lower()
+    return f"timing-{gpu}-sm{platform['compute_capability']}-trt{platform['tensorrt']}.cache"
+
+
 def _trt():
     try:
         import tensorrt as trt
     except ImportError:
-        raise TrackerError("the tensorrt backend needs TensorRT 10 or 11: pip install '.[trt]'") from None
+        raise TrackerError(
+            f"the tensorrt backend needs TensorRT 10 or 11: pip install {tensorrt_package()} (matching torch's "
+            f"CUDA {torch.version.cuda})"
+        ) from None
     if not torch.cuda.is_available():
         raise TrackerError("the tensorrt backend needs a CUDA GPU; none is visible to torch")
     return trt
@@ -144,7 +179,6 @@ def build_engine(
     engine_path: str | Path,
     meta: EngineMeta,
     *,
-    opt_batch: int = 1,
     workspace_gib: float = 4.0,
     timing_cache: str | Path | None = None,
 ) -> Path:
@@ -153,8 +187,8 @@ def build_engine(
     Args:
         onnx_path: graph with input ``frames`` ``[B, H, W, 3]`` and output ``features``.
         engine_path: where the engine goes.
-        meta: what the engine is (input size, batch range, precision, platform...).
-        opt_batch: the batch TensorRT tunes for.
+        meta: what the engine is (input size, batch shapes, precision, platform...); one optimisation
+            profile per ``meta.profiles`` shape (min = opt = max: each tuned for exactly the shape it runs).
         workspace_gib: builder workspace limit.
         timing_cache: file read before and updated after the build (kernel timings reused across builds).
 
@@ -173,10 +207,10 @@ def build_engine(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     h, w = meta.input_hw
-    profile = builder.create_optimization_profile()
-    opt = max(1, min(opt_batch, meta.max_batch))
-    profile.set_shape("frames", (1, h, w, 3), (opt, h, w, 3), (meta.max_batch, h, w, 3))
-    config.add_optimization_profile(profile)
+    for b in meta.profiles or run_sizes(meta.max_batch):
+        profile = builder.create_optimization_profile()
+        profile.set_shape("frames", (b, h, w, 3), (b, h, w, 3), (b, h, w, 3))
+        config.add_optimization_profile(profile)
     cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else b""
     cache = config.create_timing_cache(cache_bytes)
     config.set_timing_cache(cache, ignore_mismatch=True)
@@ -198,7 +232,10 @@ class TensorRTFeaturizer(Featurizer):
         engine: a deserialised ``ICudaEngine``.
         meta: its description.
         device: the CUDA device.
-        cuda_graphs: capture each batch size's ``execute_async_v3`` in a CUDA graph and replay it.
+        cuda_graphs: capture each batch shape's ``execute_async_v3`` in a CUDA graph and replay it.
+
+    Attributes:
+        sizes: the batch shapes it runs (each profile's); any batch is split and padded to them.
     """
 
     def __init__(self, engine, meta: EngineMeta, device: torch.device | str = "cuda", cuda_graphs: bool = True):
@@ -210,11 +247,15 @@ class TensorRTFeaturizer(Featurizer):
         self.stride = meta.stride
         self.precision = meta.precision
         self._device = torch.device(device)
-        self.context = engine.create_execution_context()
         self.cuda_graphs = cuda_graphs
+        self._profile = _profile_shapes(engine)  # batch shape -> profile index
+        self.sizes = tuple(sorted(self._profile))
+        self._contexts: dict[int, object] = {}
         self._buffers: dict[int, tuple[Tensor, Tensor]] = {}
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self._stream = torch.cuda.Stream(self._device)
+        self.graph_error: str | None = None  # why capturing failed (then every shape runs eagerly)
+        with torch.cuda.device(self._device):
+            self._stream = torch.cuda.Stream(self._device)
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cuda", cuda_graphs: bool = True):
@@ -224,9 +265,11 @@ class TensorRTFeaturizer(Featurizer):
             raise TrackerError(f"engine file not found: {path}")
         meta = EngineMeta.read(path)
         trt = _trt()
+        device = torch.device(device)
         check_platform(meta, current_platform(device), path)
-        runtime = trt.Runtime(_logger(trt))
-        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        with torch.cuda.device(device):  # cuda:N: the engine's memory on that GPU, not on the current one
+            runtime = trt.Runtime(_logger(trt))
+            engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
             raise TrackerError(f"TensorRT cannot deserialize {path} (corrupt, or built by another version)")
         return cls(engine, meta, device, cuda_graphs)
@@ -239,38 +282,52 @@ class TensorRTFeaturizer(Featurizer):
         if batch not in self._buffers:
             h, w = self.input_hw
             gh, gw = self.grid_hw
-            x = torch.empty(batch, h, w, 3, device=self._device)
+            x = torch.zeros(batch, h, w, 3, device=self._device)  # zeros: padding rows are finite
             out = torch.empty(batch, self.meta.channels, gh, gw, device=self._device)
             self._buffers[batch] = (x, out)
         return self._buffers[batch]
 
+    def _context(self, batch: int, stream: torch.cuda.Stream):
+        """The execution context of shape ``batch``: on its own profile, shape and addresses set once."""
+        if batch not in self._contexts:
+            context = self.engine.create_execution_context()
+            if context is None:
+                raise TrackerError("TensorRT could not create an execution context (GPU memory?)")
+            if self.engine.num_optimization_profiles > 1:
+                context.set_optimization_profile_async(self._profile[batch], stream.cuda_stream)
+            x, out = self._io(batch)
+            context.set_input_shape("frames", tuple(x.shape))
+            context.set_tensor_address("frames", x.data_ptr())
+            context.set_tensor_address("features", out.data_ptr())
+            self._contexts[batch] = context
+        return self._contexts[batch]
+
     def _enqueue(self, batch: int, stream: torch.cuda.Stream) -> None:
-        x, out = self._io(batch)
-        self.context.set_input_shape("frames", tuple(x.shape))
-        self.context.set_tensor_address("frames", x.data_ptr())
-        self.context.set_tensor_address("features", out.data_ptr())
-        if not self.context.execute_async_v3(stream.cuda_stream):
+        if not self._context(batch, stream).execute_async_v3(stream.cuda_stream):
             raise TrackerError("TensorRT execute_async_v3 failed")
 
     @torch.inference_mode()
     def forward(self, frames: Tensor) -> Tensor:
-        batch = frames.shape[0]
-        if batch > self.meta.max_batch:
-            return torch.cat([self(chunk) for chunk in frames.split(self.meta.max_batch)])
-        y = to_input_size(frames, self._device, self.input_hw)
-        x, out = self._io(batch)
-        x.copy_(y.permute(0, 2, 3, 1))
-        stream = self._stream
-        stream.wait_stream(torch.cuda.current_stream(self._device))
-        with torch.cuda.stream(stream):
-            if batch in self._graphs:
-                self._graphs[batch].replay()
-            else:
-                self._enqueue(batch, stream)  # first run of this shape: also initialises TensorRT's state
-                if self.cuda_graphs:
-                    self._capture(batch, stream)
-        torch.cuda.current_stream(self._device).wait_stream(stream)
-        return out.clone()
+        with torch.cuda.device(self._device):
+            y = to_input_size(frames, self._device, self.input_hw).permute(0, 2, 3, 1)
+            current = torch.cuda.current_stream(self._device)
+            stream = self._stream
+            outs, start = [], 0
+            for size, real in plan_batches(y.shape[0], self.sizes):
+                x, out = self._io(size)
+                x[:real].copy_(y[start : start + real])
+                stream.wait_stream(current)
+                with torch.cuda.stream(stream):
+                    if size in self._graphs:
+                        self._graphs[size].replay()
+                    else:
+                        self._enqueue(size, stream)  # first run of this shape: also initialises TensorRT's state
+                        if self.cuda_graphs:
+                            self._capture(size, stream)
+                current.wait_stream(stream)
+                outs.append(out[:real].clone())
+                start += real
+            return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _capture(self, batch: int, stream: torch.cuda.Stream) -> None:
         stream.synchronize()
@@ -278,10 +335,22 @@ class TensorRTFeaturizer(Featurizer):
         try:
             with torch.cuda.graph(graph, stream=stream):
                 self._enqueue(batch, stream)
-        except RuntimeError:
-            self.cuda_graphs = False  # this TensorRT/driver cannot capture the engine: run it eagerly
+        except Exception as exc:  # noqa: BLE001 - this TensorRT/driver cannot capture the engine: run it eagerly
+            self.cuda_graphs = False
+            self.graph_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            stream.synchronize()
             return
         self._graphs[batch] = graph
+
+
+def _profile_shapes(engine) -> dict[int, int]:
+    """``{batch shape: profile index}``: each profile's optimum batch (an engine of one profile 1..N from
+    before profiles per shape runs at its optimum shape only; rebuild it for its larger shapes)."""
+    shapes: dict[int, int] = {}
+    for i in range(engine.num_optimization_profiles):
+        _, opt, _ = engine.get_tensor_profile_shape("frames", i)
+        shapes.setdefault(int(opt[0]), i)
+    return shapes
 
 
 def engine_for(
@@ -307,8 +376,8 @@ def engine_for(
         the running featurizer and where its engine is (``"cached <path>"`` or ``"built <path>"``).
 
     Raises:
-        TrackerError: TensorRT or a GPU missing, the build failing, or the engine's features below cosine
-            0.999 against torch fp32 on the check image.
+        TrackerError: TensorRT or a GPU missing, the build failing, or the engine's features below
+            :data:`MIN_COSINE` against torch fp32 on the check image.
     """
     from export.onnx import check_images, cosine_per_cell, export_onnx
 
@@ -325,6 +394,7 @@ def engine_for(
         precision=precision,
         max_batch=max_batch,
         weights=weights_digest(featurizer),
+        profiles=run_sizes(max_batch),
         **platform,
     )
     folder = Path(cache) if cache else default_engine_dir()
@@ -335,7 +405,7 @@ def engine_for(
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = Path(tmp) / "features.onnx"
             export_onnx(featurizer, onnx_path, precision=precision)
-            build_engine(onnx_path, engine_path, meta, timing_cache=folder / "timing.cache")
+            build_engine(onnx_path, engine_path, meta, timing_cache=folder / timing_cache_name(platform))
         where = f"built {engine_path}"
     trt_featurizer = TensorRTFeaturizer.load(engine_path, device)
     check = check_images(featurizer.input_hw)
@@ -344,12 +414,12 @@ def engine_for(
         got = trt_featurizer(check).float().cpu().numpy()
     featurizer.cpu()  # the torch copy is not needed on the GPU any more
     cosine = float(cosine_per_cell(got, want).min())
-    if not cosine >= MIN_COSINE:
+    if not cosine >= MIN_COSINE[precision]:
         engine_path.unlink(missing_ok=True)
         engine_path.with_name(engine_path.name + ".json").unlink(missing_ok=True)
         raise TrackerError(
-            f"TensorRT {precision} engine refused: features at min cosine {cosine:.5f} < {MIN_COSINE} against "
-            "torch fp32 on the check image; try --precision fp32"
+            f"TensorRT {precision} engine refused: features at min cosine {cosine:.5f} < {MIN_COSINE[precision]} "
+            "against torch fp32 on the check image; try --precision fp32"
         )
     meta = EngineMeta(**{**asdict(meta), "min_cosine": cosine})
     meta.write(engine_path)

@@ -204,3 +204,52 @@ def test_compiled_torch_path_gives_the_eager_features():
     compiled = featurizer(frames())
     featurizer._tokens = featurizer.model.forward_features  # back to eager
     assert torch.allclose(compiled, featurizer(frames()), atol=1e-5)
+
+
+# --------------------------------------------------------------------------- fixed batch shapes (tail batch padded)
+
+
+def test_batches_are_planned_at_the_fixed_shapes_only():
+    from tracker.backends import plan_batches, run_sizes
+
+    assert run_sizes(32) == (1, 8, 32) and run_sizes(8) == (1, 8) and run_sizes(2) == (1, 2) and run_sizes(1) == (1,)
+    sizes = (1, 8, 32)
+    assert plan_batches(8, sizes) == [(8, 8)]
+    assert plan_batches(3, sizes) == [(8, 3)]  # the tail batch is padded, not run at a new shape
+    assert plan_batches(1, sizes) == [(1, 1)]
+    assert plan_batches(40, sizes) == [(32, 32), (8, 8)]
+    assert plan_batches(70, sizes) == [(32, 32), (32, 32), (8, 6)]
+    assert plan_batches(0, sizes) == []
+    for n in range(1, 80):
+        plan = plan_batches(n, sizes)
+        assert sum(real for _, real in plan) == n and all(size in sizes and real <= size for size, real in plan)
+    with pytest.raises(TrackerError, match="at least 1"):
+        run_sizes(0)
+
+
+def test_padded_tail_batches_give_the_unpadded_features_and_tracks():
+    """An 11-frame video in batches of 8: the tail batch of 3 runs padded to 8, and nothing changes."""
+    from tracker import PointTracker, Queries, create_featurizer, default_match_config
+    from tracker.backends import PaddedBatches
+
+    torch.manual_seed(0)
+    featurizer = create_featurizer("distilldift", (98, 126), size="126x98", weights="random", **TINY)
+    video = moving_objects(num_frames=11, size=(98, 126))
+    x = torch.from_numpy(video.frames)
+    rng = np.random.default_rng(0)
+    queries = Queries.create(np.stack([rng.uniform(5, 120, 12), rng.uniform(5, 90, 12)], 1))
+    config = default_match_config("distilldift")
+    want_features = featurizer(x)
+    want = [r.xy for r in PointTracker(featurizer, config, refine="none").track(video.frames, queries, batch_size=8)]
+    padded = PaddedBatches(featurizer.model.forward_features, (1, 8))
+    featurizer._tokens = padded
+    got_features = featurizer(x)  # 11 frames: 8 + 3 padded to 8
+    assert padded.shapes == {8}
+    assert torch.allclose(got_features, want_features, atol=1e-5)
+    padded.shapes.clear()
+    got = [r.xy for r in PointTracker(featurizer, config, refine="none").track(video.frames, queries, batch_size=8)]
+    assert padded.shapes == {8}  # the tail batch did not meet the model at a new shape
+    assert len(got) == 11 and all(
+        torch.allclose(a, b, atol=1e-4, equal_nan=True) for a, b in zip(got, want, strict=True)
+    )
+    assert featurizer(x[:1]).shape[0] == 1 and padded.shapes == {1, 8}

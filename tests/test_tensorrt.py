@@ -82,3 +82,23 @@ def test_export_and_track_through_the_command_line(tmp_path):
     assert main([*common, "--backend", "tensorrt", "--engine", engine, "--out-tracks", e]) == 0
     a, b = read_tracks(t), read_tracks(e)
     assert np.median(np.abs(a["x"] - b["x"])) < 0.5 and np.median(np.abs(a["y"] - b["y"])) < 0.5
+
+
+def test_cuda_graphs_replay_the_right_shape_after_a_tail_batch(featurizer, tmp_path):
+    """Batches 8, 3, 8: each shape its own context and graph; graphs give what eager TensorRT gives."""
+    engine, _ = engine_for(featurizer, precision="fp32", max_batch=8, cache=tmp_path)
+    path = next(tmp_path.glob("*.engine"))
+    eager = TensorRTFeaturizer.load(path, cuda_graphs=False)
+    assert engine.sizes == (1, 8) and engine.engine.num_optimization_profiles == 2
+    frames = torch.from_numpy(moving_objects(num_frames=8, size=(240, 320)).frames)
+    batches = [frames, frames[2:5], frames.flip(0)]
+    got = [engine(b).cpu() for b in batches]
+    want = [eager(b).cpu() for b in batches]
+    assert engine.graph_error is None and set(engine._graphs) == {8}  # the 3 ran padded to 8: no new capture
+    assert len(engine._contexts) == 1
+    for a, b in zip(got, want, strict=True):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
+    assert torch.allclose(got[1], got[0][2:5], atol=1e-4) and torch.allclose(got[2], got[0].flip(0), atol=1e-4)
+    one = engine(frames[:1]).cpu()
+    assert set(engine._graphs) == {1, 8} and len(engine._contexts) == 2
+    assert torch.allclose(one, want[0][:1], atol=1e-4) and torch.allclose(engine(frames).cpu(), want[0], atol=1e-4)

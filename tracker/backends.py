@@ -22,6 +22,60 @@ from tracker.featurizers import VIT_MODELS, Featurizer, ViTFeaturizer, create_fe
 
 BACKENDS = ("auto", "torch", "onnx", "tensorrt")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+BATCH_SIZES = (1, 8, 32)  # the batch shapes fixed-shape backends run: `track`'s 1 (init) and 8, the bench's 32
+
+
+def run_sizes(max_batch: int, sizes: tuple[int, ...] = BATCH_SIZES) -> tuple[int, ...]:
+    """The batch shapes a fixed-shape backend allowing up to ``max_batch`` frames runs: ``sizes`` up to it, and it."""
+    if max_batch < 1:
+        raise TrackerError(f"the largest batch must be at least 1, got {max_batch}")
+    return tuple(sorted({b for b in sizes if b <= max_batch} | {max_batch}))
+
+
+def plan_batches(n: int, sizes: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Split ``n`` frames into runs at the shapes ``sizes`` only: ``[(shape, frames), ...]`` in order.
+
+    Full runs of the largest shape first; the rest (a tail batch) runs at the smallest shape that holds it,
+    padded. A compiled or captured featurizer then never meets a new shape inside a timed run (no recompile,
+    no new CUDA-graph capture), whatever the video's length.
+    """
+    largest = max(sizes)
+    plan = [(largest, largest)] * (n // largest)
+    rest = n - largest * len(plan)
+    if rest:
+        plan.append((min(b for b in sizes if b >= rest), rest))
+    return plan
+
+
+class PaddedBatches:
+    """``fn`` (a batch in, a batch out along dim 0) called at the shapes ``sizes`` only.
+
+    Each call's batch is split by :func:`plan_batches`; a short run is padded with copies of its last item and
+    the padding's outputs are dropped. Items of a batch are independent (a ViT in eval mode), so the results
+    equal ``fn`` on the batch as given. Outputs of several runs are cloned before the next run (a CUDA-graph
+    replay reuses its output buffer).
+
+    Attributes:
+        shapes: every batch shape ``fn`` was called with (tests read it).
+    """
+
+    def __init__(self, fn, sizes: tuple[int, ...] = BATCH_SIZES):
+        self.fn = fn
+        self.sizes = tuple(sorted(set(sizes)))
+        self.shapes: set[int] = set()
+
+    def __call__(self, x: Tensor) -> Tensor:
+        plan = plan_batches(x.shape[0], self.sizes)
+        outs, start = [], 0
+        for size, real in plan:
+            chunk = x[start : start + real]
+            if real < size:
+                chunk = torch.cat([chunk, chunk[-1:].expand(size - real, *chunk.shape[1:])])
+            self.shapes.add(size)
+            out = self.fn(chunk)[:real]
+            outs.append(out.clone() if len(plan) > 1 else out)
+            start += real
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 @dataclass(frozen=True)
@@ -35,6 +89,8 @@ class BackendOptions:
         onnx: ONNX file written by ``track export onnx`` (the onnx backend's graph).
         engine: TensorRT engine written by ``track export tensorrt``; without it the tensorrt backend builds
             (or takes from the engine cache) an engine for the model.
+        batch_sizes: the only batch shapes the compiled torch path runs (others are split and padded to them:
+            :class:`PaddedBatches`); a TensorRT engine has one optimisation profile per shape.
     """
 
     backend: str = "auto"
@@ -42,6 +98,7 @@ class BackendOptions:
     compile: bool = False
     onnx: str | None = None
     engine: str | None = None
+    batch_sizes: tuple[int, ...] = BATCH_SIZES
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -168,6 +225,7 @@ def build_featurizer(
         featurizer.set_precision(PRECISIONS[precision])
         if options.compile:
             featurizer.compile()
+            featurizer._tokens = PaddedBatches(featurizer._tokens, options.batch_sizes)  # no recompile on a tail
     elif precision != "fp32" or options.compile:
         raise TrackerError(f"{model} runs in fp32 eager only (--precision/--compile apply to ViT models)")
     note = f" (auto: {'; '.join(passed_over)})" if backend == "auto" and passed_over else ""
