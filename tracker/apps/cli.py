@@ -51,6 +51,7 @@ SUBCOMMANDS = {
     "live": "tracker.apps.live",
     "serve": "tracker.apps.serve",
     "distill": "tracker.distill.cli",
+    "batch": "tracker.apps.batch",
 }
 # Of those, the ones whose parser lives in tracker.apps.parsers (light) and whose module has ``run_command(args)``.
 APP_PARSERS = {"live": "live_parser", "serve": "serve_parser"}
@@ -70,11 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="track",
         description="Track query points through a video with DistillDIFT (or DINOv2 / dense SIFT) features.",
-        epilog="Other commands: `track weights|eval|export|bench|live|serve|distill ...` (each has --help).",
+        epilog="Other commands: `track weights|eval|export|bench|live|serve|distill|batch ...` (each has --help).",
     )
     p.add_argument("video", nargs="?", help="video file, or a DAVIS-style folder of JPEG frames")
     what = p.add_argument_group("what to carry through the video (one of)")
-    what.add_argument("--points", help="points JSON (schema: tracker/schemas/points.schema.json)")
+    what.add_argument(
+        "--points",
+        help='points JSON (schema: tracker/schemas/points.schema.json), or inline "x,y;x,y" (pixels of frame 0, '
+        'e.g. "495,405;560,430"; "x,y,frame" for another frame)',
+    )
+    what.add_argument("--grid", type=int, metavar="N", help="an N x N grid of points over the first frame")
     what.add_argument("--mask", help="first-frame object mask: binary or palette PNG (ids 1..K)")
     what.add_argument(
         "--davis-root",
@@ -93,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-tracks", help="tracks file: .json, .csv or .npz (default: <video>_tracks.json)")
     p.add_argument("--out-video", help="overlay video .mp4 (default: <video>_overlay.mp4)")
     p.add_argument("--no-video", action="store_true", help="do not write the overlay video")
+    p.add_argument(
+        "--legend", action="store_true", help="overlay: a legend (frame i/N, point numbers or labels, tracked/lost)"
+    )
     p.add_argument("--model", default="auto", help=f"one of {', '.join(MODEL_NAMES)} (default: auto)")
     p.add_argument(
         "--weights",
@@ -254,7 +263,7 @@ def track_command(args: argparse.Namespace) -> int:
 
     from tracker.featurizers import MODEL_NAMES
     from tracker.io.drawing import TrackOverlay
-    from tracker.io.formats import TRACK_SUFFIXES, TrackLog, read_points, write_tracks
+    from tracker.io.formats import TRACK_SUFFIXES, TrackLog, grid_points, points_argument, write_tracks
     from tracker.io.video import AtomicVideoWriter, open_video
     from tracker.tracking import PointTracker
 
@@ -264,6 +273,7 @@ def track_command(args: argparse.Namespace) -> int:
         raise TrackerError(f"unknown model {args.model!r}; choose from: {', '.join(MODEL_NAMES)}")
     given = {
         "--points": args.points,
+        "--grid": args.grid is not None,
         "--mask": args.mask,
         "--davis-root": args.davis_root,
         "--colormap": args.colormap,
@@ -274,10 +284,10 @@ def track_command(args: argparse.Namespace) -> int:
         raise TrackerError(f"give exactly one of {', '.join(given)} (got {', '.join(modes) or 'none'})")
     if modes[0] != "--davis-root" and not args.video:
         raise TrackerError("the VIDEO argument is required (a video file or a folder of frames)")
-    if modes[0] != "--points":
+    if modes[0] not in ("--points", "--grid"):
         return dense_command(args, modes[0])
     device = _pick_device(args.device)
-    queries = read_points(args.points)
+    queries = points_argument(args.points) if args.points else grid_points(args.grid, 1, 1)  # grid: sized below
     stem = Path(args.video.rstrip("/")).name.rsplit(".", 1)[0]
     out_tracks = Path(args.out_tracks or f"{stem}_tracks.json")
     out_video = None if args.no_video else Path(args.out_video or f"{stem}_overlay.mp4")
@@ -296,6 +306,8 @@ def track_command(args: argparse.Namespace) -> int:
     video = open_video(args.video)
     _warn(video.warnings)
     info = video.info
+    if args.grid is not None:
+        queries = grid_points(args.grid, info.height, info.width)
     last_query = int(queries.frame.max())
     if last_query >= info.num_frames:
         raise TrackerError(f"a point is on frame {last_query}, but {args.video} has {info.num_frames} frames")
@@ -305,7 +317,7 @@ def track_command(args: argparse.Namespace) -> int:
     _announce(args, backend)
 
     log = TrackLog(queries)
-    overlay = TrackOverlay()
+    overlay = TrackOverlay(legend=args.legend, labels=queries.labels, num_frames=info.num_frames)
     writer = AtomicVideoWriter(out_video, info.fps, (info.width, info.height)) if out_video else None
     meta = {
         "video": str(args.video),
@@ -358,9 +370,19 @@ def track_command(args: argparse.Namespace) -> int:
         writer,
         written,
         what,
-        f"{model} on {device}, {backend.split(' (auto:')[0]}, {100 * visible:.0f}% visible",
+        f"{_how(model, device, backend)}, {100 * visible:.0f}% visible",
         failures,
     )
+
+
+def _how(model: str, device: str, backend: str) -> str:
+    """What ran, naming the device once: ``sift, torch fp32 on cpu`` (the backend may already say where)."""
+    backend = backend.split(" (auto:")[0]
+    return f"{model}, {backend}" if " on " in backend else f"{model} on {device}, {backend}"
+
+
+# Said once per run when the weight-free model runs (explicitly or because --model auto fell back).
+FALLBACK = "weight-free fallback: expect drift; `track weights download distilldift` for the semantic model"
 
 
 def _warn(warnings: list[str]) -> None:
@@ -404,6 +426,12 @@ def _featurizer_for(args: argparse.Namespace, info, device: str):
     from tracker.backends import BackendOptions, build_featurizer
     from tracker.featurizers import resolve_model
 
+    cache = getattr(args, "featurizer_cache", None)  # `track batch`: a worker builds each featurizer once
+    key = (args.model, args.weights, args.size, args.keep_aspect, args.backend, args.precision, args.compile)
+    key += (args.onnx, args.engine, device, info.height, info.width)
+    if cache is not None and key in cache:
+        model, featurizer, how = cache[key]
+        return (model, featurizer, how, *_settings(args, model))
     options = BackendOptions(
         backend=args.backend, precision=args.precision, compile=args.compile, onnx=args.onnx, engine=args.engine
     )
@@ -413,7 +441,9 @@ def _featurizer_for(args: argparse.Namespace, info, device: str):
         model, warning = resolve_model(args.model, args.weights)
         match, prop = _settings(args, model)
         if warning:
-            print(f"track: warning: {warning}", file=sys.stderr)
+            print(f"track: warning: {warning}; {FALLBACK}", file=sys.stderr)
+        elif model == "sift":
+            print(f"track: note: sift is the {FALLBACK}", file=sys.stderr)
     featurizer, how = build_featurizer(
         model,
         (info.height, info.width),
@@ -426,6 +456,8 @@ def _featurizer_for(args: argparse.Namespace, info, device: str):
     if from_file:
         model = featurizer.name
         match, prop = _settings(args, model)
+    if cache is not None:
+        cache[key] = (model, featurizer, how)
     return model, featurizer, how, match, prop
 
 
@@ -439,7 +471,7 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
     """Masks (``--mask`` / ``--davis-root``), ``--colormap`` or ``--edit`` carried through a video."""
 
     from tracker.eval.evaluation import davis_sequence, given_masks
-    from tracker.io.drawing import draw_masks
+    from tracker.io.drawing import draw_masks, shade_rejected
     from tracker.io.formats import fit_mask, read_mask, write_mask
     from tracker.io.video import AtomicVideoWriter, open_video
     from tracker.propagation import (
@@ -510,11 +542,13 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
             raise TrackerError(f"--out-masks {out_masks}: cannot create the folder ({exc.strerror})") from None
     writer = AtomicVideoWriter(out_video, info.fps, (info.width, info.height)) if out_video else None
     frames = _tee(video, True)
+    kept: list[float] = []  # per frame: object pixels kept (masks), share of the frame composited (colormap, edit)
     if mode in ("--mask", "--davis-root"):
         results = MaskPropagator(featurizer, prop_config).propagate(frames, given, args.batch)
 
         def handle(result) -> None:
             frame = frames.pop(result.frame_index)
+            kept.append(result.kept)
             if out_masks is not None:
                 path = out_masks / f"{result.frame_index:05d}.png"
                 try:
@@ -528,7 +562,9 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
         render = composite_edit if mode == "--edit" else render_colormap
 
         def handle(corr) -> None:
-            writer.write(render(frames.pop(corr.frame_index), overlay_image, corr))
+            kept.append(corr.kept)
+            drawn = render(frames.pop(corr.frame_index), overlay_image, corr)
+            writer.write(shade_rejected(drawn, corr.valid) if mode == "--colormap" else drawn)
 
     done, status, error, elapsed = _drive(results, handle, video, writer, args.no_progress)
     _warn(video.warnings[len(warned) :])
@@ -540,9 +576,23 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
         done,
         writer,
         written,
-        f"{mode.strip('-')} through {done} frames",
-        f"{model} on {device}, {backend.split(' (auto:')[0]}",
+        f"{mode.strip('-')} through {done} frames{_coverage(mode, kept)}",
+        _how(model, device, backend),
     )
+
+
+def _coverage(mode: str, kept: list[float]) -> str:
+    """How much the run kept: ``, kept 87% of the object (last frame 80%)`` or the share of the frame composited."""
+    import math
+
+    kept = [k for k in kept if math.isfinite(k)]
+    if not kept:
+        return ""
+    mean, last = 100 * sum(kept) / len(kept), 100 * kept[-1]
+    if mode in ("--mask", "--davis-root"):
+        return f", kept {mean:.0f}% of the object (last frame {last:.0f}%)"
+    shaded = "; rejected pixels shaded" if mode == "--colormap" else ""
+    return f", composited on {mean:.0f}% of the frame (last frame {last:.0f}%{shaded})"
 
 
 def _drive(results, handle, video, writer, quiet: bool) -> tuple[int, str, TrackerError | None, float]:
