@@ -172,3 +172,104 @@ def forward_backward_ok(
     """
     back = match(sample_descriptors(features, uv), query_features, config)
     return (back.uv - query_uv).norm(dim=1) <= config.fb_tolerance
+
+
+# --------------------------------------------------------------------------- a whole batch of frames, on the device
+
+
+@dataclass(frozen=True)
+class BatchMatch:
+    """N points matched in each of B frames, all on the features' device.
+
+    Attributes:
+        uv: ``[B, N, 2]`` grid coordinates (cell centres at integers) in each frame.
+        score: ``[B, N]`` cosine similarity at the match.
+        fb_ok: ``[B, N]`` bool: the descriptor found there matches back within ``fb_tolerance`` cells of the
+            point's query position in its query frame.
+        visible: ``[B, N]`` bool: ``score >= min_score`` and ``fb_ok``.
+        descriptors: ``[N, C]`` descriptors after the batch (changed only with ``config.update > 0``).
+    """
+
+    uv: Tensor
+    score: Tensor
+    fb_ok: Tensor
+    visible: Tensor
+    descriptors: Tensor
+
+
+def match_batch(
+    features: Tensor,
+    descriptors: Tensor,
+    config: MatchConfig,
+    query_features: Tensor,
+    query_index: Tensor,
+    query_uv: Tensor,
+    *,
+    prior_uv: Tensor | None = None,
+    query_descriptors: Tensor | None = None,
+) -> BatchMatch:
+    """Match N unit descriptors in a batch of B grids, with the forward-backward check, without a host sync.
+
+    The same results as :func:`match` and :func:`forward_backward_ok` frame after frame, but every operation
+    is a device op over the whole batch: no ``.item()``, ``.tolist()``, ``bool()`` of a tensor, no boolean
+    indexing (``nonzero``), no tensor built from Python data (``new_tensor``); the caller copies the results to
+    the host once per batch. Global matching (``search_radius`` None, or no prior) scores all B frames in one
+    matmul; local search and descriptor updates follow the frames in order (each frame's prior or
+    descriptors come from the one before), still on the device.
+
+    Args:
+        features: ``[B, C, h, w]`` unit grids of consecutive frames.
+        descriptors: ``[N, C]`` unit descriptors of the points (all started before the batch).
+        config: matcher settings (window, temperature, search radius, update, min score, FB tolerance).
+        query_features: ``[Q, C, h, w]`` the grids of the points' query frames.
+        query_index: ``[N]`` long, each point's query frame as an index into ``query_features``.
+        query_uv: ``[N, 2]`` each point's position in its query grid.
+        prior_uv: ``[N, 2]`` estimates in the frame before the batch (the local search's motion prior).
+        query_descriptors: ``[N, C]`` the descriptors sampled on the query frames (for ``config.update``;
+            default ``descriptors``).
+
+    Returns:
+        :class:`BatchMatch` of ``[B, N]`` results. Memory: ``B * N * Q * h * w`` similarities for the
+        backward check (Q query frames; one in the usual case).
+    """
+    b, c, h, w = features.shape
+    n = descriptors.shape[0]
+    local = prior_uv is not None and config.search_radius is not None
+    if local or config.update > 0:
+        query_descriptors = descriptors if query_descriptors is None else query_descriptors
+        uvs, scores = [], []
+        for i in range(b):  # each frame's prior and descriptors come from the frame before
+            found = match(descriptors, features[i], config, prior_uv=prior_uv)
+            uvs.append(found.uv)
+            scores.append(found.score)
+            if config.update > 0:
+                current = _sample(features[i : i + 1], found.uv[None])[0]
+                updated = F.normalize((1 - config.update) * query_descriptors + config.update * current, dim=1)
+                descriptors = torch.where((found.score >= config.min_score)[:, None], updated, descriptors)
+            prior_uv = found.uv
+        uv, score = torch.stack(uvs), torch.stack(scores)
+    else:
+        sim = torch.einsum("nc,bcp->bnp", descriptors, features.reshape(b, c, h * w)).reshape(b * n, h, w)
+        flat_uv, peak = window_soft_argmax(sim, config.window_radius, config.temperature)
+        uv, score = flat_uv.view(b, n, 2), peak.view(b, n)
+    back = _sample(features, uv)  # [B, N, C] the descriptors found
+    q = query_features.shape[0]
+    sim_back = torch.einsum("bnc,qcp->bnqp", back, query_features.reshape(q, c, h * w))
+    index = query_index.view(1, n, 1, 1).expand(b, n, 1, h * w)
+    sim_back = sim_back.gather(2, index).reshape(b * n, h, w)  # each point against its own query grid
+    back_uv, _ = window_soft_argmax(sim_back, config.window_radius, config.temperature)
+    fb_ok = (back_uv.view(b, n, 2) - query_uv[None]).norm(dim=2) <= config.fb_tolerance
+    return BatchMatch(
+        uv=uv, score=score, fb_ok=fb_ok, visible=fb_ok & (score >= config.min_score), descriptors=descriptors
+    )
+
+
+def _sample(features: Tensor, uv: Tensor) -> Tensor:
+    """:func:`sample_descriptors` for a batch: ``[B, C, h, w]`` grids at ``[B, N, 2]`` positions -> ``[B, N, C]``
+    unit descriptors (the grid scale in Python numbers: no tensor made from host data)."""
+    _, _, h, w = features.shape
+    grid = torch.stack([(2.0 / w) * (uv[..., 0] + 0.5) - 1.0, (2.0 / h) * (uv[..., 1] + 0.5) - 1.0], -1)
+    sampled = F.grid_sample(
+        features, grid[:, None].to(features.dtype), mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return F.normalize(sampled[:, :, 0].transpose(1, 2), dim=2)
