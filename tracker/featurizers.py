@@ -7,11 +7,13 @@ Every featurizer is a pure ``frames -> features`` function with a fixed input si
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tracker.choices import DINOV3_MODELS, MODEL_NAMES, VIT_MODELS  # noqa: F401 - re-exported
+from tracker.choices import DIFFUSION_MODELS, DINOV3_MODELS, MODEL_NAMES, VIT_MODELS  # noqa: F401 - re-exported
 from tracker.errors import TrackerError
 from tracker.geometry import GridGeometry
 from tracker.matching import MatchConfig
@@ -132,50 +134,125 @@ class ViTFeaturizer(Featurizer):
 
 
 class SiftFeaturizer(Featurizer):
-    """Weight-free dense RootSIFT (kornia's ``DenseSIFTDescriptor``), batched and on any device.
+    """Weight-free dense RootSIFT, batched and on any device.
 
-    One 128-d descriptor (4x4 spatial bins of ``bin_size`` pixels, 8 orientations, fixed orientation:
-    tracking wants translation, not rotation invariance) per ``stride x stride`` block of the resized grey
-    frame. kornia centres output ``j`` at input ``x = j * stride - padding + 5.5`` (4 bins of 4 pixels);
-    ``padding = 4`` puts it at ``stride * (j + 0.5) - 0.5`` for ``stride = 4``, the project's grid convention.
-    (OpenCV's SIFT ``compute`` on a dense keypoint grid gave the same kind of descriptor at 40x the cost.)
+    One 128-d descriptor (4x4 spatial bins of 4 pixels, 8 orientations, fixed orientation: tracking wants
+    translation, not rotation invariance) per ``stride x stride`` block of the resized grey frame. The output is
+    that of kornia's ``DenseSIFTDescriptor(num_ang_bins=8, num_spatial_bins=4, spatial_bin_size=4,
+    rootsift=True, stride=4, padding=4)`` (the seed's featurizer; equal to it to 1e-6, see
+    ``tests/test_featurizers_sift.py``), computed in a way that costs a tenth on a CPU:
+
+    1. central-difference gradients (replicated border), magnitude and orientation, each pixel voting into its
+       two nearest of 8 orientation bins (kornia's soft binning);
+    2. kornia pools each orientation map with a 4x4 triangular kernel at every pixel, then reads those maps at
+       stride 4 only (its pooling conv has dilation 4, stride 4, padding 4). With stride = kernel size every pixel
+       feeds exactly one of the read samples, so the votes, weighted by the triangular kernel at their place in
+       their 4x4 block, are added straight into a ``[8, h + 3, w + 3]`` map of the samples (one ``index_add_``);
+    3. the descriptor of output ``(i, j)`` is the 4x4 window of samples at ``(i..i+3, j..j+3)`` (a strided view,
+       copied once into ``[128, h, w]``, channel ``angle * 16 + row * 4 + col`` as kornia's);
+    4. L2 normalisation (the norm from a 4x4 box sum of the samples' squared sums), clipping at 0.2, then
+       RootSIFT and the final L2 normalisation folded into one ``sqrt(c * q + e)`` per vector (the second L2
+       normalisation cancels in RootSIFT's L1 normalisation).
+
+    Output ``j`` is centred at input ``x = j * stride - padding + 5.5``: ``stride * (j + 0.5) - 0.5`` for
+    ``stride = padding = 4``, the project's grid convention. (OpenCV's SIFT ``compute`` on a dense keypoint
+    grid gave the same kind of descriptor at 40x kornia's cost.)
 
     Args:
         input_hw: ``(height, width)`` the frame is resized to; multiples of ``stride``.
     """
 
     stride = 4
+    eps = 1e-10  # kornia's guard in the gradient magnitude and RootSIFT
+    clip = 0.2
 
     def __init__(self, input_hw: tuple[int, int]):
         super().__init__()
-        from kornia.feature import DenseSIFTDescriptor
-
         self.name = "sift"
         self.input_hw = input_hw
-        self.sift = DenseSIFTDescriptor(
-            num_ang_bins=8,
-            num_spatial_bins=4,
-            spatial_bin_size=4,
-            rootsift=True,
-            stride=self.stride,
-            padding=4,
-        )
-        self.register_buffer("luma", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1) / 255, persistent=False)
+        luma = torch.tensor([0.299, 0.587, 0.114]) / 255
+        self.register_buffer("luma", luma.view(1, 3, 1, 1), persistent=False)
+        # uint8 -> weighted channel table: cv2.LUT + a channel sum give the same floats as the torch product sum
+        self._luma_lut = (torch.arange(256.0)[:, None] * luma).numpy().reshape(256, 1, 3)
+        self._tables: dict = {}
 
     @property
     def device(self) -> torch.device:
         return self.luma.device
 
+    def _gray(self, frames: Tensor) -> Tensor:
+        """``[B, H, W, 3]`` uint8 RGB -> ``[B, 1, H, W]`` float32 luma in 0..1 on the featurizer's device."""
+        if self.device.type == "cpu" and frames.device.type == "cpu" and frames.dtype == torch.uint8:
+            import cv2
+            import numpy as np
+
+            pixels = frames.contiguous().numpy()
+            gray = np.empty(pixels.shape[:3], np.float32)
+            ones = np.ones((1, 3), np.float32)
+            for i, frame in enumerate(pixels):  # a fifth of the torch expression's time; OpenCV frees the GIL
+                gray[i] = cv2.transform(cv2.LUT(frame, self._luma_lut), ones)
+            return torch.from_numpy(gray)[:, None]
+        if frames.device.type == "cpu" and self.device.type == "cuda":
+            frames = frames.pin_memory()
+        x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        return (x * self.luma).sum(1, keepdim=True)
+
+    def _layout(self, height: int, width: int) -> tuple[int, int, Tensor, Tensor]:
+        """Output grid ``(h, w)``, each input pixel's sample index and triangular weight (cached per size)."""
+        key = (height, width, self.device)
+        if key not in self._tables:
+            h, w = (height - 4) // 4 + 1, (width - 4) // 4 + 1
+            tri = torch.tensor([0.5, 1.5, 1.5, 0.5]) / 2  # kornia's 4x4 pooling kernel is its outer product
+            # sample m reads pooled row 4m - 4, which sums input rows 4m - 6 .. 4m - 3
+            rows, cols = torch.arange(height) + 6, torch.arange(width) + 6
+            cell = (rows // 4)[:, None] * (w + 3) + (cols // 4)[None, :]
+            weight = tri[rows % 4][:, None] * tri[cols % 4][None, :]
+            self._tables[key] = (h, w, cell.flatten().int().to(self.device), weight.to(self.device))
+        return self._tables[key]
+
+    def describe(self, gray: Tensor) -> Tensor:
+        """``[B, 1, H, W]`` float grey -> ``[B, 128, h, w]`` unit RootSIFT descriptors (kornia's values)."""
+        b, _, height, width = gray.shape
+        h, w, cell, weight = self._layout(height, width)
+        eps = self.eps
+        p = F.pad(gray, (1, 1, 1, 1), mode="replicate")[:, 0]
+        gx = (p[:, 1:-1, 2:] - p[:, 1:-1, :-2]) * 0.5
+        gy = (p[:, 2:, 1:-1] - p[:, :-2, 1:-1]) * 0.5
+        sq = gx * gx + gy * gy
+        nonzero = sq > 0
+        mag = torch.where(nonzero, torch.sqrt(sq + eps), torch.zeros_like(sq)) * weight
+        ori = torch.where(nonzero, torch.atan2(gy, gx + eps) + 2.0 * math.pi, torch.full_like(sq, 2.0 * math.pi))
+        o_big = 8.0 * ori / (2.0 * math.pi)
+        bin0 = torch.floor(o_big)
+        w1 = o_big - bin0
+        w0 = (1.0 - w1) * mag
+        w1 = w1 * mag
+        bin0 = bin0.int() & 7
+        bin1 = (bin0 + 1) & 7
+        plane = (h + 3) * (w + 3)
+        base = (torch.arange(b, dtype=torch.int32, device=gray.device) * (8 * plane))[:, None] + cell
+        samples = sq.new_zeros(b * 8 * plane)
+        samples.index_add_(0, (bin0.view(b, -1) * plane + base).flatten(), w0.flatten())
+        samples.index_add_(0, (bin1.view(b, -1) * plane + base).flatten(), w1.flatten())
+        samples = samples.view(b, 8, h + 3, w + 3)
+        norm = F.avg_pool2d((samples * samples).sum(1, keepdim=True), 4, stride=1).mul_(16).sqrt_()  # [B, 1, h, w]
+        s = samples.stride()
+        windows = samples.as_strided((b, 8, 4, 4, h, w), (s[0], s[1], s[2], 1, s[2], 1)).reshape(b, 128, h, w)
+        clipped = (windows / norm.clamp_min_(1e-12)).clamp_(0, self.clip)
+        # RootSIFT sqrt(c / max(|c|_1, 1e-12) + eps), then / its L2 norm, whose square is |c|_1 / L + 128 eps
+        total = clipped.sum(1, keepdim=True)
+        l1 = total.clamp_min(1e-12)
+        square = total / l1 + 128 * eps
+        return torch.addcmul(eps / square, clipped, 1.0 / (l1 * square)).sqrt_()
+
     @torch.inference_mode()
     def forward(self, frames: Tensor) -> Tensor:
-        x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        gray = (x * self.luma).sum(1, keepdim=True)
+        gray = self._gray(frames)
         if tuple(gray.shape[-2:]) != self.input_hw:
             gray = F.interpolate(gray, size=self.input_hw, mode="bilinear", align_corners=False, antialias=True)
-        desc = self.sift(gray)
-        h, w = self.grid_hw
-        assert desc.shape[-2:] == (h, w), (desc.shape, (h, w))
-        return F.normalize(desc.float(), dim=1)
+        desc = self.describe(gray)
+        assert desc.shape[-2:] == self.grid_hw, (desc.shape, self.grid_hw)
+        return desc
 
 
 # --------------------------------------------------------------------------- construction
@@ -184,7 +261,10 @@ DEFAULT_SIZE = {
     "vit": "434",
     "sift": "240",
     "dinov3": "448",
-}  # ViT: the paper's 434x434 (31x31); SIFT: short side 240, stride 4; DINOv3: 448x448 (28x28, patch 16)
+    "dift": "768",
+    "dhf": "512",
+}  # ViT: the paper's 434x434 (31x31); SIFT: short side 240, stride 4; DINOv3: 448x448 (28x28, patch 16);
+# DIFT: the authors' 768x768 (48x48, stride 16); DHF: their 512x512 (64x64, stride 8)
 
 
 def default_match_config(name: str, **overrides) -> MatchConfig:
@@ -261,6 +341,12 @@ def create_featurizer(
             raise TrackerError("--weights does not apply to sift (it has no weights)")
         spec = SizeSpec.parse(size or DEFAULT_SIZE["sift"], keep_aspect=keep_aspect or size is None)
         return SiftFeaturizer(spec.resolve(*frame_hw, multiple=SiftFeaturizer.stride)).to(device)
+    if name in DIFFUSION_MODELS:
+        from tracker.diffusion_features import create_diffusion_featurizer
+
+        key = "dift" if name == "dift" else "dhf"
+        input_hw = SizeSpec.parse(size or DEFAULT_SIZE[key], keep_aspect=keep_aspect).resolve(*frame_hw, multiple=64)
+        return create_diffusion_featurizer(name, input_hw, weights, device, **overrides)
     if name in DINOV3_MODELS:
         from tracker.dinov3 import PATCH, load_dinov3
 
