@@ -148,6 +148,7 @@ def export_onnx(
     opset: int = 17,
     min_cosine: float | None = None,
     check_frames: Tensor | None = None,
+    verify: bool = True,
 ) -> ExportReport:
     """Export, check and write a featurizer as ONNX.
 
@@ -161,6 +162,8 @@ def export_onnx(
         min_cosine: refuse the export below this per-cell cosine against torch fp32 (default 0.9999 for
             fp32, 0.999 otherwise).
         check_frames: ``[B, H_in, W_in, 3]`` float frames to compare on (default: 2 seeded random frames).
+        verify: compare with torch in ONNX Runtime; False for a graph that a later stage checks (the TensorRT
+            build compares its engine with torch), so TensorRT works without onnxruntime installed.
 
     Raises:
         TrackerError: opset too low, or the exported graph fails the checker or the comparison.
@@ -173,7 +176,7 @@ def export_onnx(
     with _precision(featurizer, precision):
         graph = _Graph(featurizer).eval()
         spec = _Spec(graph, (check_frames[:1],), ["frames"], ["features"], {"frames": {0: "batch"}})
-        return _export(spec, featurizer, path, precision, opset, min_cosine, inputs)
+        return _export(spec, featurizer, path, precision, opset, min_cosine, inputs, verify=verify)
 
 
 def export_step_onnx(
@@ -246,9 +249,10 @@ class _precision:
         self.featurizer.set_precision(torch.float32).to(self.device)
 
 
-def _export(spec, featurizer, path, precision, opset, min_cosine, inputs, step: MatchConfig | None = None):
+def _export(
+    spec, featurizer, path, precision, opset, min_cosine, inputs, step: MatchConfig | None = None, verify: bool = True
+):
     import onnx
-    import onnxruntime as ort
 
     if opset < 17:
         raise TrackerError("opset must be >= 17 (LayerNormalization as one node)")
@@ -288,7 +292,11 @@ def _export(spec, featurizer, path, precision, opset, min_cosine, inputs, step: 
         onnx.save(model, tmp)
         if precision == "bf16":
             cosine, provider = float("nan"), "none (bf16: ONNX Runtime cannot run it; the TensorRT build checks it)"
+        elif not verify:
+            cosine, provider = float("nan"), "none (checked by the TensorRT build)"
         else:
+            import onnxruntime as ort
+
             providers = [
                 p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()
             ]

@@ -404,7 +404,8 @@ def engine_for(
     if not engine_path.is_file():
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = Path(tmp) / "features.onnx"
-            export_onnx(featurizer, onnx_path, precision=precision)
+            # without onnxruntime the graph is checked through the engine (below), not in ONNX Runtime
+            export_onnx(featurizer, onnx_path, precision=precision, verify=_has("onnxruntime"))
             build_engine(onnx_path, engine_path, meta, timing_cache=folder / timing_cache_name(platform))
         where = f"built {engine_path}"
     trt_featurizer = TensorRTFeaturizer.load(engine_path, device)
@@ -429,6 +430,12 @@ def engine_for(
         atomic_write(out, engine_path.read_bytes())
         meta.write(out)
     return trt_featurizer, where
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def default_engine_dir() -> Path:

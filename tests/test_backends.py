@@ -253,3 +253,116 @@ def test_padded_tail_batches_give_the_unpadded_features_and_tracks():
         torch.allclose(a, b, atol=1e-4, equal_nan=True) for a, b in zip(got, want, strict=True)
     )
     assert featurizer(x[:1]).shape[0] == 1 and padded.shapes == {1, 8}
+
+
+# --------------------------------------------------------------------------- auto falls back on any failure
+
+
+@pytest.mark.parametrize(
+    "error, reason",
+    [
+        (ImportError("No module named 'onnx'"), "tensorrt: ImportError: No module named 'onnx'"),
+        (RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be ..."), "RuntimeError: CUDA error: out"),
+        (TrackerError("TensorRT failed to build an engine"), "tensorrt: TensorRT failed to build an engine"),
+        (AttributeError("'NoneType' object has no attribute 'create_execution_context'"), "AttributeError: 'None"),
+    ],
+)
+def test_auto_falls_back_to_torch_with_one_line_on_any_tensorrt_failure(monkeypatch, error, reason):
+    import export.tensorrt
+    import tracker.backends as B
+
+    monkeypatch.setattr(B, "available_backends", lambda device: {"torch": "", "onnx": "", "tensorrt": ""})
+
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(export.tensorrt, "engine_for", failing)
+    featurizer, how = build_featurizer("distilldift", (98, 126), size="126x98", weights="random", **TINY)
+    assert how.startswith("torch fp32 on cpu (auto: ") and reason in how and "\n" not in how
+    assert featurizer(frames()).shape == (2, 48, 7, 9)
+    with pytest.raises(TrackerError, match="^--backend tensorrt: ") as info:  # explicit: an error line, no crash
+        build_featurizer(
+            "distilldift", (98, 126), BackendOptions(backend="tensorrt"), size="126x98", weights="random", **TINY
+        )
+    assert "\n" not in str(info.value)
+
+
+def test_auto_falls_back_when_probing_tensorrt_itself_fails(monkeypatch):
+    import tracker.backends as B
+
+    def broken(device):
+        raise OSError("libnvinfer.so.10: cannot open shared object file")
+
+    monkeypatch.setattr(B, "available_backends", broken)
+    _, how = build_featurizer("distilldift", (98, 126), size="126x98", weights="random", **TINY)
+    assert "tensorrt: OSError: libnvinfer.so.10: cannot open shared object file" in how
+
+
+def test_tensorrt_needs_onnx_and_names_the_wheel_for_torchs_cuda(monkeypatch):
+    import importlib.util
+
+    import tracker.backends as B
+    from export.tensorrt import tensorrt_package
+
+    assert tensorrt_package("12.8") == "tensorrt-cu12" and tensorrt_package("13.0") == "tensorrt-cu13"
+    assert tensorrt_package(None) == "tensorrt-cu13"  # a CPU build of torch: the current CUDA
+    real = importlib.util.find_spec
+    monkeypatch.setattr(B.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(B.importlib.util, "find_spec", lambda name: None if name == "tensorrt" else real(name))
+    assert "pip install tensorrt-cu" in B.available_backends("cuda")["tensorrt"]
+    fake = {"tensorrt": object(), "onnx": None}
+    monkeypatch.setattr(B.importlib.util, "find_spec", lambda name: fake[name] if name in fake else real(name))
+    assert B.available_backends("cuda")["tensorrt"].startswith("onnx is not installed")
+
+
+# --------------------------------------------------------------------------- ONNX Runtime on a GPU (faked)
+
+
+class FakeSession:
+    """Stands in for ``onnxruntime.InferenceSession``: records its arguments and runs a real CPU session, which
+    reports the CPU provider only (what ONNX Runtime does when its CUDA libraries fail to load)."""
+
+    made: list = []
+    real = None
+
+    def __init__(self, path, providers=None, provider_options=None):
+        FakeSession.made.append((providers, provider_options))
+        self.session = FakeSession.real(path, providers=["CPUExecutionProvider"])
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def test_onnx_runtime_on_a_gpu_gets_device_caches_profiles_and_its_fallback_is_caught(monkeypatch, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from export.onnx import export_onnx
+    from tracker import create_featurizer
+    from tracker.backends import OnnxFeaturizer
+
+    torch.manual_seed(0)
+    featurizer = create_featurizer("distilldift", (98, 126), size="126x98", weights="random", **TINY)
+    path = tmp_path / "f.onnx"
+    export_onnx(featurizer, path)
+    providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: providers)
+    FakeSession.real = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", FakeSession)
+    FakeSession.made.clear()
+    # the CUDA libraries failed to load: ONNX Runtime runs on the CPU only; we say so instead of binding CUDA memory
+    with pytest.raises(TrackerError, match="fell back to CPUExecutionProvider on cuda:1") as info:
+        OnnxFeaturizer(path, device="cuda:1", cache_dir=tmp_path / "ort")
+    assert "\n" not in str(info.value)
+    chosen, options = FakeSession.made[-1]
+    assert chosen == providers
+    trt, cuda, cpu = options
+    assert cuda == {"device_id": "1"} and cpu == {}
+    assert trt["device_id"] == "1" and trt["trt_engine_cache_enable"] == "True"
+    assert trt["trt_engine_cache_path"] == str(tmp_path / "ort") and (tmp_path / "ort").is_dir()
+    assert trt["trt_profile_min_shapes"] == "frames:1x98x126x3"
+    assert trt["trt_profile_opt_shapes"] == "frames:8x98x126x3"
+    assert trt["trt_profile_max_shapes"] == "frames:32x98x126x3"
+    FakeSession.made.clear()
+    cpu_featurizer = OnnxFeaturizer(path, device="cpu")  # the CPU: no GPU options; a CPU session is what was asked
+    assert (
+        FakeSession.made[-1] == (["CPUExecutionProvider"], None) and cpu_featurizer.provider == "CPUExecutionProvider"
+    )

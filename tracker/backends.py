@@ -142,10 +142,22 @@ def available_backends(device: str | torch.device) -> dict[str, str]:
     elif not torch.cuda.is_available():
         status["tensorrt"] = "no CUDA GPU is available to torch"
     elif importlib.util.find_spec("tensorrt") is None:
-        status["tensorrt"] = "tensorrt is not installed (pip install '.[trt]')"
+        from export.tensorrt import tensorrt_package
+
+        status["tensorrt"] = f"tensorrt is not installed (pip install {tensorrt_package()})"
+    elif importlib.util.find_spec("onnx") is None:
+        status["tensorrt"] = "onnx is not installed (engines are built from an ONNX export: pip install '.[export]')"
     else:
         status["tensorrt"] = ""
     return status
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: a :class:`TrackerError`'s message, else its type and first line."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, TrackerError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def default_precision(model: str, device: str | torch.device) -> str:
@@ -195,21 +207,24 @@ def build_featurizer(
     precision = options.precision or default_precision(model, device)
     passed_over = []
     if backend in ("auto", "tensorrt") and model in VIT_MODELS:
-        reason = available_backends(device)["tensorrt"]
+        try:
+            reason = available_backends(device)["tensorrt"]
+        except Exception as exc:  # noqa: BLE001 - a broken install is a reason, not a crash
+            reason = one_line(exc)
         if not reason:
-            from export.tensorrt import engine_for
-
-            torch_featurizer = create_featurizer(
+            torch_featurizer = create_featurizer(  # weights and sizes: the user's errors, raised as they are
                 model, frame_hw, size=size, keep_aspect=keep_aspect, weights=weights, **overrides
             )
             try:
-                featurizer, where = engine_for(torch_featurizer, precision=precision, device=device)
+                from export.tensorrt import engine_for
+
+                featurizer, where = engine_for(
+                    torch_featurizer, precision=precision, device=device, max_batch=max(options.batch_sizes)
+                )
                 return featurizer, f"tensorrt {precision} ({where})"
-            except TrackerError as exc:
-                if backend == "tensorrt":
-                    raise
-                reason = str(exc)
-        elif backend == "tensorrt":
+            except Exception as exc:  # noqa: BLE001 - any failure of the faster backend: say why, fall back
+                reason = one_line(exc)
+        if backend == "tensorrt":
             raise TrackerError(f"--backend tensorrt: {reason}")
         passed_over.append(f"tensorrt: {reason}")
     elif backend == "tensorrt":
@@ -244,14 +259,29 @@ class OnnxFeaturizer(Featurizer):
     CUDA, input and output are bound to torch CUDA tensors (IO binding): nothing returns to the host
     between the featurizer and the matcher.
 
+    On a GPU the providers get the device's index (``cuda:N``), the TensorRT provider an engine and timing cache
+    (``cache_dir``, default ``<engine cache>/ort``) and a profile of the batch shapes used (min 1, opt 8, max 32),
+    so it neither rebuilds per shape nor per run; and the session's providers are checked after it is created:
+    ONNX Runtime silently drops to the CPU when the CUDA libraries fail to load, after which binding CUDA memory
+    fails far from the cause.
+
     Args:
         path: ``.onnx`` file written by ``export.onnx.export_onnx`` (its metadata gives model, size, stride).
         providers: ONNX Runtime execution providers in order of preference; default: TensorRT, CUDA, CPU,
             whichever are available (only CPU when ``device`` is the CPU).
         device: where frames are resized and features are returned.
+        cache_dir: the TensorRT provider's engine and timing cache folder.
+        batch_sizes: the batch shapes the TensorRT provider's profile covers (min, most used, max).
     """
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        path: str | Path,
+        providers: list[str] | None = None,
+        device: str | torch.device = "cpu",
+        cache_dir: str | Path | None = None,
+        batch_sizes: tuple[int, ...] = BATCH_SIZES,
+    ):
         super().__init__()
         try:
             import onnxruntime as ort
@@ -267,12 +297,22 @@ class OnnxFeaturizer(Featurizer):
             if self._device.type == "cuda":
                 providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", *providers]
         chosen = [p for p in providers if p in available]
-        if self._device.type == "cuda" and "CUDAExecutionProvider" not in chosen:
+        cuda = self._device.type == "cuda"
+        if cuda and "CUDAExecutionProvider" not in chosen:
             raise TrackerError("the onnx backend on CUDA needs onnxruntime-gpu (its CUDA provider is missing)")
+        options = (
+            provider_options(chosen, self._device, _graph_input_hw(path), cache_dir, batch_sizes) if cuda else None
+        )
         try:
-            self.session = ort.InferenceSession(str(path), providers=chosen)
+            self.session = ort.InferenceSession(str(path), providers=chosen, provider_options=options)
         except Exception as exc:
-            raise TrackerError(f"cannot load {path} in ONNX Runtime: {type(exc).__name__}") from None
+            raise TrackerError(f"cannot load {path} in ONNX Runtime: {one_line(exc)}") from None
+        running = self.session.get_providers()
+        if cuda and "CUDAExecutionProvider" not in running and "TensorrtExecutionProvider" not in running:
+            raise TrackerError(
+                f"ONNX Runtime fell back to {', '.join(running)} on {self._device}: its CUDA libraries did not load "
+                "(onnxruntime-gpu needs the CUDA and cuDNN versions it was built for)"
+            )
         meta = self.session.get_modelmeta().custom_metadata_map
         if "input_hw" not in meta:
             raise TrackerError(f"{path} was not written by `track export onnx` (no input size in its metadata)")
@@ -309,3 +349,54 @@ class OnnxFeaturizer(Featurizer):
             torch.cuda.current_stream(self._device).synchronize()  # x is written before ORT reads it
         self.session.run_with_iobinding(binding)
         return out
+
+
+def provider_options(
+    providers: list[str],
+    device: torch.device,
+    input_hw: tuple[int, int] | None,
+    cache_dir: str | Path | None = None,
+    batch_sizes: tuple[int, ...] = BATCH_SIZES,
+) -> list[dict[str, str]]:
+    """ONNX Runtime provider options, one dict per provider: the GPU's index for the CUDA and TensorRT
+    providers; for TensorRT an engine and timing cache and a profile of the batch shapes (when the graph's input
+    size is known), so it builds once, for the shapes that run."""
+    index = str(device.index or 0)
+    out = []
+    for name in providers:
+        if name == "CUDAExecutionProvider":
+            out.append({"device_id": index})
+        elif name == "TensorrtExecutionProvider":
+            from tracker import weights as W
+
+            folder = Path(cache_dir) if cache_dir else W.cache_dir() / "engines" / "ort"
+            folder.mkdir(parents=True, exist_ok=True)
+            options = {
+                "device_id": index,
+                "trt_engine_cache_enable": "True",
+                "trt_engine_cache_path": str(folder),
+                "trt_timing_cache_enable": "True",
+                "trt_timing_cache_path": str(folder),
+            }
+            if input_hw:
+                h, w = input_hw
+                sizes = sorted(batch_sizes)
+                opt = 8 if 8 in sizes else sizes[len(sizes) // 2]
+                for key, b in (("min", sizes[0]), ("opt", opt), ("max", sizes[-1])):
+                    options[f"trt_profile_{key}_shapes"] = f"frames:{b}x{h}x{w}x3"
+            out.append(options)
+        else:
+            out.append({})
+    return out
+
+
+def _graph_input_hw(path: Path) -> tuple[int, int] | None:
+    """The input size recorded in an exported graph's metadata (read without its weights), or None."""
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        meta = {p.key: p.value for p in model.metadata_props}
+        return tuple(json.loads(meta["input_hw"])) if "input_hw" in meta else None
+    except Exception:  # noqa: BLE001 - no onnx, or not a graph: the session says what is wrong
+        return None
