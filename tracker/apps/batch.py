@@ -258,7 +258,7 @@ def read_manifest(path: Path) -> tuple[list[Entry], list[str]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise TrackerError(f"cannot read manifest {path}: {getattr(exc, 'strerror', None) or exc}") from None
     rows: list[tuple[int, object]] = []
-    errors: list[str] = []
+    errors: list[tuple[int, str]] = []
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text))
         if not reader.fieldnames or "video" not in reader.fieldnames:
@@ -266,7 +266,7 @@ def read_manifest(path: Path) -> tuple[list[Entry], list[str]]:
         for row in reader:
             line = reader.line_num
             if None in row:
-                errors.append(f"{path} line {line}: more cells than columns")
+                errors.append((line, f"{path} line {line}: more cells than columns"))
                 continue
             cells = {k: v.strip() for k, v in row.items() if v is not None and v.strip()}
             if not cells:
@@ -283,7 +283,7 @@ def read_manifest(path: Path) -> tuple[list[Entry], list[str]]:
             try:
                 rows.append((line, loads_json(raw, "line")))
             except TrackerError as exc:
-                errors.append(f"{path} line {line}: {exc}")
+                errors.append((line, f"{path} line {line}: {exc}"))
     validator = jsonschema.Draft202012Validator(manifest_schema())
     base = path.parent
     entries = []
@@ -292,7 +292,7 @@ def read_manifest(path: Path) -> tuple[list[Entry], list[str]]:
         problem = next(iter(sorted(validator.iter_errors(record), key=lambda e: list(e.path))), None)
         if problem is not None:
             at = "/".join(str(p) for p in problem.absolute_path)
-            errors.append(f"{where}: {f'{at}: ' if at else ''}{problem.message}")
+            errors.append((line, f"{where}: {f'{at}: ' if at else ''}{problem.message}"))
             continue
 
         def resolve(value: str | None) -> str | None:
@@ -308,11 +308,17 @@ def read_manifest(path: Path) -> tuple[list[Entry], list[str]]:
             if value is not None and not is_url(value) and not os.path.exists(value)
         ]
         if missing:
-            errors.append(f"{where}: {'; '.join(missing)}")
+            errors.append((line, f"{where}: {'; '.join(missing)}"))
+            continue
+        options = _options_argv(record.get("options", {}))
+        try:
+            track_args(options, f"{where}: ")
+        except TrackerError as exc:
+            errors.append((line, str(exc)))
             continue
         name = record.get("name") or _name_of(record["video"])
-        entries.append(Entry(name, video, points, mask, _options_argv(record.get("options", {})), where))
-    return entries, errors
+        entries.append(Entry(name, video, points, mask, options, where))
+    return entries, [message for _, message in sorted(errors)]
 
 
 def attach_queries(entries: list[Entry], args: argparse.Namespace) -> list[str]:
@@ -559,6 +565,7 @@ def run_command(args: argparse.Namespace, common: list[str]) -> int:
     results_path = _prepare_out(out)
     previous = read_results(results_path)
     order = [job.name for job in jobs]
+    order += [name for name in previous if name not in set(order)]  # videos of earlier runs keep their lines
     records = {name: previous[name] for name in order if name in previous}
     todo, skipped = [], 0
     for job in jobs:

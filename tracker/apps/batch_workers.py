@@ -302,6 +302,11 @@ class RayEngine:
             num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_restarts=retries, max_task_retries=retries
         )(VideoWorker)
         self.actors = [self._new_actor() for _ in range(self.workers)]
+        try:  # started (and able to import the tracker: a cluster's nodes need it installed) before any video
+            self.names = ray.get([actor.ready.remote() for actor in self.actors])
+        except Exception as exc:
+            self.close()
+            raise TrackerError(f"Ray workers cannot start: {_first_line(str(exc))}") from None
         self.lost = 0
 
     def _new_actor(self):
@@ -331,6 +336,7 @@ class RayEngine:
             except RayActorError:  # the actor is gone for good (ray.kill, its node lost, restarts used up)
                 self.lost += 1
                 self.actors[slot] = self._new_actor()
+                self.names[slot] = None
                 if attempts[job.name] > self.retries:
                     record = failed_record(job, f"worker lost {attempts[job.name]} times (killed, or its node gone)")
                 else:

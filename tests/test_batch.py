@@ -1,0 +1,193 @@
+"""``track batch``: a folder of 5 generated clips (one corrupt) through the local engine and a local Ray.
+
+The good clips' tracks must equal those of ``track`` run on each clip alone; the corrupt one fails with its
+reason and the others go on; a rerun skips the finished clips, a changed setting redoes them; a Ray actor
+killed mid-run (``ray.kill``) still ends with every good clip done; a manifest with a missing file and a bad
+line is refused with one error per line. Clips are tiny (8 frames of 64x80, sift at 64 px) for speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tracker.apps import batch
+from tracker.apps.cli import main as track_main
+from tracker.io.formats import read_tracks
+from tracker.synthetic import moving_objects, write_video
+
+REPO = Path(__file__).resolve().parents[1]
+GOOD = ["clip0", "clip1", "clip2", "clip3"]
+OPTIONS = ["--model", "sift", "--size", "64", "--batch", "4"]
+FIELDS = ("x", "y", "visible", "score")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    """``videos/`` (4 clips and a corrupt one), ``points/`` by name, and ``reference/``: ``track`` on each alone."""
+    root = tmp_path_factory.mktemp("batch")
+    (root / "videos").mkdir()
+    (root / "points").mkdir()
+    (root / "reference").mkdir()
+    for i, name in enumerate(GOOD):
+        clip = moving_objects(num_frames=8, size=(64, 80), seed=i)
+        write_video(str(root / "videos" / f"{name}.mp4"), clip.frames)
+        (root / "points" / f"{name}.json").write_text(json.dumps({"points": [[24, 22], [30, 30], [60 - i, 50]]}))
+    (root / "videos" / "broken.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    (root / "points" / "broken.json").write_text("[[10, 10]]")
+    for name in GOOD:
+        out = root / "reference" / f"{name}.json"
+        argv = [str(root / "videos" / f"{name}.mp4"), "--points", str(root / "points" / f"{name}.json")]
+        assert track_main([*argv, *OPTIONS, "--out-tracks", str(out), "--no-video", "--no-progress"]) == 0
+    return root
+
+
+def run_batch(clips: Path, out: Path, *extra: str, inputs: str = "videos") -> tuple[int, dict[str, dict]]:
+    argv = ["batch", str(clips / inputs), "--points-dir", str(clips / "points"), "--out", str(out), "--quiet"]
+    code = track_main([*argv, *OPTIONS, *extra])
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    return code, {r["name"]: r for r in map(json.loads, lines)}
+
+
+def assert_good_tracks(clips: Path, records: dict[str, dict]) -> None:
+    for name in GOOD:
+        record = records[name]
+        assert record["status"] == "ok" and record["frames"] == 8 and record["error"] is None, record
+        ours, theirs = read_tracks(record["outputs"]["tracks"]), read_tracks(clips / "reference" / f"{name}.json")
+        for key in FIELDS:
+            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=f"{name} {key}")
+    broken = records["broken"]
+    assert broken["status"] == "failed" and "cannot decode" in broken["error"] and "broken.mp4" in broken["error"]
+    assert "\n" not in broken["error"] and broken["outputs"] == {}
+
+
+def test_local_engine_tracks_as_track_does_skips_on_rerun_and_redoes_changed_settings(clips, tmp_path):
+    out = tmp_path / "results"
+    code, records = run_batch(clips, out, "--workers", "2")
+    assert code == batch.EXIT_FAILED  # one video failed
+    assert list(records) == ["broken", *GOOD]  # input order
+    assert_good_tracks(clips, records)
+    assert all(r["fps"] > 0 and r["duration_s"] > 0 and r["attempts"] == 1 for n, r in records.items() if n in GOOD)
+    stamps = {n: os.stat(records[n]["outputs"]["tracks"]).st_mtime_ns for n in GOOD}
+
+    # The good clips again (a glob this time, so no worker starts: the corrupt one would be tried again).
+    code, again = run_batch(clips, out, "--workers", "1", inputs="videos/clip*.mp4")  # --workers: not a setting
+    assert code == 0 and [again[n]["status"] for n in GOOD] == ["skipped"] * 4
+    assert again["broken"] == records["broken"]  # an earlier run's line is kept
+    assert {n: os.stat(again[n]["outputs"]["tracks"]).st_mtime_ns for n in GOOD} == stamps
+
+    code, changed = run_batch(clips, out, "--workers", "2", "--min-score", "0.9", inputs="videos/clip*.mp4")
+    assert code == 0 and [changed[n]["status"] for n in GOOD] == ["ok"] * 4
+    assert all(changed[n]["digest"] != records[n]["digest"] for n in GOOD)
+    assert any(os.stat(changed[n]["outputs"]["tracks"]).st_mtime_ns != stamps[n] for n in GOOD)
+
+
+def test_a_manifest_with_a_missing_file_and_a_bad_line_is_refused_line_by_line(clips, tmp_path, capsys):
+    manifest = tmp_path / "list.jsonl"
+    videos, points = clips / "videos", clips / "points"
+    manifest.write_text(
+        "\n".join(
+            [
+                json.dumps({"video": str(videos / "clip0.mp4"), "points": str(points / "clip0.json")}),
+                json.dumps({"video": str(videos / "gone.mp4"), "points": str(points / "clip1.json")}),
+                '{"video": "clip2.mp4", "points": ',
+                json.dumps({"video": str(videos / "clip3.mp4"), "points": "p.json", "mask": "m.png"}),
+                json.dumps({"video": str(videos / "clip3.mp4"), "options": {"min-score": "high"}}),
+            ]
+        )
+        + "\n"
+    )
+    out = tmp_path / "results"
+    code = track_main(["batch", str(manifest), "--points-dir", str(points), "--out", str(out), *OPTIONS])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and not out.exists()  # nothing was tracked, nothing written
+    assert err[0] == f"track: error: {manifest} line 2: video not found: {videos / 'gone.mp4'}"
+    assert err[1].startswith(f"track: error: {manifest} line 3: line is not valid JSON")
+    assert err[2].startswith(f"track: error: {manifest} line 4: ") and "should not be valid" in err[2]
+    assert err[3].startswith(f"track: error: {manifest} line 5: argument --min-score: invalid float value")
+    assert err[4] == f"track: error: manifest {manifest}: 4 bad line(s); nothing was tracked" and len(err) == 5
+
+
+def test_a_csv_manifest_gives_names_relative_paths_and_per_video_options(clips, tmp_path):
+    manifest = tmp_path / "list.csv"
+    for name in ("clip0", "clip1"):
+        (tmp_path / f"{name}.mp4").symlink_to(clips / "videos" / f"{name}.mp4")
+    points = clips / "points"
+    manifest.write_text(
+        f"video,points,name,refine\nclip0.mp4,{points}/clip0.json,first,\nclip1.mp4,{points}/clip1.json,,none\n"
+    )
+    entries, errors = batch.read_manifest(manifest)
+    assert errors == []
+    assert [(e.name, e.video, e.options) for e in entries] == [
+        ("first", str(tmp_path / "clip0.mp4"), []),
+        ("clip1", str(tmp_path / "clip1.mp4"), ["--refine", "none"]),
+    ]
+
+
+def test_batch_help_and_usage_errors_do_not_import_torch():
+    probe = (
+        "import json, sys\nfrom tracker.apps.cli import main\n"
+        "try:\n    code = main(sys.argv[1:])\nexcept SystemExit as exc:\n    code = exc.code\n"
+        "print(json.dumps({'code': code, 'torch': 'torch' in sys.modules}))"
+    )
+    for argv, code, message in (
+        (["batch", "--help"], 0, ""),
+        (["batch", "videos/", "--out", "r", "--frobnicate"], 2, "unrecognized arguments: --frobnicate"),
+        (["batch", "videos/", "--out", "r", "--out-tracks", "t.json"], 2, "--out-tracks is set per video"),
+        (["batch", "videos/", "--out", "r", "--engine", "spark"], 2, "invalid choice: 'spark'"),
+    ):
+        done = subprocess.run([sys.executable, "-c", probe, *argv], cwd=REPO, capture_output=True, text=True)
+        assert json.loads(done.stdout.splitlines()[-1]) == {"code": code, "torch": False}, done.stderr
+        assert message in done.stderr and done.stderr.count("\n") == (1 if message else 0)
+
+
+# --------------------------------------------------------------------------- Ray
+
+ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[dev]' or '.[cluster]')")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module (starting Ray takes seconds)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_engine_tracks_as_track_does_and_skips_on_rerun(clips, tmp_path, local_ray):
+    out = tmp_path / "results"
+    code, records = run_batch(clips, out, "--engine", "ray", "--workers", "2")
+    assert code == batch.EXIT_FAILED
+    assert_good_tracks(clips, records)
+    assert len({records[n]["worker"] for n in GOOD}) == 2  # both actors worked
+    code, again = run_batch(clips, out, "--engine", "ray", "--workers", "2")
+    assert code == batch.EXIT_FAILED and [again[n]["status"] for n in GOOD] == ["skipped"] * 4
+    assert again["broken"]["status"] == "failed" and again["broken"]["worker"] != records["broken"]["worker"]
+
+
+def test_ray_actor_killed_mid_run_still_ends_with_every_good_video_done(clips, tmp_path, local_ray):
+    from tracker.apps.batch_workers import RayEngine
+
+    argv = [str(clips / "videos"), "--points-dir", str(clips / "points"), "--out", str(tmp_path / "r")]
+    args, common = batch.batch_parser().parse_known_args([*argv, *OPTIONS])
+    jobs, unrunnable = batch.collect(args, common, tmp_path / "r")
+    assert unrunnable == {} and len(jobs) == 5
+    engine = RayEngine(workers=2, address=None, gpus_per_worker=None, cpus_per_worker=None, retries=2, todo=5)
+    records, killed = {}, None
+    try:
+        for record in engine.run(jobs):
+            records[record["name"]] = record
+            if killed is None:  # after the first video: kill the other actor (busy with its video, or about to be)
+                killed = next(a for a, n in zip(engine.actors, engine.names, strict=True) if n != record["worker"])
+                ray.kill(killed)  # no_restart: the actor is gone for good
+    finally:
+        engine.close()
+    assert engine.lost >= 1 and killed not in engine.actors  # the dead actor was replaced
+    assert_good_tracks(clips, records)
+    assert any(r["attempts"] == 2 for r in records.values())  # its video was given to the new actor
