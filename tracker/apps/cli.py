@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-aspect", action="store_true", help="preserve the frame's aspect ratio")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--batch", type=int, default=8, help="frames per featurizer batch (default 8)")
+    p.add_argument(
+        "--reader",
+        default="auto",
+        help="video decoder: auto (torchcodec when installed, else opencv), opencv, torchcodec or decord",
+    )
     b = p.add_argument_group("backend (see `track export`)")
     b.add_argument(
         "--backend",
@@ -303,7 +308,7 @@ def track_command(args: argparse.Namespace) -> int:
     if out_video is not None:
         check_writable(out_video, "--out-video")
 
-    video = open_video(args.video)
+    video = open_video(args.video, reader=getattr(args, "reader", "auto"))
     _warn(video.warnings)
     info = video.info
     if args.grid is not None:
@@ -514,7 +519,7 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
         },
     )
 
-    video = open_video(source)
+    video = open_video(source, reader=getattr(args, "reader", "auto"))
     _warn(video.warnings)
     warned = list(video.warnings)
     info = video.info
