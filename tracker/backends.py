@@ -131,7 +131,7 @@ def available_backends(device: str | torch.device) -> dict[str, str]:
     cuda = torch.device(device).type == "cuda"
     status = {"torch": ""}
     if importlib.util.find_spec("onnxruntime") is None:
-        status["onnx"] = "onnxruntime is not installed (pip install '.[export]')"
+        status["onnx"] = "onnxruntime is not installed (pip install onnxruntime, or '.[ort-gpu]' on a GPU; not both)"
     else:
         import onnxruntime as ort
 
@@ -286,7 +286,9 @@ class OnnxFeaturizer(Featurizer):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise TrackerError("the onnx backend needs onnxruntime: pip install '.[export]'") from None
+            raise TrackerError(
+                "the onnx backend needs onnxruntime: pip install onnxruntime, or '.[ort-gpu]' on a GPU"
+            ) from None
         path = Path(path)
         if not path.is_file():
             raise TrackerError(f"ONNX file not found: {path}")
