@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tracker.choices import DINOV3_MODELS, MODEL_NAMES, VIT_MODELS  # noqa: F401 - re-exported
+from tracker.choices import DIFFUSION_MODELS, DINOV3_MODELS, MODEL_NAMES, VIT_MODELS  # noqa: F401 - re-exported
 from tracker.errors import TrackerError
 from tracker.geometry import GridGeometry
 from tracker.matching import MatchConfig
@@ -261,7 +261,10 @@ DEFAULT_SIZE = {
     "vit": "434",
     "sift": "240",
     "dinov3": "448",
-}  # ViT: the paper's 434x434 (31x31); SIFT: short side 240, stride 4; DINOv3: 448x448 (28x28, patch 16)
+    "dift": "768",
+    "dhf": "512",
+}  # ViT: the paper's 434x434 (31x31); SIFT: short side 240, stride 4; DINOv3: 448x448 (28x28, patch 16);
+# DIFT: the authors' 768x768 (48x48, stride 16); DHF: their 512x512 (64x64, stride 8)
 
 
 def default_match_config(name: str, **overrides) -> MatchConfig:
@@ -338,6 +341,12 @@ def create_featurizer(
             raise TrackerError("--weights does not apply to sift (it has no weights)")
         spec = SizeSpec.parse(size or DEFAULT_SIZE["sift"], keep_aspect=keep_aspect or size is None)
         return SiftFeaturizer(spec.resolve(*frame_hw, multiple=SiftFeaturizer.stride)).to(device)
+    if name in DIFFUSION_MODELS:
+        from tracker.diffusion_features import create_diffusion_featurizer
+
+        key = "dift" if name == "dift" else "dhf"
+        input_hw = SizeSpec.parse(size or DEFAULT_SIZE[key], keep_aspect=keep_aspect).resolve(*frame_hw, multiple=64)
+        return create_diffusion_featurizer(name, input_hw, weights, device, **overrides)
     if name in DINOV3_MODELS:
         from tracker.dinov3 import PATCH, load_dinov3
 

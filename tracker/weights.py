@@ -191,6 +191,19 @@ MODELS: dict[str, ModelSpec] = {
     ),
 }
 
+# The diffusion featurizers (tracker.diffusion_features): diffusers pipeline hub ids per base model (the UNet, VAE,
+# text encoder and tokenizer are read from it; the Hugging Face cache), and DHF's released aggregation networks
+# (g-luo/diffusion-hyperfeatures, the files of the authors' download_weights.sh). runwayml/stable-diffusion-v1-5
+# was taken down; stable-diffusion-v1-5/stable-diffusion-v1-5 is the mirror the DHF authors' code itself maps it to.
+DIFFUSION_PIPELINES = {
+    "sd-2.1": "stabilityai/stable-diffusion-2-1",
+    "sd-1.5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+}
+DHF_AGGREGATION = {
+    "dhf": Source("g-luo/diffusion-hyperfeatures", (), "weights/aggregation_network.pt"),
+    "dhf-one-step": Source("g-luo/diffusion-hyperfeatures", (), "weights/aggregation_network_one-step.pt"),
+}
+
 
 def cache_dir() -> Path:
     """``$TRACKER_CACHE`` or ``~/.cache/semantic-tracker``."""
