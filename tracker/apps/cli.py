@@ -269,6 +269,7 @@ def track_command(args: argparse.Namespace) -> int:
     from tracker.featurizers import MODEL_NAMES
     from tracker.io.drawing import TrackOverlay
     from tracker.io.formats import TRACK_SUFFIXES, TrackLog, grid_points, points_argument, write_tracks
+    from tracker.io.pipeline import Prefetcher, Sink
     from tracker.io.video import AtomicVideoWriter, open_video
     from tracker.tracking import PointTracker
 
@@ -339,17 +340,27 @@ def track_command(args: argparse.Namespace) -> int:
         "refine": args.refine,
         "coordinates": "pixels of the original frame, centre of the top-left pixel at (0, 0)",
     }
-    frames = _tee(video, writer is not None)
+    # decode ahead in a producer thread, draw and encode behind in a consumer thread (tracker.io.pipeline)
+    source = Prefetcher(video, depth=2 * args.batch)
+    frames = _tee(source, writer is not None)
     warned = list(video.warnings)
+    sink = None if writer is None else Sink(lambda f, r: writer.write(overlay.draw(f, r)), 2 * args.batch, writer.close)
 
     def handle(result) -> None:
         log.append(result)
-        if writer is not None:
-            writer.write(overlay.draw(frames.pop(result.frame_index), result))
+        if sink is not None:
+            sink.submit(frames.pop(result.frame_index), result)  # raises the drawing thread's failure
 
     _, status, error, elapsed = _drive(
-        tracker.track(frames, queries, batch_size=args.batch, state=state), handle, video, writer, args.no_progress
+        tracker.track(frames, queries, batch_size=args.batch, state=state), handle, source, sink, args.no_progress
     )
+    if sink is not None:  # the frames tracked and queued are drawn too (their tracks are kept)
+        start = time.perf_counter()
+        try:
+            sink.finish()
+        except (TrackerError, OSError) as exc:
+            status, error = "failed", error or TrackerError(f"cannot write {writer.path} ({exc})")
+        elapsed += time.perf_counter() - start
     if len(log) <= last_query and status == "done":
         error, status = (
             TrackerError(f"the video ended after {len(log)} frames, before a point's frame {last_query}"),
