@@ -3,6 +3,7 @@ strictly, DHF's mix against a hand computation, and short clips through ``track`
 classes; the full SD UNets are never built here)."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -348,3 +349,14 @@ def test_dinov3_end_to_end_through_track(clip, tmp_path, capsys):
             "--device", "cpu"]  # fmt: skip
     assert cli.main(argv) == 0, capsys.readouterr().err
     _check_tracks(tmp_path / "t.npz", "dinov3-s", [7, 7])
+
+
+def test_missing_extra_and_missing_aggregation_file_are_one_line(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # as if the `train` extra were not installed
+    with pytest.raises(TrackerError, match=r"need diffusers and transformers .*pip install -e '\.\[train\]'"):
+        create_featurizer("dift", (90, 120), size="64", weights="random", **tiny())
+    monkeypatch.delitem(sys.modules, "diffusers")
+    with pytest.raises(TrackerError, match="weights file not found"):
+        create_featurizer("dhf", (90, 120), size="64", weights=str(tmp_path / "aggregation_network.pt"))
+    with pytest.raises(TrackerError, match="at most one diffusers folder"):
+        create_featurizer("dift", (90, 120), size="64", weights=f"{tmp_path},{tmp_path / 'a.pt'}")

@@ -542,30 +542,28 @@ def create_diffusion_featurizer(
     parts = [p.strip() for p in (weights or "").split(",") if p.strip()]
     agg_files = [p for p in parts if Path(p).suffix in (".pt", ".pth", ".ckpt", ".bin")]
     folders = [p for p in parts if p not in agg_files]
+    aggregation = None
     if weights == "random":
         unet, vae, prompt = build_random(base, **overrides)
     else:
         if overrides:
             raise TrackerError("architecture overrides apply to --weights random only")
-        if len(folders) > 1 or (name == "dift" and agg_files):
-            raise TrackerError(
-                f"--weights for {name}: one diffusers folder" + (" and one aggregation .pt" if name != "dift" else "")
-            )
+        if len(folders) > 1 or len(agg_files) > 1 or (name == "dift" and agg_files):
+            what = "one diffusers folder" + (" and one aggregation network .pt" if name != "dift" else "")
+            raise TrackerError(f"--weights for {name}: at most {what}")
+        if name != "dift":  # the small file first: no multi-GB pipeline load before a missing file is reported
+            path = Path(agg_files[0]) if agg_files else W.fetch(W.DHF_AGGREGATION[name])
+            aggregation = read_aggregation(path, name)
         unet, vae, prompt = load_pipeline(folders[0] if folders else W.DIFFUSION_PIPELINES[base])
     if name == "dift":
-        featurizer = DiftFeaturizer(unet, vae, prompt, input_hw)
+        return DiftFeaturizer(unet, vae, prompt, input_hw).to(device)
+    dims = [r.conv2.out_channels for r in up_resnets(unet)]
+    if aggregation is None:  # random
+        config = DHF_VARIANTS[name]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            net = AggregationNetwork(dims, len(config.save_timestep), config.projection_dim)
     else:
-        dims = [r.conv2.out_channels for r in up_resnets(unet)]
-        if weights == "random":
-            config = DHF_VARIANTS[name]
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                net = AggregationNetwork(dims, len(config.save_timestep), config.projection_dim)
-        else:
-            if len(agg_files) > 1:
-                raise TrackerError(f"--weights for {name}: one aggregation network file, got {len(agg_files)}")
-            path = Path(agg_files[0]) if agg_files else W.fetch(W.DHF_AGGREGATION[name])
-            state, config = read_aggregation(path, name)
-            net = load_aggregation(state, dims, config)
-        featurizer = DhfFeaturizer(unet, vae, prompt, net, input_hw, config, name=name)
-    return featurizer.to(device)
+        state, config = aggregation
+        net = load_aggregation(state, dims, config)
+    return DhfFeaturizer(unet, vae, prompt, net, input_hw, config, name=name).to(device)
