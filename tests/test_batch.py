@@ -191,3 +191,35 @@ def test_ray_actor_killed_mid_run_still_ends_with_every_good_video_done(clips, t
     assert engine.lost >= 1 and killed not in engine.actors  # the dead actor was replaced
     assert_good_tracks(clips, records)
     assert any(r["attempts"] == 2 for r in records.values())  # its video was given to the new actor
+
+
+def test_urls_are_listed_and_read_by_the_worker_with_fsspec(clips, tmp_path):
+    """A glob of URLs (fsspec's in-memory filesystem standing in for s3://): listed by the driver, each video
+    copied by its worker (here in this process, which shares the memory filesystem) and tracked as `track` does."""
+    fsspec = pytest.importorskip("fsspec")
+    from tracker.apps.batch_workers import VideoWorker
+
+    memory = fsspec.filesystem("memory")
+    for name in ("clip0", "clip1"):
+        memory.pipe(f"/bucket/{name}.mp4", (clips / "videos" / f"{name}.mp4").read_bytes())
+    args, common = batch.batch_parser().parse_known_args(
+        ["memory://bucket/*.mp4", "--points-dir", str(clips / "points"), "--out", str(tmp_path), *OPTIONS]
+    )
+    jobs, unrunnable = batch.collect(args, common, tmp_path)
+    assert [(j.name, j.video) for j in jobs] == [
+        ("clip0", "memory:///bucket/clip0.mp4"),
+        ("clip1", "memory:///bucket/clip1.mp4"),
+    ]
+    assert unrunnable == {}
+    worker = VideoWorker()
+    records = {job.name: worker.run(job) for job in jobs}
+    for name in ("clip0", "clip1"):
+        assert records[name]["status"] == "ok", records[name]
+        ours, theirs = (
+            read_tracks(records[name]["outputs"]["tracks"]),
+            read_tracks(clips / "reference" / f"{name}.json"),
+        )
+        for key in FIELDS:
+            np.testing.assert_array_equal(ours[key], theirs[key])
+    assert len(worker.featurizers) == 1  # one featurizer built, for both videos (same size and settings)
+    memory.rm("/bucket", recursive=True)

@@ -90,6 +90,11 @@ def batch_parser() -> argparse.ArgumentParser:
         type=int,
         help="workers, each with its own model (default: one per GPU; on CPU, one per 2 cores)",
     )
+    e.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads per worker on CPU (default: local, cores / (2 x workers); ray, --cpus-per-worker)",
+    )
     e.add_argument("--address", help="ray: cluster address ('auto', 'ray://head:10001'); default a local Ray")
     e.add_argument("--gpus-per-worker", type=float, help="ray: GPUs per worker (default 1 where GPUs exist, else 0)")
     e.add_argument("--cpus-per-worker", type=float, help="ray: CPUs per worker (default 1)")
@@ -215,8 +220,7 @@ def _remote_glob(pattern: str):
         raise TrackerError(f"{pattern}: reading URLs needs fsspec (pip install fsspec s3fs / gcsfs ...)") from None
     try:
         fs, _, _ = fsspec.get_fs_token_paths(pattern)
-        protocol = pattern.split("://", 1)[0]
-        return fs, [m if "://" in m else f"{protocol}://{m}" for m in sorted(fs.glob(pattern))]
+        return fs, [m if "://" in m else fs.unstrip_protocol(m) for m in sorted(fs.glob(pattern))]
     except (ImportError, ValueError, OSError) as exc:
         raise TrackerError(f"cannot list {pattern}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
 
@@ -555,6 +559,8 @@ def run_command(args: argparse.Namespace, common: list[str]) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise TrackerError("--workers must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise TrackerError("--threads must be at least 1")
     if args.retries < 0:
         raise TrackerError("--retries must be 0 or more")
     if args.batch_engine == "local" and (args.address or args.gpus_per_worker is not None):

@@ -163,11 +163,13 @@ class LocalEngine:
     given to a fresh pool, each at most ``retries`` more times.
     """
 
-    def __init__(self, workers: int | None, device: str | None, retries: int, todo: int):
+    def __init__(self, workers: int | None, device: str | None, retries: int, todo: int, threads: int | None = None):
         self.gpus = [] if device == "cpu" else visible_gpus()
         self.workers = max(1, min(workers or default_workers(len(self.gpus)), todo))
         cores = os.cpu_count() or 1
-        self.threads = None if self.gpus else max(1, cores // self.workers)
+        # Half the cores for torch, the rest for each worker's decoding, matching and writing threads: on the
+        # loaded 2-core machine one worker ran 4x slower with 2 torch threads than with 1 (oversubscribed).
+        self.threads = threads or (None if self.gpus else max(1, cores // (2 * self.workers)))
         self.retries = retries
         self.pool = None
 
@@ -196,6 +198,7 @@ class LocalEngine:
         pending = collections.deque(jobs)
         attempts: collections.Counter = collections.Counter()
         running: dict = {}
+        sent: dict[str, float] = {}  # when each video was handed to a worker
         while pending or running:
             if self.pool is None:
                 self.pool = self._start()
@@ -203,6 +206,7 @@ class LocalEngine:
                 job = pending.popleft()
                 attempts[job.name] += 1
                 running[self.pool.submit(_run_local, job)] = job
+                sent[job.name] = time.perf_counter()
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             broken = False
             for future in done:
@@ -217,6 +221,7 @@ class LocalEngine:
                         pending.appendleft(job)
                     continue
                 record["attempts"] = attempts[job.name]
+                record["turnaround_s"] = round(time.perf_counter() - sent[job.name], 3)
                 yield record
             if broken:
                 for future, job in list(running.items()):  # the pool is gone: its other videos too
@@ -251,11 +256,12 @@ class RayEngine:
     video by path or URL: a cluster needs the inputs and ``--out`` on storage every node sees).
 
     Args:
-        workers: actors (default: one per GPU of the cluster, else one per ``cpus_per_worker`` CPUs / 2).
+        workers: actors (default: one per GPU of the cluster, else one per 2 x ``cpus_per_worker`` CPUs).
         address: an existing cluster (``auto``, ``ray://host:10001``); None starts a local Ray.
         gpus_per_worker: ``num_gpus`` of each actor (default 1 where the cluster has GPUs, else 0).
         cpus_per_worker: ``num_cpus`` of each actor (default 1).
         retries: Ray's ``max_restarts`` / ``max_task_retries``, and how often a video is given to a new actor.
+        threads: torch threads per actor (default: ``cpus_per_worker``).
     """
 
     def __init__(
@@ -267,6 +273,7 @@ class RayEngine:
         retries: int,
         todo: int,
         quiet: bool = False,
+        threads: int | None = None,
     ):
         try:
             import ray
@@ -296,7 +303,7 @@ class RayEngine:
         cpus = float(resources.get("CPU", 1))
         fit = int(gpus // self.num_gpus) if self.num_gpus else max(1, int(cpus // self.num_cpus) // 2)
         self.workers = max(1, min(workers or fit, todo))
-        self.threads = None if self.num_gpus else max(1, int(self.num_cpus))
+        self.threads = threads or (None if self.num_gpus else max(1, int(self.num_cpus)))
         self.retries = retries
         self.actor_class = ray.remote(
             num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_restarts=retries, max_task_retries=retries
@@ -323,12 +330,14 @@ class RayEngine:
         attempts: collections.Counter = collections.Counter()
         idle = list(range(len(self.actors)))
         running: dict = {}
+        sent: dict[str, float] = {}
         while pending or running:
             while pending and idle:
                 slot = idle.pop(0)
                 job = pending.popleft()
                 attempts[job.name] += 1
                 running[self.actors[slot].run.remote(job)] = (slot, job)
+                sent[job.name] = time.perf_counter()
             ready, _ = self.ray.wait(list(running), num_returns=1)
             slot, job = running.pop(ready[0])
             try:
@@ -347,6 +356,7 @@ class RayEngine:
                 record = failed_record(job, f"ray: {_first_line(str(exc))}")
             idle.append(slot)
             record["attempts"] = attempts[job.name]
+            record["turnaround_s"] = round(time.perf_counter() - sent[job.name], 3)
             yield record
 
     def close(self) -> None:
@@ -362,6 +372,13 @@ def make_engine(args, todo: int, device: str | None = None, quiet: bool = False)
     """The engine ``track batch``'s options ask for (``device``: the ``--device`` passed to ``track``)."""
     if args.batch_engine == "ray":
         return RayEngine(
-            args.workers, args.address, args.gpus_per_worker, args.cpus_per_worker, args.retries, todo, quiet
+            args.workers,
+            args.address,
+            args.gpus_per_worker,
+            args.cpus_per_worker,
+            args.retries,
+            todo,
+            quiet,
+            args.threads,
         )
-    return LocalEngine(args.workers, device, args.retries, todo)
+    return LocalEngine(args.workers, device, args.retries, todo, args.threads)
