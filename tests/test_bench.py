@@ -225,3 +225,32 @@ def test_bench_prefers_the_default_video_when_it_is_there(tmp_path, tiny_video, 
     assert runner.config_from_args(args).video == str(tiny_video)
     monkeypatch.setattr(runner, "DEFAULT_VIDEO", tmp_path / "absent.mp4")
     assert runner.config_from_args(args).video is None  # run_bench generates the clip
+
+
+def test_gpu_check_dry_run_writes_its_results_under_out(tmp_path):
+    """benchmarks/gpu_check.sh --dry-run on the CPU with tiny models: every section runs, one JSON and markdown."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        ["bash", str(repo / "benchmarks" / "gpu_check.sh"), "--dry-run"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check_dry_run.json").read_text())
+    assert report["schema"] == "semantic-tracker/gpu-check/1" and report["dry_run"] is True
+    sections = report["sections"]
+    assert set(sections) == {"environment", "model", "model_compiled", "tail", "step", "readers", "end_to_end"}
+    assert all(s["status"] == "ok" for s in sections.values()), {k: s.get("error") for k, s in sections.items()}
+    eager = next(r for r in sections["model"]["records"] if r["mode"] == "eager" and r["precision"] == "fp32")
+    assert eager["batches"]["8"]["fps"] > 0 and eager["batches"]["1"]["ms"]["p99"] >= eager["batches"]["1"]["ms"]["p50"]
+    assert sections["tail"]["shapes_run"] == [8] and min(sections["tail"]["cosine_min_vs_eager"]) > 0.9999
+    assert sections["step"]["equal_to_per_frame"] is True
+    assert sections["readers"]["readers"]["opencv"]["frames"] == 12
+    assert {"points-16", "points-16+video", "mask"} <= set(sections["end_to_end"]["runs"])
+    assert report["targets"]["e2e_fps_no_render"]["measured"] > 0  # measured, not judged on a CPU
+    assert report["targets"]["batch1_p50_ms"]["met"] == "unmeasured"  # no compiled CUDA-graph run on a CPU
+    assert "unmeasured" in (tmp_path / "gpu_check_dry_run.md").read_text()
