@@ -13,6 +13,7 @@ reference -> frame) deciding where the reference is visible.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -56,6 +57,9 @@ class PropagationConfig:
             (never enlarged; 240 is dense SIFT's input, where 480p frames take 5 ms with DIS "fast").
         flow_tolerance: ``refine="flow"``: forward-backward error in pixels of the original frame at which
             the flow's weight has fallen to ``exp(-1)`` of ``flow_weight`` (Gaussian in the error).
+        band: ``refine="flow"`` with a ``radius``: the feature estimate is computed only on the tiles within
+            this many cells of where the flow is unsure (:func:`unsure_tiles`); elsewhere the flow-warped
+            probabilities stand in for it. None: everywhere.
     """
 
     context: int = 0
@@ -67,6 +71,7 @@ class PropagationConfig:
     flow_weight: float = 0.6
     flow_size: int = 240
     flow_tolerance: float = 2.0
+    band: int | None = None
 
     def __post_init__(self) -> None:
         if self.pool < 1:
@@ -77,6 +82,8 @@ class PropagationConfig:
             raise ValueError(f"--refine must be one of {', '.join(REFINE_MODES)}, not {self.refine!r}")
         if not (0.0 <= self.flow_weight <= 1.0 and self.flow_size >= 16 and self.flow_tolerance > 0):
             raise ValueError("flow_weight in [0, 1], flow_size >= 16 and flow_tolerance > 0 required")
+        if self.band is not None and self.band < 0:
+            raise ValueError("band >= 0 required")
 
 
 def default_propagation_config(name: str, **overrides) -> PropagationConfig:
@@ -98,7 +105,7 @@ def default_propagation_config(name: str, **overrides) -> PropagationConfig:
     the pooled feature estimate is biased to the background and the fusion shrinks the masks (kept 0.4).
     """
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    base = {"radius": 12.0, "context": 7} if name == "sift" else {}
+    base = {"radius": 12.0, "context": 7, "band": 2} if name == "sift" else {}
     base.update(overrides)
     return PropagationConfig(**base)
 
@@ -191,15 +198,24 @@ def prepare_reference(features: Tensor, labels: Tensor, config: PropagationConfi
     """A :class:`Reference` whose feature windows are unfolded once (local propagation)."""
     if config.radius is None:
         return Reference(features, labels)
-    return Reference(features, labels, _unfold(features, config)[0].transpose(1, 2).contiguous())
+    return Reference(features, labels, _unfold(features, config))
 
 
-def propagate_labels(features: Tensor, references: list, config: PropagationConfig) -> Tensor:
+def propagate_labels(
+    features: Tensor,
+    references: list,
+    config: PropagationConfig,
+    tiles: Tensor | None = None,
+    fill: Tensor | None = None,
+) -> Tensor:
     """Label probabilities ``[K+1, h, w]`` of a frame from its references.
 
     Args:
         features: ``[C, h, w]`` unit features of the frame.
         references: :class:`Reference` s or ``(features [C, h, w], labels [K+1, h, w])`` pairs, same K.
+        tiles: local propagation only: ``[n tiles]`` bool (:func:`tiles_of`), the ``TILE x TILE`` tiles to
+            propagate; the others take ``fill``. None: all.
+        fill: ``[K+1, h, w]`` label probabilities of the tiles not propagated.
     """
     references = [r if isinstance(r, Reference) else Reference(*r) for r in references]
     c, h, w = features.shape
@@ -211,63 +227,125 @@ def propagate_labels(features: Tensor, references: list, config: PropagationConf
         weights = torch.softmax(top / config.temperature, dim=1)  # [hw, k]
         gathered = ref_labels.T[index]  # [hw, k, K+1]
         return (weights[..., None] * gathered).sum(1).T.reshape(-1, h, w)
-    return _propagate_local(features, references, config)
+    if tiles is not None and fill is None:
+        raise ValueError("tiles need a fill")
+    return _propagate_local(features, references, config, tiles, fill)
 
 
 TILE = 8  # query cells per tile side in local propagation
 
 
-def _unfold(grid: Tensor, config: PropagationConfig) -> tuple[Tensor, Tensor]:
-    """``[D, h, w]`` -> ``[n tiles, span^2, D]`` windows around each ``TILE x TILE`` tile, and ``[n, span^2]``
-    True where a window cell lies inside the grid."""
+def _tile_windows(grid: Tensor, radius: float) -> Tensor:
+    """``[D, h, w]`` -> a ``[th, tw, D, span, span]`` strided view: the ``span = TILE + 2r`` window of the grid
+    (zero-padded) around each ``TILE x TILE`` tile (no copy; index or reshape it to materialise)."""
     d, h, w = grid.shape
-    r = int(np.ceil(config.radius))
-    t, span = TILE, TILE + 2 * r
+    r, t = int(np.ceil(radius)), TILE
+    span = t + 2 * r
     ph, pw = -h % t, -w % t
-    inside = F.pad(torch.ones(1, h, w, device=grid.device, dtype=grid.dtype), (r, r + pw, r, r + ph))
-    stacked = torch.cat([F.pad(grid, (r, r + pw, r, r + ph)), inside])
-    windows = F.unfold(stacked[None], kernel_size=span, stride=t)[0]  # [(D+1)*span^2, n]
-    windows = windows.view(d + 1, span * span, -1).permute(2, 1, 0)  # [n, span^2, D+1]
-    return windows[..., :d], windows[..., d] > 0.5
-
-
-def _propagate_local(features: Tensor, references: list[Reference], config: PropagationConfig) -> Tensor:
-    """Local label propagation as batched matrix products.
-
-    The grid is cut into ``TILE x TILE`` tiles; each tile's cells are compared with the
-    ``(TILE + 2r)^2`` reference cells around the tile (``unfold`` + ``bmm``), and only those within
-    ``radius`` of a cell's own position (and inside the grid) compete in its top-k.
-    """
-    c, h, w = features.shape
-    r = int(np.ceil(config.radius))
-    t, span = TILE, TILE + 2 * r
-    ph, pw = -h % t, -w % t  # pad the grid to whole tiles
+    padded = F.pad(grid, (r, r + pw, r, r + ph)).contiguous()
+    s = padded.stride()
     th, tw = (h + ph) // t, (w + pw) // t
-    query = F.pad(features, (0, pw, 0, ph))
-    query = query.reshape(c, th, t, tw, t).permute(1, 3, 2, 4, 0).reshape(th * tw, t * t, c)  # [n, t*t, C]
-    offsets = torch.arange(span, device=features.device) - r  # context position relative to the tile origin
-    cell = torch.arange(t, device=features.device)
+    return padded.as_strided((th, tw, d, span, span), (t * s[1], t * s[2], s[0], s[1], s[2]))
+
+
+def _unfold(grid: Tensor, config: PropagationConfig) -> Tensor:
+    """``[D, h, w]`` -> ``[n tiles, D, span^2]`` windows around each ``TILE x TILE`` tile (zeros outside the grid)."""
+    view = _tile_windows(grid, config.radius)
+    th, tw, d, span, _ = view.shape
+    return view.reshape(th * tw, d, span * span)
+
+
+@functools.lru_cache(maxsize=4)
+def _local_bias(h: int, w: int, radius: float, device: str) -> Tensor:
+    """``[n tiles, TILE^2, span^2]`` float32 added to the similarities: 0 where a window cell lies within
+    ``radius`` of the query cell and inside the grid, -inf elsewhere (the same for every reference)."""
+    r, t = int(np.ceil(radius)), TILE
+    span = t + 2 * r
+    offsets = torch.arange(span, device=device) - r  # window position relative to the tile origin
+    cell = torch.arange(t, device=device)
     dy = offsets.view(1, span, 1) - cell.view(t, 1, 1)  # [t, span, 1]
     dx = offsets.view(1, 1, span) - cell.view(t, 1, 1)  # [t, 1, span]
-    near = (dy[:, None, :, :] ** 2 + dx[None, :, :, :] ** 2) <= config.radius**2  # [t, t, span, span]
+    near = (dy[:, None, :, :] ** 2 + dx[None, :, :, :] ** 2) <= radius**2  # [t, t, span, span]
     near = near.reshape(t * t, span * span)
-    sims, labels = [], []
+    inside = _unfold(torch.ones(1, h, w, device=device), PropagationConfig(radius=radius))[:, 0] > 0.5
+    ok = near[None] & inside[:, None, :]  # [n, t*t, span^2]
+    return torch.zeros(ok.shape, device=device).masked_fill_(~ok, float("-inf"))
+
+
+def _to_tiles(grid: Tensor) -> Tensor:
+    """``[D, h, w]`` -> ``[n tiles, TILE^2, D]`` (zero-padded to whole tiles)."""
+    d, h, w = grid.shape
+    t = TILE
+    ph, pw = -h % t, -w % t
+    th, tw = (h + ph) // t, (w + pw) // t
+    return F.pad(grid, (0, pw, 0, ph)).reshape(d, th, t, tw, t).permute(1, 3, 2, 4, 0).reshape(th * tw, t * t, d)
+
+
+def _from_tiles(tiles: Tensor, h: int, w: int) -> Tensor:
+    """Inverse of :func:`_to_tiles`: ``[n tiles, TILE^2, D]`` -> ``[D, h, w]``."""
+    t = TILE
+    th, tw = -(-h // t), -(-w // t)
+    return tiles.view(th, tw, t, t, -1).permute(4, 0, 2, 1, 3).reshape(-1, th * t, tw * t)[:, :h, :w]
+
+
+def tiles_of(cells: np.ndarray) -> Tensor:
+    """``[h, w]`` bool cells -> ``[n tiles]`` bool: the ``TILE x TILE`` tiles holding any of them."""
+    h, w = cells.shape
+    t = TILE
+    padded = np.pad(cells, ((0, -h % t), (0, -w % t)))
+    return torch.from_numpy(padded.reshape(padded.shape[0] // t, t, padded.shape[1] // t, t).any((1, 3)).reshape(-1))
+
+
+def _propagate_local(
+    features: Tensor, references: list[Reference], config: PropagationConfig, tiles: Tensor | None, fill: Tensor | None
+) -> Tensor:
+    """Local label propagation as batched matrix products.
+
+    The grid is cut into ``TILE x TILE`` tiles; each tile's cells are compared with the ``(TILE + 2r)^2``
+    reference cells around the tile (a strided window view + ``baddbmm`` with a 0 / -inf bias keeping those
+    within ``radius`` of a cell's own position and inside the grid). Each reference's top-k is taken on its
+    own, then the top-k of their union (the same set as one top-k over all of them).
+    """
+    c, h, w = features.shape
+    query = _to_tiles(features)  # [n, t*t, C]
+    bias = _local_bias(h, w, float(config.radius), str(features.device))
+    select = None if tiles is None or bool(tiles.all()) else torch.nonzero(tiles.to(features.device))[:, 0]
+    if select is not None:
+        query, bias = query.index_select(0, select), bias.index_select(0, select)
+    n, tt = query.shape[:2]
+    tops, labels = [], []
     for ref in references:
-        windows = ref.windows if ref.windows is not None else _unfold(ref.features, config)[0].transpose(1, 2)
-        ref_labels, inside = _unfold(ref.labels, config)  # [n, span^2, K+1], [n, span^2]
-        sim = torch.bmm(query, windows)  # [n, t*t, span^2]
-        sims.append(sim.masked_fill(~(near[None] & inside[:, None, :]), float("-inf")))
-        labels.append(ref_labels)
-    sim = torch.cat(sims, 2)
-    label = torch.cat(labels, 1)
-    top, index = sim.topk(min(config.topk, sim.shape[2]), dim=2)  # [n, t*t, k]
+        if ref.windows is not None:
+            windows = ref.windows if select is None else ref.windows.index_select(0, select)
+        else:
+            view = _tile_windows(ref.features, config.radius)
+            windows = (
+                view.flatten(3).flatten(0, 1)
+                if select is None
+                else view[select // view.shape[1], select % view.shape[1]].flatten(2)
+            )
+        ref_labels = _unfold(ref.labels, config)  # [n, K+1, span^2]
+        if select is not None:
+            ref_labels = ref_labels.index_select(0, select)
+        sim = torch.baddbmm(bias, query, windows)  # [n, t*t, span^2]
+        top, index = sim.topk(min(config.topk, sim.shape[2]), dim=2)  # [n, t*t, k]
+        k1 = ref_labels.shape[1]
+        gathered = torch.gather(
+            ref_labels.transpose(1, 2)[:, None].expand(-1, tt, -1, -1), 2, index[..., None].expand(-1, -1, -1, k1)
+        )  # [n, t*t, k, K+1]
+        tops.append(top)
+        labels.append(gathered)
+    top, label = (tops[0], labels[0]) if len(tops) == 1 else (torch.cat(tops, 2), torch.cat(labels, 2))
+    if len(tops) > 1:
+        top, index = top.topk(min(config.topk, top.shape[2]), dim=2)
+        label = torch.gather(label, 2, index[..., None].expand(-1, -1, -1, label.shape[3]))
     weights = torch.softmax(top / config.temperature, dim=2)
-    gathered = torch.gather(
-        label[:, None].expand(-1, t * t, -1, -1), 2, index[..., None].expand(-1, -1, -1, label.shape[2])
-    )  # [n, t*t, k, K+1]
-    probs = (weights[..., None] * gathered).sum(2)  # [n, t*t, K+1]
-    probs = probs.view(th, tw, t, t, -1).permute(4, 0, 2, 1, 3).reshape(-1, th * t, tw * t)
-    return probs[:, :h, :w]
+    probs = (weights[..., None] * label).sum(2)  # [n, t*t, K+1]
+    if select is not None:
+        out = _to_tiles(fill.to(probs))
+        out[select] = probs
+        probs = out
+    return _from_tiles(probs, h, w)
 
 
 class MaskPropagator:
@@ -364,20 +442,25 @@ class MaskPropagator:
         gray = self.flow.gray(frame) if self.flow is not None and frame is not None else None
         fused = None
         if references:
+            warp = tiles = fill = None
+            if gray is not None and state.flow is not None:
+                warp = self.flow.warp(state.flow, gray, channels, self.config)
+                if self.config.band is not None and self.config.radius is not None:
+                    tiles, fill = unsure_tiles(warp, tuple(features.shape[1:]), self.config.band)
             # frame 0 (with the recent predictions) labels everything; a later reference cannot be outvoted
             # for the objects it introduced, which earlier references saw as background
             first, *later = references
-            probs = propagate_labels(features, [first[0], *recent], self.config)
+            probs = propagate_labels(features, [first[0], *recent], self.config, tiles, fill)
             for ref, new in later:
                 own = propagate_labels(features, [ref], self.config)
-                channels = torch.tensor([ids.index(i) + 1 for i in new], device=own.device)
-                wins = torch.isin(own.argmax(0), channels)
+                joined = torch.tensor([ids.index(i) + 1 for i in new], device=own.device)
+                wins = torch.isin(own.argmax(0), joined)
                 probs[:, wins] = own[:, wins]
             if self.config.pool > 1:  # back to the full grid (exact cell centres), then to the frame
                 probs = F.interpolate(probs[None], scale_factor=self.config.pool, mode="bilinear")[0]
                 probs = probs[:, : full_hw[0], : full_hw[1]]
-            if gray is not None and state.flow is not None:
-                fused = self.flow.fuse(state.flow, gray, probs, self.config)
+            if warp is not None:
+                fused = self.flow.fuse(warp, probs, self.config)
                 labels = _hwc_to_labels(fused, ids, frame_hw)
             else:
                 labels = grid_to_labels(probs, ids, frame_hw)
@@ -462,24 +545,64 @@ class FlowEstimator:
         error[outside] = np.inf
         return map_xy, error
 
-    def fuse(self, previous: FlowState, gray: np.ndarray, probs: Tensor, config: PropagationConfig) -> np.ndarray:
-        """Label probabilities ``[h', w', K+1]`` of this frame: the previous ones warped by the flow, corrected
-        by the feature estimate ``probs`` (``[K+1, h, w]`` on the feature grid).
+    def warp(self, previous: FlowState, gray: np.ndarray, channels: int, config: PropagationConfig) -> Warp:
+        """The previous frame's label probabilities carried to this frame by the flow, and where to trust them."""
+        map_xy, error = self.backward(previous.gray, gray)
+        prev = previous.probs
+        if prev.shape[2] < channels:  # objects that joined since
+            prev = np.concatenate([prev, np.zeros((*prev.shape[:2], channels - prev.shape[2]), np.float32)], 2)
+        warped = cv2.remap(prev, map_xy[..., 0], map_xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        tolerance = config.flow_tolerance * self.scale
+        consistency = np.exp(-((error / tolerance) ** 2)).astype(np.float32)
+        return Warp(warped.reshape(*gray.shape, channels), consistency)
+
+    @staticmethod
+    def fuse(warp: Warp, probs: Tensor, config: PropagationConfig) -> np.ndarray:
+        """Label probabilities ``[h', w', K+1]`` of this frame: the flow-warped ones corrected by the feature
+        estimate ``probs`` (``[K+1, h, w]`` on the feature grid).
 
         Where the flow is forward-backward consistent it gets ``config.flow_weight``, falling off as a Gaussian
         in the error (``config.flow_tolerance`` pixels of the original frame); elsewhere the features decide.
         """
-        map_xy, error = self.backward(previous.gray, gray)
-        k1 = probs.shape[0]
-        prev = previous.probs
-        if prev.shape[2] < k1:  # objects that joined since
-            prev = np.concatenate([prev, np.zeros((*prev.shape[:2], k1 - prev.shape[2]), np.float32)], 2)
-        warped = cv2.remap(prev, map_xy[..., 0], map_xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        h, w = gray.shape
+        h, w, k1 = warp.probs.shape
         feat = cv2.resize(probs.permute(1, 2, 0).float().cpu().numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
-        tolerance = config.flow_tolerance * self.scale
-        weight = (config.flow_weight * np.exp(-((error / tolerance) ** 2))).astype(np.float32)[..., None]
-        return (weight * warped.reshape(h, w, k1) + (1 - weight) * feat.reshape(h, w, k1)).astype(np.float32)
+        weight = (config.flow_weight * warp.consistency)[..., None]
+        return (weight * warp.probs + (1 - weight) * feat.reshape(h, w, k1)).astype(np.float32)
+
+
+class Warp(NamedTuple):
+    """The previous label probabilities carried by the flow (at the flow resolution ``h' x w'``).
+
+    Attributes:
+        probs: ``[h', w', K+1]`` float32 warped label probabilities.
+        consistency: ``[h', w']`` float32 in [0, 1]: ``exp(-(e / tolerance)^2)`` of the forward-backward error.
+    """
+
+    probs: np.ndarray
+    consistency: np.ndarray
+
+
+CONFIDENT = 0.9
+"""``band``: a cell whose flow-warped label probability is below this (or whose flow is inconsistent) is unsure."""
+
+
+def unsure_tiles(warp: Warp, grid_hw: tuple[int, int], band: int) -> tuple[Tensor, Tensor]:
+    """The tiles the feature estimate is needed on, and the flow's estimate for the others.
+
+    A grid cell is unsure where the flow-warped labels are not confident (below :data:`CONFIDENT`: near a
+    boundary) or the flow is inconsistent (``consistency < 0.5``: occlusions, fast motion); unsure cells
+    are dilated by ``band`` cells (how far a boundary may move in a frame beyond the flow).
+
+    Returns:
+        ``[n tiles]`` bool (:func:`tiles_of`) and ``[K+1, h, w]`` the warped probabilities on the grid.
+    """
+    h, w = grid_hw
+    grid = cv2.resize(warp.probs, (w, h), interpolation=cv2.INTER_AREA).reshape(h, w, -1)
+    consistency = cv2.resize(warp.consistency, (w, h), interpolation=cv2.INTER_AREA)
+    unsure = ((grid.max(2) < CONFIDENT) | (consistency < 0.5)).astype(np.uint8)
+    if band > 0:
+        unsure = cv2.dilate(unsure, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1)))
+    return tiles_of(unsure > 0), torch.from_numpy(np.ascontiguousarray(grid.transpose(2, 0, 1)))
 
 
 def _hwc_to_labels(probs: np.ndarray, ids: tuple[int, ...], frame_hw: tuple[int, int]) -> np.ndarray:
@@ -563,7 +686,7 @@ class CorrespondenceField:
         refine: str = REFINE_MODES[0],
         flow_size: int = 240,
         flow_tolerance: float = 2.0,
-        reanchor: float = 0.0,
+        snap: float = 2.0,
     ):
         if refine not in REFINE_MODES:
             raise TrackerError(f"unknown refinement {refine!r}; choose from: {', '.join(REFINE_MODES)}")
@@ -573,7 +696,7 @@ class CorrespondenceField:
         self.stride = stride
         self.flow = FlowEstimator(flow_size) if refine == "flow" else None
         self.flow_tolerance = flow_tolerance
-        self.reanchor = reanchor
+        self.snap = snap
 
     def fields(self, frames: Iterable[np.ndarray], batch_size: int = 8) -> Iterator[Correspondence]:
         """Yield one :class:`Correspondence` per frame, the first frame being the reference."""
@@ -605,15 +728,29 @@ class CorrespondenceField:
                 else:
                     gray = self.flow.gray(frame)
                     feat_xy, feat_valid = self._to_pixels(back, fwd, centres, geometry, sub_hw, s, gray.shape)
-                    chain = self._carry(chain, gray, feat_xy, feat_valid, geometry)
+                    chain = self._carry(chain, gray, feat_xy, feat_valid, geometry, grid, reference)
                     size = (geometry.frame_w, geometry.frame_h)
                     map_xy = cv2.resize(chain[1], size, interpolation=cv2.INTER_LINEAR)
                     valid = cv2.resize(chain[2], size, interpolation=cv2.INTER_LINEAR)
                     yield Correspondence(index, map_xy, valid)
                 index += 1
 
-    def _carry(self, chain, gray: np.ndarray, feat_xy: np.ndarray, feat_valid: np.ndarray, geometry: GridGeometry):
-        """The flow-carried field of this frame: ``(grey, field [h', w', 2], valid [h', w'])``."""
+    def _carry(
+        self,
+        chain,
+        gray: np.ndarray,
+        feat_xy: np.ndarray,
+        feat_valid: np.ndarray,
+        geometry: GridGeometry,
+        grid: Tensor,
+        reference: Tensor,
+    ):
+        """The flow-carried field of this frame: ``(grey, field [h', w', 2], valid [h', w'])``.
+
+        The chain holds where it was valid, the flow is forward-backward consistent, and the frame still looks
+        like the reference where the field points (:meth:`_similarity` at least the matcher's ``min_score``:
+        the flow drags a moving object's field onto the background it uncovers, consistently).
+        """
         h, w = gray.shape
         if chain is None:  # the reference frame: every pixel is itself
             ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -630,10 +767,11 @@ class CorrespondenceField:
         )
         field = np.ascontiguousarray(carried[..., :2])
         ok = (carried[..., 2] > 0.5) & (error <= self.flow_tolerance * self.flow.scale)
+        ok &= _similarity(field, grid, reference, geometry) >= self.config.min_score
         matched = feat_valid > 0.5
         cell = max(geometry.cell_size)
-        drifted = np.linalg.norm(field - feat_xy, axis=2) > self.reanchor * cell
-        anchor = matched & (~ok | drifted)
+        near = np.linalg.norm(field - feat_xy, axis=2) <= self.snap * cell
+        anchor = matched & (~ok | near)
         field[anchor] = feat_xy[anchor]
         return gray, field, (ok | anchor).astype(np.float32)
 
@@ -654,6 +792,28 @@ class CorrespondenceField:
         pixel_uv = geometry.pixel_to_grid(xy.to(field.device))
         up = _sample_subgrid(field, pixel_uv, s).T.reshape(3, out_h, out_w)
         return up[:2].permute(1, 2, 0).cpu().numpy().astype(np.float32), up[2].float().cpu().numpy()
+
+
+def _similarity(field: np.ndarray, grid: Tensor, reference: Tensor, geometry: GridGeometry) -> np.ndarray:
+    """Cosine similarity ``[h', w']`` between a frame and the reference where its field points.
+
+    Args:
+        field: ``[h', w', 2]`` reference pixel xy for every pixel of an ``h' x w'`` raster of the frame.
+        grid, reference: ``[C, h, w]`` unit features of the frame and of the reference.
+
+    Computed at the frame's grid cells (the field read at each cell's centre, the reference's features
+    bilinearly there) and bilinearly resized to the raster.
+    """
+    h, w = field.shape[:2]
+    gh, gw = grid.shape[1:]
+    v, u = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    centres = geometry.grid_to_pixel(torch.stack([u, v], -1).float())  # [gh, gw, 2] frame pixels
+    raster = ((centres + 0.5) * centres.new_tensor([w / geometry.frame_w, h / geometry.frame_h]) - 0.5).numpy()
+    ref_xy = cv2.remap(field, raster[..., 0], raster[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    where = geometry.grid_to_normalized(geometry.pixel_to_grid(torch.from_numpy(ref_xy)))[None].to(reference)
+    sampled = F.grid_sample(reference[None], where, mode="bilinear", padding_mode="border", align_corners=False)[0]
+    sim = (F.normalize(sampled, dim=0) * grid).sum(0).float().cpu().numpy()
+    return cv2.resize(sim, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def _query_cells(grid: Tensor, s: int) -> Tensor:
