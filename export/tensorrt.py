@@ -254,6 +254,8 @@ class TensorRTFeaturizer(Featurizer):
         self._buffers: dict[int, tuple[Tensor, Tensor]] = {}
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.graph_error: str | None = None  # why capturing failed (then every shape runs eagerly)
+        self._scratch: Tensor | None = None  # activation memory shared by the contexts
+        self.shared_memory: bool | None = None
         with torch.cuda.device(self._device):
             self._stream = torch.cuda.Stream(self._device)
 
@@ -290,7 +292,7 @@ class TensorRTFeaturizer(Featurizer):
     def _context(self, batch: int, stream: torch.cuda.Stream):
         """The execution context of shape ``batch``: on its own profile, shape and addresses set once."""
         if batch not in self._contexts:
-            context = self.engine.create_execution_context()
+            context = self._new_context()
             if context is None:
                 raise TrackerError("TensorRT could not create an execution context (GPU memory?)")
             if self.engine.num_optimization_profiles > 1:
@@ -301,6 +303,27 @@ class TensorRTFeaturizer(Featurizer):
             context.set_tensor_address("features", out.data_ptr())
             self._contexts[batch] = context
         return self._contexts[batch]
+
+    def _new_context(self):
+        """A context on the one activation buffer all contexts share (they run one after another on one
+        stream), so contexts per shape cost no more memory than one; TensorRT's own allocation where this
+        TensorRT's Python API differs (``shared_memory`` says which)."""
+        import tensorrt as trt
+
+        try:
+            context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            size = int(getattr(self.engine, "device_memory_size_v2", 0) or self.engine.device_memory_size)
+            if self._scratch is None:
+                self._scratch = torch.empty(max(size, 1), dtype=torch.uint8, device=self._device)
+            if hasattr(context, "set_device_memory"):
+                context.set_device_memory(self._scratch.data_ptr(), self._scratch.numel())
+            else:
+                context.device_memory = self._scratch.data_ptr()
+            self.shared_memory = True
+            return context
+        except (AttributeError, TypeError):  # another API generation: one allocation per context
+            self.shared_memory = False
+            return self.engine.create_execution_context()
 
     def _enqueue(self, batch: int, stream: torch.cuda.Stream) -> None:
         if not self._context(batch, stream).execute_async_v3(stream.cuda_stream):

@@ -95,7 +95,7 @@ def test_cuda_graphs_replay_the_right_shape_after_a_tail_batch(featurizer, tmp_p
     got = [engine(b).cpu() for b in batches]
     want = [eager(b).cpu() for b in batches]
     assert engine.graph_error is None and set(engine._graphs) == {8}  # the 3 ran padded to 8: no new capture
-    assert len(engine._contexts) == 1
+    assert len(engine._contexts) == 1 and engine.shared_memory is not None
     for a, b in zip(got, want, strict=True):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
     assert torch.allclose(got[1], got[0][2:5], atol=1e-4) and torch.allclose(got[2], got[0].flip(0), atol=1e-4)
