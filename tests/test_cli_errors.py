@@ -94,13 +94,13 @@ class Case:
     extra: tuple[str, ...] = ()
     setup: Callable[[Path], None] | None = None
     skip: str | None = None
+    points_arg: bool = True
 
     def argv(self) -> list[str]:
         return [
             *CLI,
             self.video,
-            "--points",
-            "points.json",
+            *(("--points", "points.json") if self.points_arg else ()),
             "--model",
             self.model,
             "--no-progress",
@@ -154,6 +154,14 @@ CASES: dict[str, Case] = {
         skip=None if Path("/proc/self").is_dir() else "no /proc here",
     ),
     "size-not-multiple-of-14": Case(("--size", "14"), model="dinov2-s", extra=("--weights", "random", "--size", "100")),
+    # inline points and --grid (the last --points given wins over the case's points.json)
+    "points-neither-file-nor-inline": Case(
+        ("points file 1,2;3 not found", 'inline points "x,y;x,y"', "495,405;560,430", "--grid N"),
+        extra=("--points", "1,2;3"),
+    ),
+    "inline-point-outside-frame": Case(("500", "outside"), extra=("--points", "30,25;500,10")),
+    "grid-zero": Case(("--grid", ">= 1"), extra=("--grid", "0"), points_arg=False),
+    "grid-and-points": Case(("exactly one of", "--points, --grid"), extra=("--grid", "3")),
 }
 VALID = Case(())  # the positive control: the error cases each change one thing of it
 
@@ -255,6 +263,82 @@ def test_valid_input_tracks(runs: dict[str, Run]) -> None:
     assert np.asarray(doc["visible"]).shape == (NUM_FRAMES, len(GOOD_POINTS["points"]))
     # point 1 is given on frame 2: no position before it, its own position on it
     assert doc["x"][0][1] is None and doc["x"][2][1] == pytest.approx(60.5, abs=1e-3)
+
+
+# --------------------------------------------------------------------------- conveniences
+
+
+def _track(folder: Path, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CLI, *argv, "--no-progress"],
+        cwd=folder,
+        env=_env(folder / "cache"),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def test_inline_points_grid_legend_and_the_lines_said(clips: Path, tmp_path: Path) -> None:
+    """Inline points and --grid track; the legend changes the overlay; sift says it is the fallback; the
+    end-of-run line names the device once; a mask run says how much of the object it kept."""
+    import cv2
+
+    shutil.copy(clips / "clip.mp4", tmp_path / "clip.mp4")
+    mask = np.zeros(SIZE, np.uint8)
+    mask[10:40, 20:60] = 255
+    cv2.imwrite(str(tmp_path / "mask.png"), mask)
+    runs = {
+        "inline": (
+            "clip.mp4",
+            "--points",
+            "30,25;60.5,40,2",
+            "--model",
+            "sift",
+            "--out-tracks",
+            "i.json",
+            "--out-video",
+            "i.mp4",
+        ),
+        "legend": (
+            "clip.mp4",
+            "--points",
+            "30,25;60.5,40,2",
+            "--model",
+            "sift",
+            "--out-tracks",
+            "l.json",
+            "--out-video",
+            "l.mp4",
+            "--legend",
+        ),
+        "grid": ("clip.mp4", "--grid", "3", "--model", "sift", "--out-tracks", "g.json", "--no-video"),
+        "mask": ("clip.mp4", "--mask", "mask.png", "--model", "sift", "--out-video", "m.mp4"),
+    }
+    with ThreadPoolExecutor(4) as pool:
+        done = dict(zip(runs, pool.map(lambda a: _track(tmp_path, *a), runs.values()), strict=True))
+    for name, proc in done.items():
+        assert proc.returncode == 0, (name, proc.stderr)
+    inline = json.loads((tmp_path / "i.json").read_text())
+    assert [(p["x"], p["y"], p["frame"]) for p in inline["points"]] == [(30.0, 25.0, 0), (60.5, 40.0, 2)]
+    assert inline["x"][0][1] is None and inline["x"][2][1] == pytest.approx(60.5, abs=1e-3)
+    grid = json.loads((tmp_path / "g.json").read_text())
+    xy = sorted((p["x"], p["y"]) for p in grid["points"])
+    w, h = SIZE[1], SIZE[0]
+    assert (
+        len(xy) == 9
+        and xy[0] == pytest.approx((w / 6 - 0.5, h / 6 - 0.5))
+        and xy[-1] == pytest.approx((5 * w / 6 - 0.5, 5 * h / 6 - 0.5))
+    )
+    plain, legend = (cv2.VideoCapture(str(tmp_path / f"{k}.mp4")).read()[1] for k in ("i", "l"))
+    corner = (slice(0, 14), slice(0, 40))
+    assert np.abs(plain[corner].astype(int) - legend[corner].astype(int)).mean() > 10  # the legend's box
+    err = done["inline"].stderr
+    assert "track: note: sift is the weight-free fallback: expect drift" in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("track: done: 2 points through 6 frames") and last.count(" on cpu") == 1, last
+    mask_line = done["mask"].stderr.strip().splitlines()[-1]
+    assert re.search(r"mask through 6 frames, kept \d+% of the object \(last frame \d+%\)", mask_line), mask_line
 
 
 # --------------------------------------------------------------------------- Ctrl-C

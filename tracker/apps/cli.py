@@ -457,9 +457,7 @@ def _featurizer_for(args: argparse.Namespace, info, device: str):
         model, warning = resolve_model(args.model, args.weights)
         match, prop = _settings(args, model)
         if warning:
-            print(f"track: warning: {warning}; {FALLBACK}", file=sys.stderr)
-        elif model == "sift":
-            print(f"track: note: sift is the {FALLBACK}", file=sys.stderr)
+            print(f"track: warning: {warning}; weight-free fallback: expect drift", file=sys.stderr)
     featurizer, how = build_featurizer(
         model,
         (info.height, info.width),
@@ -478,7 +476,10 @@ def _featurizer_for(args: argparse.Namespace, info, device: str):
 
 
 def _announce(args: argparse.Namespace, backend: str) -> None:
-    """Say which backend ``--backend auto`` chose (once the input has been validated)."""
+    """Say which backend ``--backend auto`` chose and that ``--model sift`` is the weight-free fallback (once the
+    input has been validated; ``--model auto`` falling back said it in its warning)."""
+    if args.model == "sift":
+        print(f"track: note: sift is the {FALLBACK}", file=sys.stderr)
     if args.backend == "auto":
         print(f"track: backend {backend}", file=sys.stderr)
 

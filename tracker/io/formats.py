@@ -154,7 +154,7 @@ def points_argument(value: str) -> Queries:
     path = Path(value)
     if path.exists() or not is_inline_points(value):
         if not path.exists():
-            raise TrackerError(f"--points {value}: no such file, nor inline points; give {POINTS_SYNTAX}")
+            raise TrackerError(f"--points: points file {value} not found, nor inline points; give {POINTS_SYNTAX}")
         return read_points(path)
     return parse_inline_points(value)
 
