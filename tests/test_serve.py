@@ -81,8 +81,8 @@ def read_events(client, url: str) -> list[tuple[str, dict]]:
 
 def test_bad_uploads_are_refused_clearly_and_the_server_keeps_serving(client, files):
     cases = [
-        ("not_a_video", 415, "not a video: its content is none of MP4/MOV, WebM/MKV"),
-        ("playlist", 415, "not a video"),  # an HLS playlist is never handed to FFmpeg
+        ("not_a_video", 415, "not a video (it looks like text); supported: MP4/MOV, WebM/MKV"),
+        ("playlist", 415, "not a video (it looks like an HLS playlist)"),  # never handed to FFmpeg
         ("truncated", 415, "cannot decode the video (mp4 container, but no frame decodes)"),
         ("one_frame", 415, "the video has 1 frame; tracking needs at least 2"),
     ]
@@ -101,7 +101,7 @@ def test_bad_uploads_are_refused_clearly_and_the_server_keeps_serving(client, fi
     body = good.json()
     assert (body["width"], body["height"], body["num_frames"], body["container"]) == (320, 240, NUM_FRAMES, "mp4")
     stored = sorted(p.name for p in (client.app.state.service.videos_dir).iterdir())
-    assert stored == sorted([f"{body['video']}.video", f"{body['video']}.jpg"])  # refused uploads left nothing
+    assert stored == sorted([f"{body['video']}.video", f"{body['video']}.jpg", body["video"]])  # refused: nothing
     assert ID.match(body["video"])
     first = client.get(body["first_frame"])
     assert first.status_code == 200 and first.headers["content-type"] == "image/jpeg"
@@ -150,6 +150,78 @@ def test_tracking_job_streams_points_and_tracks_match_the_motion(client, files, 
         assert r.status_code == 200 and f'filename="tracks.{suffix}"' in r.headers["content-disposition"]
     tracks = json.loads(client.get(done["tracks_json"]).content)
     assert np.allclose(np.stack([tracks["x"], tracks["y"]], -1), xy, atol=2e-3)
+
+
+def test_points_on_later_frames_overlay_video_frames_and_visibility_summary(client, files, video, tmp_path):
+    import cv2
+
+    from tracker.io.drawing import palette_hex
+
+    info = client.get("/api/info").json()
+    assert info["palette"][:3] == palette_hex(3) and len(info["palette"]) == info["max_points"]
+    assert info["fallback"].startswith("sift is the weight-free fallback: expect drift")
+    vid = post_video(client, files["clip"].read_bytes()).json()["video"]
+    frame5 = client.get(f"/api/videos/{vid}/frames/5.jpg")
+    assert frame5.status_code == 200 and frame5.headers["content-type"] == "image/jpeg"
+    assert client.get(f"/api/videos/{vid}/frames/{NUM_FRAMES}.jpg").status_code == 404
+    points = object_points(video, 2)
+    body = {"points": [points[0].tolist(), [*points[1].tolist(), 5]]}  # the second point is given on frame 5
+    job = client.post(f"/api/videos/{vid}/jobs", json=body).json()
+    events = read_events(client, job["events"])
+    frames = [e for kind, e in events if kind == "frame"]
+    assert all(f["xy"][1] is None for f in frames[:5]) and frames[5]["xy"][1] == pytest.approx(points[1], abs=1e-3)
+    kind, done = events[-1]
+    assert kind == "done" and 0.8 < done["visible_share"] <= 1.0 and isinstance(done["lost"], list)
+    r = client.get(done["overlay_mp4"])
+    assert r.status_code == 200 and r.headers["content-type"] == "video/mp4"
+    (tmp_path / "o.mp4").write_bytes(r.content)
+    capture = cv2.VideoCapture(str(tmp_path / "o.mp4"))
+    decoded = []
+    while (frame := capture.read()[1]) is not None:
+        decoded.append(frame.shape)
+    assert decoded == [(240, 320, 3)] * NUM_FRAMES  # the full-size overlay, every frame
+
+
+def test_visibility_summary_names_the_points_lost_and_when():
+    from tracker.apps.serve import visibility_summary
+
+    visible = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 1], [1, 1, 1]], bool)  # [T=4, N=3]
+    summary = visibility_summary(visible, np.array([0, 1, 2]))
+    # point 1 lost on frame 2; point 2 is given on frame 1 and always visible from there; point 3 from frame 2
+    assert summary == {"visible_share": round(8 / 9, 4), "lost": [[1, 2]]}
+
+
+def test_stop_cancels_a_running_job_and_a_queued_one(client, files, video):
+    vid = post_video(client, files["clip"].read_bytes()).json()["video"]
+    points = {"points": object_points(video, 2).tolist()}
+    first = client.post(f"/api/videos/{vid}/jobs", json=points).json()
+    second = client.post(f"/api/videos/{vid}/jobs", json=points).json()  # waits for the one worker
+    assert client.post(f"/api/jobs/{second['job']}/cancel", json={}).status_code == 200
+    events, kind = [], None
+    with client.stream("GET", first["events"]) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[6:])))
+                if kind == "frame" and len(events) == 1:  # the first frame is out: stop it
+                    assert client.post(f"/api/jobs/{first['job']}/cancel", json={}).status_code == 200
+    kind, last = events[-1]
+    assert kind == "cancelled" and 1 <= last["frames"] < NUM_FRAMES, (kind, last)
+    assert read_events(client, second["events"])[-1] == ("cancelled", {"frames": 0})
+    r = client.get(f"/api/jobs/{first['job']}/overlay.mp4")
+    assert r.status_code == 409 and "cancelled" in r.json()["error"]
+    assert client.post(f"/api/jobs/{'0' * 32}/cancel", json={}).status_code == 404
+
+
+def test_demo_clip_comes_with_points_on_its_objects(client):
+    r = client.post("/api/demo", json={})
+    assert r.status_code == 200, r.text
+    demo = r.json()
+    assert (demo["width"], demo["height"], demo["num_frames"]) == (320, 240, 48)
+    pts = np.array(demo["suggested_points"])
+    assert len(pts) >= 2 and (pts >= 0).all() and (pts[:, 0] < 320).all() and (pts[:, 1] < 240).all()
+    assert client.get(demo["first_frame"]).status_code == 200
 
 
 # --------------------------------------------------------------------------- under attack
@@ -277,13 +349,19 @@ def test_malformed_points_are_a_400_with_one_line(client, files):
     url = f"/api/videos/{vid}/jobs"
     deep = '{"points": ' + "[" * 20_000 + "]" * 20_000 + "}"  # 40 kB, under the cap
     cases = [
-        ('{"points": [["10", "20"]]}', "points[0] must be [x, y], two numbers; got a string"),
-        ('{"points": [[true, false]]}', "points[0] must be [x, y], two numbers; got true/false"),
-        ('{"points": [10, 20]}', "points[0] must be [x, y], two numbers; got a number"),
-        ('{"points": [[1, 2], [1, 2, 3]]}', "points[1] must be [x, y], two numbers; got a list of 3"),
-        ('{"points": [[1, null]]}', "points[0] must be [x, y], two numbers; got null"),
-        ('{"points": [[1, [2]]]}', "points[0] must be [x, y], two numbers; got a list"),
-        ('{"points": [{"x": 1, "y": 2}]}', "points[0] must be [x, y], two numbers; got an object"),
+        ('{"points": [["10", "20"]]}', "points[0] must be [x, y], two numbers (or [x, y, frame]); got a string"),
+        ('{"points": [[true, false]]}', "points[0] must be [x, y], two numbers (or [x, y, frame]); got true/false"),
+        ('{"points": [10, 20]}', "points[0] must be [x, y], two numbers (or [x, y, frame]); got a number"),
+        (
+            '{"points": [[1, 2], [1, 2, 3, 4]]}',
+            "points[1] must be [x, y], two numbers (or [x, y, frame]); got a list of 4",
+        ),
+        ('{"points": [[1, 2, 2.5]]}', "points[0]: the frame must be a whole number >= 0"),
+        ('{"points": [[1, 2, -1]]}', "points[0]: the frame must be a whole number >= 0"),
+        ('{"points": [[1, 2], [1, 2, 24]]}', "points[1] is on frame 24, but the video has 24 frames"),
+        ('{"points": [[1, null]]}', "points[0] must be [x, y], two numbers (or [x, y, frame]); got null"),
+        ('{"points": [[1, [2]]]}', "points[0] must be [x, y], two numbers (or [x, y, frame]); got a list"),
+        ('{"points": [{"x": 1, "y": 2}]}', "points[0] must be [x, y], two numbers (or [x, y, frame]); got an object"),
         ('{"points": [[1' + "0" * 400 + ", 2]]}", "a number in the body is too large"),
         ('{"points": [[1e400, 2]]}', "a number in the body is too large"),
         ('{"points": [[' + "7" * 5000 + ", 2]]}", "a number in the body is too large"),
@@ -304,7 +382,7 @@ def test_malformed_points_are_a_400_with_one_line(client, files):
     r = client.post(url, content=b'{"points": [[100, 100.5]]}', headers={"Content-Type": "application/json"})
     assert r.status_code == 200, r.text  # the server kept serving, and integers are numbers
     job = client.app.state.service.job(r.json()["job"])
-    assert job.points.tolist() == [[100.0, 100.5]]
+    assert job.points.tolist() == [[100.0, 100.5, 0.0]]  # x, y and the query frame (0 when not given)
 
 
 def test_service_start_checks_points_itself(client, files):
@@ -430,7 +508,9 @@ def test_browser_upload_click_track_download_and_a_bad_upload(page, files, video
     wanted = object_points(video)
     click_image(page, wanted, SIZE)
     clicked = np.array(page.evaluate("window.tracker.points"))
-    assert clicked.shape == (4, 2) and np.abs(clicked - wanted).max() < 0.6  # CSS pixels are 2.6 image pixels
+    assert clicked.shape == (4, 3) and (clicked[:, 2] == 0).all()  # x, y and the query frame
+    clicked = clicked[:, :2]
+    assert np.abs(clicked - wanted).max() < 0.6  # CSS pixels are 2.6 image pixels
     assert page.inner_text("#count") == "4 points"
     page.click("#track")
     page.wait_for_function("window.tracker.done || window.tracker.error")
@@ -455,7 +535,7 @@ def test_browser_upload_click_track_download_and_a_bad_upload(page, files, video
     assert json.loads(saved.read_text())["model"] == "sift"
 
     bad = upload(page, files["not_a_video"])
-    assert bad["video"] is None and "Upload refused: not a video" in page.inner_text("#error")
+    assert bad["video"] is None and "not_a_video.mp4: not a video (it looks like text)" in page.inner_text("#error")
     assert page.is_disabled("#track")
     again = upload(page, files["clip"])
     assert again["error"] is None and again["video"]["width"] == 320 and page.inner_text("#error") == ""
@@ -463,6 +543,87 @@ def test_browser_upload_click_track_download_and_a_bad_upload(page, files, video
     page.click("#track")
     page.wait_for_function("window.tracker.done || window.tracker.error")
     assert page.evaluate("window.tracker.done.frames") == NUM_FRAMES
+
+
+def canvas_pixel(page, x: float, y: float) -> list[int]:
+    """The canvas's RGB at pixel (x, y) of the frame."""
+    return page.evaluate(
+        "([x, y]) => Array.from(document.getElementById('view').getContext('2d')"
+        ".getImageData(Math.round(x), Math.round(y), 1, 1).data.slice(0, 3))",
+        [x, y],
+    )
+
+
+def hex_rgb(value: str) -> np.ndarray:
+    return np.array([int(value[k : k + 2], 16) for k in (1, 3, 5)])
+
+
+def test_browser_demo_palette_removal_replay_download_and_stop(page, tmp_path):
+    """The demo clip with its suggested points; a marker keeps its colour through tracking; a point removed;
+    the slider and Play replay the frames; the overlay video downloads; a click after Done clears the result;
+    Stop ends a run with the frames so far kept for replay."""
+    import cv2
+
+    page.evaluate("window.tracker.video = null; window.tracker.error = null")
+    page.click("#demo")
+    page.wait_for_function("window.tracker.video || window.tracker.error")
+    assert page.evaluate("window.tracker.error") is None
+    points = page.evaluate("window.tracker.points")
+    palette = page.evaluate("window.tracker.info.palette")
+    assert len(points) >= 3 and page.locator("#points li").count() == len(points)
+    page.click("#points li:nth-child(2) button")  # remove point 2
+    assert page.evaluate("window.tracker.points.length") == len(points) - 1
+    assert "Removed point 2" in page.inner_text("#status")
+    x, y, _ = points[0]
+    before = np.array(canvas_pixel(page, x, y))
+    assert np.abs(before - hex_rgb(palette[0])).max() <= 8, (before, palette[0])
+
+    page.click("#track")
+    page.wait_for_function("window.tracker.done || window.tracker.error")
+    assert page.evaluate("window.tracker.error") is None
+    n = page.evaluate("window.tracker.done.frames")
+    assert page.evaluate("window.tracker.images.filter(Boolean).length") == n
+    done = page.inner_text("#status")
+    assert "% visible" in done and ("lost at frame" in done or "no point lost" in done), done
+    # replay: the slider shows frame 0 again, where point 1 sits on its query position in the same colour
+    page.locator("#scrub").fill("0")
+    page.wait_for_function("window.tracker.shown === 0")
+    page.wait_for_timeout(150)  # the JPEG decodes
+    after = np.array(canvas_pixel(page, x, y))
+    assert np.abs(after - hex_rgb(palette[0])).max() <= 45, (after, palette[0])  # JPEG-coded, same colour
+    first = page.evaluate("document.getElementById('view').toDataURL()")
+    page.locator("#scrub").fill(str(n - 1))
+    page.wait_for_function(f"window.tracker.shown === {n - 1}")
+    page.wait_for_timeout(150)
+    assert page.evaluate("document.getElementById('view').toDataURL()") != first
+    assert page.inner_text("#frame-label") == f"frame {n} / {n}"
+    page.click("#play")
+    page.wait_for_function(f"window.tracker.playing === false && window.tracker.shown === {n - 1}")
+
+    with page.expect_download() as download:
+        page.click("#dl-video")
+    assert download.value.suggested_filename == "overlay.mp4"
+    download.value.save_as(tmp_path / "overlay.mp4")
+    capture = cv2.VideoCapture(str(tmp_path / "overlay.mp4"))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    assert count == n
+    if os.environ.get("TRACKER_SCREENSHOTS"):
+        page.screenshot(path=str(Path(os.environ["TRACKER_SCREENSHOTS"]) / "serve_done.png"), full_page=True)
+
+    # a click after Done: the old result (links, summary) goes, the point is added on the query frame
+    click_image(page, np.array([[40.0, 40.0]]), (240, 320))
+    assert page.is_hidden("#dl-json") and "Done" not in page.inner_text("#status")
+    assert page.evaluate("window.tracker.done") is None and page.evaluate("window.tracker.points.length") == len(points)
+
+    page.click("#track")
+    page.wait_for_function("window.tracker.job !== null")
+    page.click("#stop")
+    page.wait_for_function("window.tracker.cancelled || window.tracker.done || window.tracker.error")
+    stopped = page.evaluate("window.tracker.cancelled")
+    assert stopped is not None and stopped["frames"] < n, stopped
+    assert "Stopped after" in page.inner_text("#status") and page.is_hidden("#stop") and page.is_hidden("#dl-video")
 
 
 def test_browser_camera_recording_is_uploaded(page):

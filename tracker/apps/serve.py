@@ -8,12 +8,21 @@ watch the tracked overlay stream back, download the tracks. The HTTP interface (
   a temporary folder under a server-made name, refused beyond the size limit (413), refused unless its first
   bytes are a known video container (415), and decoded with OpenCV before it is accepted (415 when it
   cannot be, or has fewer than 2 frames). Answers the video's id, size, frame rate and frame count.
-- ``GET /api/videos/{id}/first.jpg``: its first frame.
-- ``POST /api/videos/{id}/jobs`` ``{"points": [[x, y], ...]}`` (pixels of the first frame): starts tracking
-  in a worker thread (never on the event loop); answers the job id.
-- ``GET /api/jobs/{id}/events``: server-sent events, ``frame`` (points of one frame and the overlay as a
-  JPEG data URL) then ``done`` (or ``failed``).
-- ``GET /api/jobs/{id}/tracks.json`` / ``tracks.csv``: the tracks once the job is done (409 before).
+- ``POST /api/demo``: a generated demo clip (moving textured objects), accepted as an upload would be, with
+  suggested points on its objects.
+- ``GET /api/videos/{id}/first.jpg``: its first frame; ``/frames/{k}.jpg``: frame ``k`` (for points on
+  later frames).
+- ``POST /api/videos/{id}/jobs`` ``{"points": [[x, y] or [x, y, frame], ...]}`` (pixels of the original
+  frame, on frame 0 or the frame given): starts tracking in a worker thread (never on the event loop);
+  answers the job id.
+- ``GET /api/jobs/{id}/events``: server-sent events, ``frame`` (points of one frame and the overlay, drawn at
+  the preview size, as a JPEG data URL) then ``done`` (with a summary of visibility), ``cancelled`` or
+  ``failed``.
+- ``POST /api/jobs/{id}/cancel``: stops a job (the frames tracked so far stay on the page).
+- ``GET /api/jobs/{id}/tracks.json`` / ``tracks.csv`` / ``overlay.mp4``: the tracks and the full-size
+  overlay video once the job is done (409 before).
+- ``GET /api/info``: the model, its device, the limits, the point palette (shared with the overlays: point
+  ``i`` has colour ``palette[i]`` everywhere) and whether the weight-free fallback runs.
 
 Ids are random hex made by the server and checked against that shape, so no client text becomes a path.
 Old uploads and jobs are deleted when newer ones arrive (``max_videos``, ``max_jobs``).
@@ -78,6 +87,32 @@ def sniff_container(head: bytes) -> str | None:
     if len(head) > 188 and head[0] == 0x47 and head[188] == 0x47:
         return "mpeg-ts"
     return None
+
+
+def describe_content(head: bytes) -> str:
+    """What a file that is not a video looks like, in words a user knows (from its first bytes)."""
+    kinds = [
+        (b"\x89PNG", "a PNG image"),
+        (b"\xff\xd8\xff", "a JPEG image"),
+        (b"GIF8", "a GIF image"),
+        (b"%PDF", "a PDF document"),
+        (b"PK\x03\x04", "a zip archive"),
+        (b"#EXTM3U", "an HLS playlist"),
+    ]
+    for magic, what in kinds:
+        if head.startswith(magic):
+            return what
+    if head.startswith(b"RIFF") and head[8:12] == b"WAVE":
+        return "a WAV sound file"
+    if head.startswith((b"ID3", b"\xff\xfb")):
+        return "an MP3 sound file"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c in "\r\n\t" for c in text):
+        return "text"
+    return "no format known here"
 
 
 # --------------------------------------------------------------------------- who may talk to the server
@@ -283,10 +318,13 @@ def _is_number(value) -> bool:
 
 
 def check_points(points, max_points: int) -> np.ndarray:
-    """Query points as ``[N, 2]`` float64 pixels: a list of ``[x, y]`` pairs of finite real numbers.
+    """Query points as ``[N, 3]`` float64: pixel x, y and the frame each is given on (0 when not given).
+
+    Each point is ``[x, y]`` or ``[x, y, frame]`` of finite real numbers, the frame a whole number >= 0.
 
     Raises:
-        TrackerError: not a list, no points, more than ``max_points``, or a point that is not two finite numbers.
+        TrackerError: not a list, no points, more than ``max_points``, or a point that is not two finite numbers
+            (and optionally a frame).
     """
     if not isinstance(points, (list, tuple)):
         raise TrackerError(f"points must be a list of [x, y] pixel pairs; got {_kind(points)}")
@@ -295,18 +333,21 @@ def check_points(points, max_points: int) -> np.ndarray:
     if len(points) > max_points:
         raise TrackerError(f"{len(points)} points; at most {max_points}")
     for i, point in enumerate(points):
-        if not (isinstance(point, (list, tuple)) and len(point) == 2):
-            raise TrackerError(f"points[{i}] must be [x, y], two numbers; got {_kind(point)}")
+        if not (isinstance(point, (list, tuple)) and len(point) in (2, 3)):
+            raise TrackerError(f"points[{i}] must be [x, y], two numbers (or [x, y, frame]); got {_kind(point)}")
         for value in point:
             if not _is_number(value):
                 got = "a list" if isinstance(value, (list, tuple)) else _kind(value)
-                raise TrackerError(f"points[{i}] must be [x, y], two numbers; got {got}")
+                raise TrackerError(f"points[{i}] must be [x, y], two numbers (or [x, y, frame]); got {got}")
     try:
-        xy = np.array(points, dtype=np.float64)
+        xy = np.array([[*p, 0][:3] for p in points], dtype=np.float64)
     except OverflowError:
         raise TrackerError("a point's coordinate is too large") from None
     if not np.isfinite(xy).all():
         raise TrackerError(f"points[{int(np.argmin(np.isfinite(xy).all(1)))}] is not finite")
+    bad = (xy[:, 2] < 0) | (xy[:, 2] != np.round(xy[:, 2]))
+    if bad.any():
+        raise TrackerError(f"points[{int(np.argmax(bad))}]: the frame must be a whole number >= 0")
     return xy
 
 
@@ -323,7 +364,8 @@ class ServeConfig:
         max_videos, max_jobs: uploads and finished jobs kept; older ones are deleted.
         max_pending: jobs queued or running at most; more are refused (503) until one finishes.
         max_pixels: largest frame (width x height) accepted (default 3840 x 2160).
-        preview_width: overlay frames streamed back are scaled down to at most this width.
+        preview_width: overlay frames streamed back are drawn at most this wide (about the page's size, so
+            markers stay sharp; the overlay video is drawn at the full size).
         workdir: folder for uploads and results (None: a new temporary folder, removed on shutdown).
         host: the address the server is bound to; requests are answered for it and for loopback names.
         allowed_hosts: further ``Host`` names (``name`` or ``name:port``) answered, as ``--allowed-host``.
@@ -343,7 +385,7 @@ class ServeConfig:
     max_jobs: int = 32
     max_pending: int = 4
     max_pixels: int = 3840 * 2160
-    preview_width: int = 640
+    preview_width: int = 960
     workdir: Path | None = None
     host: str = "127.0.0.1"
     allowed_hosts: tuple[str, ...] = ()
@@ -389,8 +431,9 @@ class Job:
     """Tracking of one video's query points, run in the worker thread; readers poll ``messages``.
 
     Attributes:
-        messages: ``(kind, payload)`` in order: ``frame`` per frame, then ``done`` or ``failed``. Overlay
-            images are kept for the last ``images`` frames only, points for all (memory stays small).
+        points: ``[N, 3]`` pixel x, y and query frame of each point.
+        messages: ``(kind, payload)`` in order: ``frame`` per frame, then ``done``, ``cancelled`` or ``failed``.
+            Overlay images are kept for the last ``images`` frames only, points for all (memory stays small).
         status: ``queued``, ``running``, ``done``, ``failed`` or ``cancelled``.
     """
 
@@ -466,10 +509,11 @@ class TrackingService:
                 head = f.read(512)
             container = sniff_container(head)
             if container is None:
-                raise TrackerError(f"not a video: its content is none of {CONTAINERS}")
+                raise TrackerError(f"not a video (it looks like {describe_content(head)}); supported: {CONTAINERS}")
             video = self._probe(video_id, path, container)
         except BaseException:
             path.unlink(missing_ok=True)
+            shutil.rmtree(path.with_suffix(""), ignore_errors=True)
             raise
         with self._lock:
             self.videos[video_id] = video
@@ -477,6 +521,7 @@ class TrackingService:
                 _, old = self.videos.popitem(last=False)
                 old.path.unlink(missing_ok=True)
                 old.path.with_suffix(".jpg").unlink(missing_ok=True)
+                shutil.rmtree(old.path.with_suffix(""), ignore_errors=True)
         return video
 
     def _probe(self, video_id: str, path: Path, container: str) -> Video:
@@ -491,6 +536,10 @@ class TrackingService:
             source.close()
             raise TrackerError(f"the frames are {w}x{h}, over the limit of {self.config.max_pixels / 1e6:g} megapixels")
         count, first = 0, None
+        frames_dir = self.videos_dir / video_id
+        frames_dir.mkdir(exist_ok=True)
+        scale = min(1.0, self.config.preview_width / w)
+        preview = (max(1, round(w * scale)), max(1, round(h * scale)))
         try:
             for frame in source:
                 if first is None:
@@ -498,6 +547,10 @@ class TrackingService:
                 count += 1
                 if count > self.config.max_frames:
                     break
+                small = cv2.resize(frame, preview, interpolation=cv2.INTER_AREA) if scale < 1.0 else frame
+                ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+                if ok:
+                    (frames_dir / f"{count - 1}.jpg").write_bytes(jpeg.tobytes())
         except TrackerError:
             if count == 0:
                 raise TrackerError("cannot decode the video: its first frame is corrupt") from None
@@ -527,6 +580,33 @@ class TrackingService:
         path = self.videos_dir / f"{video_id}.jpg"
         return path if video is not None and path.is_file() else None
 
+    def frame_image(self, video_id: str, index: int) -> Path | None:
+        """Frame ``index`` of an upload at the preview size (JPEG), or None."""
+        with self._lock:
+            video = self.videos.get(video_id)
+        path = self.videos_dir / video_id / f"{index}.jpg"
+        return path if video is not None and 0 <= index < video.num_frames and path.is_file() else None
+
+    def demo(self) -> tuple[Video, list[list[float]]]:
+        """Generate the demo clip (textured objects moving over a background) and accept it as an upload.
+
+        Returns:
+            The video and suggested points (inside its objects on frame 0).
+        """
+        from tracker.synthetic import moving_objects, write_video
+
+        clip = moving_objects(num_frames=min(48, self.config.max_frames), size=(240, 320), num_objects=2, seed=0)
+        video_id, path = self.new_upload_path()
+        mp4 = path.with_suffix(".mp4")
+        write_video(str(mp4), clip.frames, fps=25)
+        mp4.rename(path)
+        video = self.accept(video_id, path)
+        points = []
+        for x0, y0, x1, y1 in clip.object_boxes:
+            for fx, fy in ((0.3, 0.35), (0.7, 0.35), (0.5, 0.7)):
+                points.append([round(float(x0 + fx * (x1 - x0)), 1), round(float(y0 + fy * (y1 - y0)), 1)])
+        return video, points
+
     # ----------------------------------------------------------------- jobs
 
     def start(self, video_id: str, points: list) -> Job:
@@ -542,14 +622,18 @@ class TrackingService:
         if video is None:
             raise KeyError(video_id)
         xy = check_points(points, self.config.max_points)
+        late = xy[:, 2] >= video.num_frames
+        if late.any():
+            i = int(np.argmax(late))
+            raise TrackerError(f"points[{i}] is on frame {int(xy[i, 2])}, but the video has {video.num_frames} frames")
         outside = (xy[:, 0] < -0.5) | (xy[:, 0] > video.width - 0.5)
         outside |= (xy[:, 1] < -0.5) | (xy[:, 1] > video.height - 0.5)
         if outside.any():
-            x, y = xy[int(np.argmax(outside))]
+            x, y = xy[int(np.argmax(outside)), :2]
             raise TrackerError(f"point ({x:g}, {y:g}) is outside the {video.width}x{video.height} frame")
         job_id = secrets.token_hex(16)
         folder = self.jobs_dir / job_id
-        job = Job(job_id, video, xy.astype(np.float32), folder)
+        job = Job(job_id, video, xy, folder)
         with self._lock:
             pending = sum(j.status in ("queued", "running") for j in self.jobs.values())
             if pending >= self.config.max_pending:
@@ -566,6 +650,13 @@ class TrackingService:
     def job(self, job_id: str) -> Job | None:
         with self._lock:
             return self.jobs.get(job_id)
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Ask a job to stop (it ends with a ``cancelled`` event after the frame it is on); None: no such job."""
+        job = self.job(job_id)
+        if job is not None:
+            job.cancel.set()
+        return job
 
     def featurizer(self, frame_hw: tuple[int, int]):
         """The featurizer for frames of ``frame_hw`` (the last two sizes are kept)."""
@@ -587,28 +678,31 @@ class TrackingService:
         return self._featurizers[frame_hw]
 
     def _run(self, job: Job) -> None:
-        """The worker thread: track, stream each frame, write the tracks."""
+        """The worker thread: track, stream each frame (drawn at the preview size), write tracks and overlay."""
         import torch
 
         from tracker.io.drawing import TrackOverlay
         from tracker.io.formats import TrackLog, write_tracks
-        from tracker.io.video import open_video
+        from tracker.io.video import AtomicVideoWriter, open_video
         from tracker.tracking import PointTracker, Queries
 
         if job.cancel.is_set():
             job.status = "cancelled"
+            job.push("cancelled", {"frames": 0})
             return
         job.status = "running"
         video = job.video
         start = time.perf_counter()
+        writer = None
         try:
             featurizer = self.featurizer((video.height, video.width))
             tracker = PointTracker(featurizer, self.match)
-            queries = Queries.create(job.points)
+            queries = Queries.create(job.points[:, :2], job.points[:, 2].astype(np.int64))
             log = TrackLog(queries)
-            overlay = TrackOverlay()
+            full, small = TrackOverlay(), TrackOverlay()
             scale = min(1.0, self.config.preview_width / video.width)
             preview = (round(video.width * scale), round(video.height * scale))
+            writer = AtomicVideoWriter(job.folder / "overlay.mp4", video.fps, (video.width, video.height))
             source = open_video(video.path)
             try:
                 with torch.inference_mode():
@@ -622,18 +716,22 @@ class TrackingService:
                         else:
                             result, state = tracker.step(state, frame)
                         log.append(result)
-                        drawn = overlay.draw(frame, result)
-                        if scale < 1.0:
-                            drawn = cv2.resize(drawn, preview, interpolation=cv2.INTER_AREA)
-                        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+                        writer.write(full.draw(frame, result))
+                        shown = cv2.resize(frame, preview, interpolation=cv2.INTER_AREA) if scale < 1.0 else frame
+                        drawn = small.draw(shown, result, scale)
+                        ok, jpeg = cv2.imencode(
+                            ".jpg", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 88]
+                        )
                         image = "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode() if ok else None
                         job.push("frame", _frame_message(result, video.num_frames), image)
             finally:
                 source.close()
             if job.cancel.is_set():
+                writer.discard()
                 job.status = "cancelled"
-                job.push("failed", {"error": "cancelled"})
+                job.push("cancelled", {"frames": len(log)})
                 return
+            writer.close()
             meta = {
                 "video": "upload",
                 "width": video.width,
@@ -661,8 +759,10 @@ class TrackingService:
                     "fps": round(len(log) / seconds, 2) if seconds > 0 else None,
                     "model": self.config.model,
                     "device": self.config.device,
+                    **visibility_summary(log.arrays()["visible"], queries.frame.numpy()),
                     "tracks_json": f"/api/jobs/{job.id}/tracks.json",
                     "tracks_csv": f"/api/jobs/{job.id}/tracks.csv",
+                    "overlay_mp4": f"/api/jobs/{job.id}/overlay.mp4",
                 },
             )
         except TrackerError as exc:
@@ -671,6 +771,10 @@ class TrackingService:
         except Exception as exc:  # a bug: the job fails with a line, the server keeps serving
             job.status = "failed"
             job.push("failed", {"error": f"internal error: {type(exc).__name__}: {exc}"})
+        finally:
+            if writer is not None and job.status != "done":
+                with contextlib.suppress(Exception):
+                    writer.discard()
 
     def close(self) -> None:
         """Cancel the jobs, stop the worker, remove the temporary folder."""
@@ -680,6 +784,23 @@ class TrackingService:
         self._executor.shutdown(wait=True, cancel_futures=True)
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+def visibility_summary(visible: np.ndarray, query_frames: np.ndarray) -> dict:
+    """How visible the points were: the share of (point, frame) pairs from each point's query frame on, and the
+    first frame each point was lost on (``[[point, frame], ...]``, points numbered from 1, as on the page).
+
+    Args:
+        visible: ``[T, N]`` bool.
+        query_frames: ``[N]`` the frame each point is given on.
+    """
+    t, n = visible.shape
+    started = np.arange(t)[:, None] >= query_frames[None, :]
+    share = float(visible[started].mean()) if started.any() else 0.0
+    lost = []
+    for i in np.nonzero((started & ~visible).any(0))[0]:
+        lost.append([int(i) + 1, int(np.argmax(started[:, i] & ~visible[:, i]))])
+    return {"visible_share": round(share, 4), "lost": lost}
 
 
 def _frame_message(result, num_frames: int) -> dict:
@@ -744,6 +865,9 @@ def create_app(config: ServeConfig):
 
     @app.get("/api/info")
     async def info():
+        from tracker.apps.cli import FALLBACK
+        from tracker.io.drawing import palette_hex
+
         return {
             "model": config.model,
             "device": config.device,
@@ -751,7 +875,17 @@ def create_app(config: ServeConfig):
             "max_frames": config.max_frames,
             "max_points": config.max_points,
             "containers": CONTAINERS,
+            "palette": palette_hex(config.max_points),
+            "fallback": f"{config.model} is the {FALLBACK}" if config.model == "sift" else None,
         }
+
+    @app.post("/api/demo")
+    async def demo():
+        try:
+            video, points = await run_in_threadpool(service.demo)
+        except TrackerError as exc:
+            return error(500, f"cannot make the demo clip: {exc}")
+        return {**video.public(), "suggested_points": points, "name": "the demo clip"}
 
     @app.post("/api/videos")
     async def upload(request: Request):
@@ -790,6 +924,13 @@ def create_app(config: ServeConfig):
         path = service.first_frame(video_id) if ID.match(video_id) else None
         if path is None:
             return error(404, "no such video (uploads are kept for a while only; upload it again)")
+        return FileResponse(path, media_type="image/jpeg")
+
+    @app.get("/api/videos/{video_id}/frames/{index}.jpg")
+    async def frame_image(video_id: str, index: str):
+        path = service.frame_image(video_id, int(index)) if ID.match(video_id) and index.isdigit() else None
+        if path is None:
+            return error(404, "no such video or frame")
         return FileResponse(path, media_type="image/jpeg")
 
     @app.post("/api/videos/{video_id}/jobs")
@@ -832,7 +973,7 @@ def create_app(config: ServeConfig):
                     data = {**payload, "image": image} if image is not None else payload
                     yield f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
                     cursor = index + 1
-                    if kind in ("done", "failed"):
+                    if kind in ("done", "failed", "cancelled"):
                         return
                 if await request.is_disconnected():
                     return
@@ -840,15 +981,22 @@ def create_app(config: ServeConfig):
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
-    @app.get("/api/jobs/{job_id}/tracks.{suffix}")
-    async def tracks(job_id: str, suffix: str):
+    @app.post("/api/jobs/{job_id}/cancel")
+    async def cancel(job_id: str):
+        job = service.cancel(job_id) if ID.match(job_id) else None
+        if job is None:
+            return error(404, "no such job")
+        return {"job": job.id, "status": job.status}
+
+    @app.get("/api/jobs/{job_id}/{name}")
+    async def results(job_id: str, name: str):
         job = service.job(job_id) if ID.match(job_id) else None
-        if job is None or suffix not in ("json", "csv"):
-            return error(404, "no such job or format (tracks.json, tracks.csv)")
+        media = {"tracks.json": "application/json", "tracks.csv": "text/csv", "overlay.mp4": "video/mp4"}
+        if job is None or name not in media:
+            return error(404, "no such job or file (tracks.json, tracks.csv, overlay.mp4)")
         if job.status != "done":
-            return error(409, f"the job is {job.status}; tracks are ready when it is done")
-        media = "application/json" if suffix == "json" else "text/csv"
-        return FileResponse(job.folder / f"tracks.{suffix}", media_type=media, filename=f"tracks.{suffix}")
+            return error(409, f"the job is {job.status}; its files are ready when it is done")
+        return FileResponse(job.folder / name, media_type=media[name], filename=name)
 
     return app
 
