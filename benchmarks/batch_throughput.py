@@ -19,7 +19,7 @@ video to a worker to its result in the driver). Reported:
 - start-up: ``wall - videos * mean turnaround / workers``.
 
 Usage:
-    python benchmarks/batch_throughput.py [--videos 12] [--frames 24] [--size 160x120] [--loop 4]
+    python benchmarks/batch_throughput.py [--videos 12] [--frames 24] [--size 160x120] [--loop 4] [--rounds 2]
         [--out benchmarks/results/cpu-2core]
 
 Writes ``batch_throughput.json`` and ``.md`` to ``--out``. The machine is shared: compare the rows of one
@@ -113,6 +113,25 @@ def run_loop(clips: Path, points: Path, out: Path, count: int) -> dict:
     }
 
 
+def medians(runs: list[dict]) -> list[dict]:
+    """Per engine and workers, the median of each figure over the rounds."""
+    keys = ("wall_s", "videos_per_min", "steady_videos_per_min", "mean_duration_s", "overhead_per_video_ms")
+    keys += ("startup_s",)
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        if "steady_videos_per_min" in run:
+            groups.setdefault((run["engine"], run["workers"]), []).append(run)
+    return [
+        {
+            "engine": e,
+            "workers": w,
+            "rounds": len(rs),
+            **{k: round(statistics.median(r[k] for r in rs), 3) for k in keys},
+        }
+        for (e, w), rs in groups.items()
+    ]
+
+
 def markdown(report: dict) -> str:
     s = report["settings"]
     lines = [
@@ -121,21 +140,35 @@ def markdown(report: dict) -> str:
         f"{s['videos']} generated clips of {s['frames']} frames, {s['size']}, 16 points each; `--model sift`, "
         f"defaults otherwise; {report['machine']['cpus']} CPU cores, shared. Command: `{report['command']}`.",
         "",
-        "| engine | workers | videos | wall s | videos/min | steady videos/min | s per video in the worker | "
+        "| round | engine | workers | videos | wall s | videos/min | steady videos/min | s per video in the worker | "
         "overhead per video (median, max) ms | start-up s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["runs"]:
         if "steady_videos_per_min" in r:
             lines.append(
-                f"| {r['engine']} | {r['workers']} | {r['videos']} | {r['wall_s']} | {r['videos_per_min']} | "
-                f"{r['steady_videos_per_min']} | {r['mean_duration_s']} | {r['overhead_per_video_ms']}, "
+                f"| {r['round']} | {r['engine']} | {r['workers']} | {r['videos']} | {r['wall_s']} | "
+                f"{r['videos_per_min']} | {r['steady_videos_per_min']} | {r['mean_duration_s']} | "
+                f"{r['overhead_per_video_ms']}, "
                 f"{r['overhead_max_ms']} | {r['startup_s']} |"
             )
         else:
             lines.append(
                 f"| {r['engine']} | {r['workers']} | {r['videos']} | {r['wall_s']} | {r['videos_per_min']} | | | | |"
             )
+    lines += [
+        "",
+        f"Medians over {report['medians'][0]['rounds'] if report['medians'] else 0} round(s):",
+        "",
+        "| engine | workers | videos/min | steady videos/min | s per video in the worker | overhead per video ms "
+        "| start-up s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in report["medians"]:
+        lines.append(
+            f"| {m['engine']} | {m['workers']} | {m['videos_per_min']} | {m['steady_videos_per_min']} | "
+            f"{m['mean_duration_s']} | {m['overhead_per_video_ms']} | {m['startup_s']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -147,6 +180,7 @@ def main() -> int:
     p.add_argument("--loop", type=int, default=4, help="clips for the shell-loop baseline (0: none)")
     p.add_argument("--engines", nargs="+", default=["local", "ray"])
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--rounds", type=int, default=1, help="rounds; every other round runs the configs in reverse")
     p.add_argument("--out", default=None, help="folder for batch_throughput.json and .md")
     args = p.parse_args()
     size = tuple(int(v) for v in args.size.lower().split("x"))
@@ -154,9 +188,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="batch-bench-") as tmp:
         folder = Path(tmp)
         clips, points = make_clips(folder, args.videos, args.frames, size)
-        for engine in args.engines:
-            for workers in args.workers:
-                run = run_batch(clips, points, folder / f"out-{engine}-{workers}", engine, workers)
+        configs = [(engine, workers) for engine in args.engines for workers in args.workers]
+        for round_ in range(args.rounds):  # alternate the order: a shared machine's load drifts
+            for engine, workers in configs if round_ % 2 == 0 else configs[::-1]:
+                run = run_batch(clips, points, folder / f"out-{engine}-{workers}-{round_}", engine, workers)
+                run["round"] = round_
                 print(json.dumps(run), flush=True)
                 runs.append(run)
         if args.loop:
@@ -170,6 +206,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "load_average_after": list(os.getloadavg()),
         "runs": runs,
+        "medians": medians(runs),
     }
     text = markdown(report)
     print(text)

@@ -472,7 +472,10 @@ def write_results(path: Path, order: list[str], records: dict[str, dict]) -> Non
     from tracker.io.atomic import atomic_write
 
     lines = [json.dumps(records[name], sort_keys=False) for name in order if name in records]
-    atomic_write(path, ("\n".join(lines) + "\n" if lines else "").encode())
+    try:
+        atomic_write(path, ("\n".join(lines) + "\n" if lines else "").encode())
+    except OSError as exc:  # disk full...: stop; the videos finished so far keep their outputs
+        raise TrackerError(f"cannot write {path} ({exc.strerror or exc}); finished videos' outputs kept") from None
 
 
 def failed_record(job: Job, error: str, status: str = "failed") -> dict:

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from tracker.apps.batch import Job, default_workers, failed_record, is_url
 from tracker.errors import TrackerError
 
-_SUMMARY = re.compile(r"^track: \w+: .* through (\d+) frames in ([\d.]+) s", re.M)
+_SUMMARY = re.compile(r"^track: \w+: .* through (\d+) frames in ([\d.]+) s \(([\d.]+|inf) frames/s", re.M)
 _WARNING = "track: warning: "
 
 
@@ -87,6 +87,10 @@ class VideoWorker:
                 record.update(status="interrupted", error="interrupted")
             except Exception as exc:  # a bug or an unexpected library error: this video fails, the others go on
                 record["error"] = f"{type(exc).__name__}: {_first_line(str(exc))}"
+        if record["status"] != "ok":
+            for folder in {os.path.dirname(p) for p in job.outputs().values()}:
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)  # only if empty: a failure before any output leaves no folder behind
         log = err.getvalue()
         found = _SUMMARY.search(log)
         elapsed = time.perf_counter() - start
@@ -94,8 +98,7 @@ class VideoWorker:
         record["warnings"] = [line[len(_WARNING) :] for line in log.splitlines() if line.startswith(_WARNING)]
         if found:
             record["frames"] = int(found.group(1))
-            seconds = float(found.group(2))
-            record["fps"] = round(record["frames"] / seconds, 2) if seconds > 0 else None
+            record["fps"] = float(found.group(3)) if found.group(3) != "inf" else None
         if record["status"] == "ok":
             record["outputs"] = job.outputs()
             record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -238,13 +241,14 @@ class LocalEngine:
     def close(self) -> None:
         if self.pool is not None:
             processes = list(getattr(self.pool, "_processes", {}).values())
-            self.pool.shutdown(wait=False, cancel_futures=True)
             for process in processes:  # an interrupted batch: stop the videos in flight (SIGTERM keeps nothing
                 with contextlib.suppress(Exception):  # half-written: outputs are atomic, and not marked ok)
                     process.terminate()
             for process in processes:
                 with contextlib.suppress(Exception):
                     process.join(timeout=10)
+            with contextlib.suppress(Exception):
+                self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
 
 
@@ -324,7 +328,7 @@ class RayEngine:
         return f"ray engine: {self.workers} actor(s) ({where} each; cluster {self.ray.cluster_resources()})"
 
     def run(self, jobs: list[Job]) -> Iterator[dict]:
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import RayError, RayTaskError
 
         pending = collections.deque(jobs)
         attempts: collections.Counter = collections.Counter()
@@ -342,8 +346,12 @@ class RayEngine:
             slot, job = running.pop(ready[0])
             try:
                 record = self.ray.get(ready[0])
-            except RayActorError:  # the actor is gone for good (ray.kill, its node lost, restarts used up)
+            except RayTaskError as exc:  # VideoWorker.run never raises; this is Ray failing around it
+                record = failed_record(job, f"ray: {_first_line(str(exc))}")
+            except RayError:  # the actor or its worker is gone (ray.kill, a crash past its restarts, node lost)
                 self.lost += 1
+                with contextlib.suppress(Exception):  # one that is only unreachable (restarting) must not linger
+                    self.ray.kill(self.actors[slot])
                 self.actors[slot] = self._new_actor()
                 self.names[slot] = None
                 if attempts[job.name] > self.retries:
@@ -352,8 +360,6 @@ class RayEngine:
                     pending.appendleft(job)
                     idle.append(slot)
                     continue
-            except RayTaskError as exc:  # VideoWorker.run never raises; this is Ray failing around it
-                record = failed_record(job, f"ray: {_first_line(str(exc))}")
             idle.append(slot)
             record["attempts"] = attempts[job.name]
             record["turnaround_s"] = round(time.perf_counter() - sent[job.name], 3)
