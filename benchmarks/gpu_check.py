@@ -334,31 +334,10 @@ def step_section(ctx: dict) -> dict:
 
 
 def readers_section(ctx: dict) -> dict:
-    import torch
+    from tracker.bench.measure import measure_readers
 
-    from tracker.io.video import open_video
-
-    video = ctx["video"]
     limit = 60 if not ctx["dry_run"] else 12
-    out = {"video": str(video), "frames": limit, "readers": {}}
-    tries = [("opencv", "cpu"), ("torchcodec", "cpu"), ("decord", "cpu")]
-    if ctx["device"].type == "cuda":
-        tries.insert(2, ("torchcodec", "cuda"))
-    for reader, dev in tries:
-        key = reader if dev == "cpu" else f"{reader}-nvdec"
-        try:
-            t0 = time.perf_counter()
-            count = 0
-            with open_video(video, reader=reader, device=dev) as source:
-                for _ in zip(range(limit), source, strict=False):
-                    count += 1
-            if dev == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
-            out["readers"][key] = {"fps": count / seconds, "frames": count}
-        except Exception as exc:  # noqa: BLE001 - a reader that is missing is a result, not a failure
-            out["readers"][key] = {"unavailable": str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)}
-    return out
+    return {"video": str(ctx["video"]), "frames": limit, "readers": measure_readers(ctx["video"], limit, ctx["device"])}
 
 
 def e2e_section(ctx: dict) -> dict:

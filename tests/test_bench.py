@@ -171,6 +171,11 @@ def test_bench_writes_well_formed_results(tiny_video, tmp_path, capsys):
     assert _positive(e2e["runs"][1]["rest_over_featurizer"])
     assert report["speedup_vs_naive"] == e2e["runs"][1]["speedup_vs_naive"]
     assert _positive(report["memory"]["host_rss_peak_mib_process"])
+    readers = e2e["readers"]  # every reader measured on the same video, or the one-line reason it cannot run
+    assert _positive(readers["opencv"]["fps"]) and readers["opencv"]["frames"] > 0
+    assert all(("fps" in r) != ("unavailable" in r) for r in readers.values()) and {"torchcodec", "decord"} <= set(
+        readers
+    )
 
     targets = {t["id"]: t for t in report["targets"]}
     assert targets["cpu_speedup_vs_naive"]["measured"] == report["speedup_vs_naive"]

@@ -478,3 +478,33 @@ def vit_flops(model: nn.Module, input_hw: tuple[int, int]) -> FlopCount:
         "mlp": depth * 2 * 2 * n * d * hidden,
     }
     return FlopCount(total=sum(parts.values()), tokens=n, parts=parts)
+
+
+# --------------------------------------------------------------------------- video readers
+
+
+def measure_readers(video: str, frames: int, device: torch.device) -> dict[str, dict]:
+    """Decode frames/s of each reader of :mod:`tracker.io.video` on the first ``frames`` frames of ``video``
+    (OpenCV, torchcodec on the CPU and, on a GPU, with NVDEC into CUDA tensors, decord); a reader that is not
+    installed or cannot open the file gets its one-line reason instead."""
+    from tracker.io.video import open_video
+
+    tries = [("opencv", "cpu"), ("torchcodec", "cpu"), ("decord", "cpu")]
+    if device.type == "cuda":
+        tries.insert(2, ("torchcodec", "cuda"))
+    out = {}
+    for reader, where in tries:
+        key = reader if where == "cpu" else f"{reader}-nvdec"
+        try:
+            t0 = time.perf_counter()
+            count = 0
+            with open_video(video, reader=reader, device=where) as source:
+                for _ in zip(range(frames), source, strict=False):
+                    count += 1
+            if where == "cuda":
+                torch.cuda.synchronize(device)
+            out[key] = {"fps": count / (time.perf_counter() - t0), "frames": count}
+        except Exception as exc:  # noqa: BLE001 - a reader that cannot run here is a result, not a failure
+            text = str(exc).strip()
+            out[key] = {"unavailable": text.splitlines()[0] if text else type(exc).__name__}
+    return out

@@ -233,6 +233,13 @@ def _e2e_tables(report: dict) -> list[str]:
             cells = [f"**{c}**" if k == run["bottleneck"] else c for k, c in zip(stages, cells, strict=True)]
             rest = run.get("stages_other_ms_per_frame")
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(rest, 1)} | {_fmt(run['ms_per_frame'], 1)} |")
+    readers = e2e.get("readers")
+    if readers:
+        lines += ["", "Video readers (`--reader`), decode frames/s on this video:", ""]
+        lines += [
+            f"- {name}: " + (f"{_fmt(r['fps'], 1)} frames/s ({r['frames']} frames)" if "fps" in r else r["unavailable"])
+            for name, r in readers.items()
+        ]
     return lines
 
 

@@ -621,6 +621,10 @@ def run_bench(config: BenchConfig, log: Log = lambda line: None, command: str = 
                 clip = generate_clip(Path(tmp) / "generated_clip.mp4", clip_frames(config))
                 config = replace(config, video=str(clip))
             report["end_to_end"] = run_end_to_end(config, factory, records, nvml, log)
+            from tracker.bench.measure import measure_readers
+
+            log("end to end: video readers ...")
+            report["end_to_end"]["readers"] = measure_readers(config.video, config.frames or 60, device)
             report["end_to_end"]["video_generated"] = generated
             if generated:  # the file is gone with the temporary folder: say what it was
                 report["end_to_end"]["video"] = clip_label()
