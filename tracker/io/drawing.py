@@ -215,9 +215,9 @@ class TrackOverlay:
     ) -> None:
         """A box at the top left: frame i/N, points visible, then up to 10 points with their state."""
         n = len(visible)
-        font, fs = cv2.FONT_HERSHEY_SIMPLEX, 0.5 * max(unit, 0.6)
-        th = max(1, round(unit * 1.2))
-        line = int(22 * max(unit, 0.6))
+        font, fs = cv2.FONT_HERSHEY_SIMPLEX, 0.38 * max(unit, 0.8)
+        th = max(1, round(unit))
+        line = int(17 * max(unit, 0.8))
         total = f"/{self.num_frames}" if self.num_frames else ""
         rows = [(f"frame {'?' if index is None else index + 1}{total}   {int(visible.sum())}/{n} visible", None)]
         shown = min(n, 10)
