@@ -366,3 +366,30 @@ def test_onnx_runtime_on_a_gpu_gets_device_caches_profiles_and_its_fallback_is_c
     assert (
         FakeSession.made[-1] == (["CPUExecutionProvider"], None) and cpu_featurizer.provider == "CPUExecutionProvider"
     )
+
+
+@pytest.mark.parametrize(
+    "error", [RuntimeError("operation not permitted when stream is capturing\nCUDA ..."), OSError()]
+)
+def test_a_cuda_graph_capture_failure_of_any_kind_runs_the_engine_eagerly(monkeypatch, error):
+    """TensorRTFeaturizer._capture without a GPU: torch.cuda.graph faked to fail; the engine runs on, eagerly."""
+    from export.tensorrt import TensorRTFeaturizer
+
+    featurizer = TensorRTFeaturizer.__new__(TensorRTFeaturizer)
+    torch.nn.Module.__init__(featurizer)
+    featurizer.cuda_graphs, featurizer._graphs, featurizer.graph_error = True, {}, None
+    featurizer._enqueue = lambda batch, stream: None
+    synced = []
+
+    class Stream:
+        def synchronize(self):
+            synced.append(True)
+
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
+    monkeypatch.setattr(torch.cuda, "graph", failing)
+    featurizer._capture(8, Stream())
+    assert featurizer.cuda_graphs is False and featurizer._graphs == {} and len(synced) == 2
+    assert featurizer.graph_error.startswith(type(error).__name__) and "\n" not in featurizer.graph_error
