@@ -130,6 +130,27 @@ def test_a_csv_manifest_gives_names_relative_paths_and_per_video_options(clips, 
     ]
 
 
+def test_the_manifest_schema_is_valid_and_takes_the_documented_lines():
+    import jsonschema
+
+    schema = batch.manifest_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    good = [
+        {"video": "clips/dog.mp4", "points": "points/dog.json"},
+        {"video": "s3://bucket/cat.mp4", "mask": "masks/cat.png", "name": "cat", "options": {"refine": "none"}},
+        {"video": "frames/", "options": {"min-score": 0.6, "keep_aspect": True}},
+    ]
+    bad = [
+        {"points": "p.json"},  # no video
+        {"video": "v.mp4", "points": "p.json", "mask": "m.png"},  # both
+        {"video": "v.mp4", "name": "../up"},  # a name must be a folder name
+        {"video": "v.mp4", "colour": "red"},  # unknown field
+        {"video": "v.mp4", "options": {"min-score": [1]}},
+    ]
+    assert [validator.is_valid(line) for line in good + bad] == [True] * 3 + [False] * 5
+
+
 def test_batch_help_and_usage_errors_do_not_import_torch():
     probe = (
         "import json, sys\nfrom tracker.apps.cli import main\n"
@@ -149,12 +170,11 @@ def test_batch_help_and_usage_errors_do_not_import_torch():
 
 # --------------------------------------------------------------------------- Ray
 
-ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[dev]' or '.[cluster]')")
-
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray for the module (starting Ray takes seconds)."""
+    """One local Ray for the module's Ray tests (starting Ray takes seconds); they skip without Ray."""
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[dev]' or '.[cluster]')")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
@@ -185,7 +205,7 @@ def test_ray_actor_killed_mid_run_still_ends_with_every_good_video_done(clips, t
             records[record["name"]] = record
             if killed is None:  # after the first video: kill the other actor (busy with its video, or about to be)
                 killed = next(a for a, n in zip(engine.actors, engine.names, strict=True) if n != record["worker"])
-                ray.kill(killed)  # no_restart: the actor is gone for good
+                local_ray.kill(killed)  # no_restart: the actor is gone for good
     finally:
         engine.close()
     assert engine.lost >= 1 and killed not in engine.actors  # the dead actor was replaced
