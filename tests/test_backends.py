@@ -393,3 +393,73 @@ def test_a_cuda_graph_capture_failure_of_any_kind_runs_the_engine_eagerly(monkey
     featurizer._capture(8, Stream())
     assert featurizer.cuda_graphs is False and featurizer._graphs == {} and len(synced) == 2
     assert featurizer.graph_error.startswith(type(error).__name__) and "\n" not in featurizer.graph_error
+
+
+class FakeContext:
+    """Records what TensorRTFeaturizer asks of an execution context."""
+
+    def __init__(self, strategy=None):
+        self.strategy, self.calls = strategy, []
+
+    def __getattr__(self, name):
+        if name.startswith(("set_", "execute")):
+            return lambda *args: self.calls.append((name, args)) or True
+        raise AttributeError(name)
+
+
+class FakeEngine:
+    """An engine of one profile per batch shape (min = opt = max), as build_engine writes them."""
+
+    def __init__(self, sizes):
+        self.sizes = sizes
+        self.num_optimization_profiles = len(sizes)
+        self.device_memory_size_v2 = 4096
+        self.contexts = []
+
+    def get_tensor_profile_shape(self, name, index):
+        assert name == "frames"
+        b = self.sizes[index]
+        return [(b, 98, 126, 3)] * 3
+
+    def create_execution_context(self, strategy=None):
+        self.contexts.append(FakeContext(strategy))
+        return self.contexts[-1]
+
+
+def test_each_batch_shape_gets_its_own_context_on_its_own_profile(monkeypatch):
+    """No GPU: the per-shape contexts of TensorRTFeaturizer against a fake engine and a fake tensorrt module."""
+    import sys
+    import types
+
+    from export.tensorrt import TensorRTFeaturizer, _profile_shapes
+
+    fake_trt = types.SimpleNamespace(ExecutionContextAllocationStrategy=types.SimpleNamespace(USER_MANAGED="user"))
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
+    engine = FakeEngine([1, 8, 32])
+    assert _profile_shapes(engine) == {1: 0, 8: 1, 32: 2}
+    featurizer = TensorRTFeaturizer.__new__(TensorRTFeaturizer)
+    torch.nn.Module.__init__(featurizer)
+    featurizer.engine, featurizer.meta = engine, engine_meta(input_hw=(98, 126), channels=48)
+    featurizer.input_hw, featurizer.stride, featurizer._device = (98, 126), 14, torch.device("cpu")
+    featurizer._profile, featurizer._contexts, featurizer._buffers = _profile_shapes(engine), {}, {}
+    featurizer._scratch, featurizer.shared_memory = None, None
+    stream = type("Stream", (), {"cuda_stream": 7})()
+    for batch in (8, 1, 8, 32, 8):
+        context = featurizer._context(batch, stream)
+    assert len(engine.contexts) == 3 and set(featurizer._contexts) == {1, 8, 32}  # one per shape, made once
+    for batch, profile in ((1, 0), (8, 1), (32, 2)):
+        context = featurizer._contexts[batch]
+        names = [name for name, _ in context.calls]
+        assert names == [
+            "set_device_memory",
+            "set_optimization_profile_async",
+            "set_input_shape",
+            "set_tensor_address",
+            "set_tensor_address",
+        ]  # everything set once, before any run or capture: a replay always finds the state it was captured with
+        assert context.calls[1][1] == (profile, 7) and context.calls[2][1] == ("frames", (batch, 98, 126, 3))
+        x, out = featurizer._buffers[batch]
+        assert context.calls[3][1] == ("frames", x.data_ptr()) and context.calls[4][1] == ("features", out.data_ptr())
+        assert out.shape == (batch, 48, 7, 9) and context.strategy == "user"
+        assert context.calls[0][1] == (featurizer._scratch.data_ptr(), 4096)  # one activation buffer shared
+    assert featurizer.shared_memory is True
