@@ -208,7 +208,7 @@ def _e2e_tables(report: dict) -> list[str]:
             mem.insert(0, _fmt(r["memory"]["gpu_mib"], 0))
         lines.append(
             f"| {r['name']} | {_fmt(r['fps'], 2)} | {_fmt(r['ms_per_frame'], 1)} | {_fmt(r['naive']['fps'], 3)} | "
-            f"**{_fmt(r['speedup_vs_naive'], 1, 'x')}** | {r['bottleneck']} | " + " | ".join(mem) + " |"
+            f"{_speedup(r['speedup_vs_naive'], 1)} | {r['bottleneck']} | " + " | ".join(mem) + " |"
         )
     stages = ["decode", "upload", "preprocess", "featurizer", "upsample", "matching", "propagation"]
     stages += ["drawing", "encoding"]
@@ -243,15 +243,55 @@ def _e2e_tables(report: dict) -> list[str]:
     return lines
 
 
+def _speedup(value, digits: int) -> str:
+    """A speedup: bold when it is one (>= 1x), plain and said to be slower when it is not."""
+    if value is None:
+        return "-"
+    if value >= 1:
+        return f"**{_fmt(value, digits, 'x')}**"
+    return f"{_fmt(value, max(digits, 2), 'x')} (slower)"
+
+
+def in_short(report: dict) -> list[str]:
+    """One plain line per model: what it does here, in frames/s, before the detail tables."""
+    lines = []
+    e2e = report.get("end_to_end") or {}
+    runs = {r["name"]: r for r in e2e.get("runs", [])}
+    plain, video = runs.get("points-256"), runs.get("points-256+video")
+    if plain:
+        w, h = e2e["frame_size"]
+        with_video = f", {_fmt(video['fps'], 1)} frames/s writing the overlay video" if video else ""
+        size = e2e["input_size"]
+        size = "x".join(str(v) for v in size) if isinstance(size, (list, tuple)) else size
+        lines.append(
+            f"- {e2e['model']} at {size}: {_fmt(plain['fps'], 1)} frames/s here end to end on the "
+            f"{w}x{h} ({h}p) video, 256 points, no rendering{with_video}"
+        )
+    best: dict[tuple, dict] = {}
+    for r in report.get("model_only", []):
+        if r["status"] != "ok" or r.get("role"):
+            continue
+        for b, v in r["batches"].items():
+            key = (r["arch"], r["size"])
+            if key not in best or v["fps"] > best[key]["fps"]:
+                best[key] = {"fps": v["fps"], "how": f"{r['backend']} {r['precision']}, batch {b}"}
+    for (arch, size), v in best.items():
+        lines.append(f"- {arch} at {size}: up to {_fmt(v['fps'], 1)} frames/s here, featurizer alone ({v['how']})")
+    return lines or ["- (nothing measured)"]
+
+
 def to_markdown(report: dict) -> str:
     m = report["machine"]
     s = report["settings"]
+    speedup = report["speedup_vs_naive"]
     out = [
         f"# `track bench` on {m['label']}",
         "",
         f"{report['created']}, {report['seconds']:.0f} s: `{report['command']}`",
         "",
-        f"**speedup_vs_naive** (end to end, 256 points, no rendering): **{_fmt(report['speedup_vs_naive'], 2, 'x')}**",
+        *in_short(report),
+        "",
+        f"speedup_vs_naive (end to end, 256 points, no rendering): {_speedup(speedup, 2)}",
         "",
         "## Machine",
         "",
@@ -327,7 +367,9 @@ def summary_lines(report: dict) -> list[str]:
             f"  end to end {r['name']}: {r['fps']:.2f} frames/s ({r['speedup_vs_naive']:.1f}x naive), "
             f"bottleneck {r['bottleneck']}"
         )
-    lines.append(f"  speedup_vs_naive: {_fmt(report['speedup_vs_naive'], 2, 'x')}")
+    speedup = report["speedup_vs_naive"]
+    slower = " (slower than the naive baseline)" if speedup is not None and speedup < 1 else ""
+    lines.append(f"  speedup_vs_naive: {_fmt(speedup, 2, 'x')}{slower}")
     for t in report["targets"]:
         if t["met"] is not None:
             verdict = "met" if t["met"] else "NOT met"
@@ -339,33 +381,43 @@ def summary_lines(report: dict) -> list[str]:
 
 
 def plot_png(report: dict) -> bytes:
-    """PNG: model-only throughput per variant (left), end-to-end time per stage, ours and naive (right)."""
+    """PNG: model-only throughput, one panel per batch size (top); end-to-end time per stage, ours and naive
+    (bottom)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 6.5))
     records = [r for r in report.get("model_only", []) if r["status"] == "ok" and not r.get("role")]
+    batches = sorted({int(b) for r in records for b in r["batches"]})
+    panels = max(1, len(batches))
+    fig = plt.figure(figsize=(max(15, 5 * panels), 11))
+    grid = fig.add_gridspec(2, panels, height_ratios=[1, 1])
+    palette = {"torch": "tab:blue", "torch+compile": "tab:cyan", "onnx": "tab:orange", "tensorrt": "tab:green"}
     if records:
-        labels, values, colours = [], [], []
-        palette = {"torch": "tab:blue", "torch+compile": "tab:cyan", "onnx": "tab:orange", "tensorrt": "tab:green"}
-        for r in records:
-            best_batch, best = max(r["batches"].items(), key=lambda kv: kv[1]["fps"])
-            labels.append(f"{r['arch'].split('/')[0]} {r['size']} {r['backend']} {r['precision']} (b{best_batch})")
-            values.append(best["fps"])
-            colours.append(palette.get(r["backend"], "tab:gray"))
-        y = range(len(values))
-        left.barh(list(y), values, color=colours)
-        left.set_yticks(list(y), labels, fontsize=7)
-        left.invert_yaxis()
-        left.set_xscale("log")
-        left.set_xlim(min(values) / 2, max(values) * 1.5)
-        left.set_xlabel("frames/s (best batch; log scale)")
-        left.set_title("Model only: featurizer throughput")
+        for k, batch in enumerate(batches):  # one batch size per panel, linear axis from zero, values written
+            ax = fig.add_subplot(grid[0, k])
+            rows = [r for r in records if str(batch) in r["batches"]]
+            values = [r["batches"][str(batch)]["fps"] for r in rows]
+            labels = [f"{r['arch'].split('/')[0]} {r['size']} {r['precision']}" for r in rows]
+            colours = [palette.get(r["backend"], "tab:gray") for r in rows]
+            y = list(range(len(rows)))
+            ax.barh(y, values, color=colours)
+            for i, v in zip(y, values, strict=True):
+                ax.text(v, i, f" {v:,.1f}", va="center", fontsize=7)
+            ax.set_yticks(y, labels, fontsize=7)
+            ax.invert_yaxis()
+            ax.set_xlim(0, max(values) * 1.25 if values else 1)
+            ax.set_xlabel("frames/s")
+            ax.set_title(f"Model only, batch {batch}")
+            shown = sorted({r["backend"] for r in rows})
+            handles = [plt.Rectangle((0, 0), 1, 1, color=palette.get(b, "tab:gray")) for b in shown]
+            ax.legend(handles, shown, fontsize=7, loc="lower right", title="backend", title_fontsize=7)
     else:
-        left.text(0.5, 0.5, "model-only section not run", ha="center")
-        left.set_axis_off()
+        ax = fig.add_subplot(grid[0, :])
+        ax.text(0.5, 0.5, "model-only section not run", ha="center")
+        ax.set_axis_off()
+    right = fig.add_subplot(grid[1, :])
     runs = report.get("end_to_end", {}).get("runs", [])
     if runs:
         stages = ["decode", "upload", "preprocess", "featurizer", "upsample", "matching", "propagation"]
@@ -388,7 +440,9 @@ def plot_png(report: dict) -> bytes:
         right.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=7)
         right.invert_yaxis()
         right.set_xlabel("ms per frame, stacked by stage")
-        right.set_title(f"End to end: speedup vs naive (256 points) {_fmt(report['speedup_vs_naive'], 1, 'x')}")
+        speedup = report["speedup_vs_naive"]
+        slower = " (slower)" if speedup is not None and speedup < 1 else ""
+        right.set_title(f"End to end: speedup vs naive (256 points) {_fmt(speedup, 1, 'x')}{slower}")
     else:
         right.text(0.5, 0.5, "end-to-end section not run", ha="center")
         right.set_axis_off()
