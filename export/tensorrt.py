@@ -150,6 +150,27 @@ def tensorrt_package(cuda: str | None = None) -> str:
     return f"tensorrt-cu{major}" if major.isdigit() else "tensorrt-cu13"
 
 
+def tensorrt_mismatch(cuda: str | None = None) -> str:
+    """Why the installed TensorRT wheels do not fit torch's CUDA (``""`` when they do, or none is installed):
+    ``tensorrt-cu12`` beside a torch built for CUDA 13 loads the wrong runtime or none."""
+    import importlib.metadata
+
+    want = tensorrt_package(cuda)
+    installed = []
+    for major in ("11", "12", "13"):
+        try:
+            importlib.metadata.version(f"tensorrt-cu{major}")
+            installed.append(f"tensorrt-cu{major}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    if installed and want not in installed:
+        return (
+            f"{', '.join(installed)} installed, but torch is built for CUDA {cuda or torch.version.cuda}: "
+            f"pip uninstall {' '.join(installed)} && pip install {want}"
+        )
+    return ""
+
+
 def timing_cache_name(platform: dict[str, str]) -> str:
     """Timing-cache file name for one GPU model, compute capability and TensorRT version (kernel timings of one
     GPU or TensorRT version are noise, or refused, on another)."""

@@ -315,6 +315,29 @@ def test_tensorrt_needs_onnx_and_names_the_wheel_for_torchs_cuda(monkeypatch):
     assert B.available_backends("cuda")["tensorrt"].startswith("onnx is not installed")
 
 
+def test_a_tensorrt_wheel_for_another_cuda_is_a_reason(monkeypatch):
+    import importlib.metadata
+
+    from export.tensorrt import tensorrt_mismatch
+
+    real = importlib.metadata.version
+
+    def version(name):
+        if name == "tensorrt-cu12":
+            return "10.13.0"
+        if name.startswith("tensorrt-cu"):
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert tensorrt_mismatch("12.8") == ""
+    reason = tensorrt_mismatch("13.0")
+    assert (
+        reason.startswith("tensorrt-cu12 installed, but torch is built for CUDA 13.0")
+        and "install tensorrt-cu13" in reason
+    )
+
+
 # --------------------------------------------------------------------------- ONNX Runtime on a GPU (faked)
 
 

@@ -148,7 +148,9 @@ def available_backends(device: str | torch.device) -> dict[str, str]:
     elif importlib.util.find_spec("onnx") is None:
         status["tensorrt"] = "onnx is not installed (engines are built from an ONNX export: pip install '.[export]')"
     else:
-        status["tensorrt"] = ""
+        from export.tensorrt import tensorrt_mismatch
+
+        status["tensorrt"] = tensorrt_mismatch()
     return status
 
 
