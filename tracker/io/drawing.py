@@ -79,25 +79,48 @@ def _cross(half: float, width: float) -> np.ndarray:
     return np.stack([dx[keep], dy[keep]], 1)
 
 
-def _splat(out: np.ndarray, xy: np.ndarray, offsets: np.ndarray, colours: np.ndarray, alpha: np.ndarray) -> None:
-    """Blend ``colours`` (``[M, 3]``) with ``alpha`` (``[M]``) into ``out`` at ``xy`` (``[M, 2]``) + each offset.
+class _Canvas:
+    """A frame copied into a padded buffer, so that stencils are blended with flat indices and no bounds checks.
 
-    Later entries are drawn over earlier ones. One gather and one scatter for all ``M x K`` pixels.
+    Args:
+        frame: ``[H, W, 3]`` uint8.
+        pad: border in pixels, at least twice the largest stencil radius.
     """
-    if len(xy) == 0 or len(offsets) == 0:
-        return
-    h, w = out.shape[:2]
-    centre = np.rint(xy).astype(np.int32)
-    px = (centre[:, None, 0] + offsets[None, :, 0].astype(np.int32)).ravel()
-    py = (centre[:, None, 1] + offsets[None, :, 1].astype(np.int32)).ravel()
-    inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
-    idx = np.nonzero(inside)[0]
-    lin = py[idx] * w + px[idx]
-    src = idx // len(offsets)
-    a = np.rint(np.clip(alpha, 0.0, 1.0) * 256).astype(np.uint16)[src, None]
-    flat = out.reshape(-1, out.shape[2])
-    old = flat[lin].astype(np.uint16)
-    flat[lin] = ((old * (256 - a) + colours[src].astype(np.uint16) * a) >> 8).astype(np.uint8)
+
+    def __init__(self, frame: np.ndarray, pad: int):
+        h, w = frame.shape[:2]
+        self.h, self.w, self.pad = h, w, pad
+        self.buffer = np.empty((h + 2 * pad, w + 2 * pad, 3), np.uint8)
+        self.buffer[pad : pad + h, pad : pad + w] = frame
+        self.flat = self.buffer.reshape(-1, 3)  # a view: the buffer is contiguous
+
+    def frame(self) -> np.ndarray:
+        """The drawn frame, ``[H, W, 3]`` contiguous."""
+        p = self.pad
+        return np.ascontiguousarray(self.buffer[p : p + self.h, p : p + self.w])
+
+    def splat(self, xy: np.ndarray, offsets: np.ndarray, colours: np.ndarray, alpha) -> None:
+        """Blend ``colours`` (``[M, 3]``) with ``alpha`` (``[M]`` or a number) at ``xy`` (``[M, 2]``) + each offset.
+
+        Later entries are drawn over earlier ones. One gather and one scatter for all ``M x K`` pixels.
+        """
+        if len(xy) == 0 or len(offsets) == 0:
+            return
+        reach = self.pad // 2
+        centre = np.rint(xy).astype(np.int64)
+        keep = (centre[:, 0] > -reach) & (centre[:, 0] < self.w + reach)
+        keep &= (centre[:, 1] > -reach) & (centre[:, 1] < self.h + reach)
+        if not keep.all():
+            centre, colours = centre[keep], colours[keep]
+            alpha = alpha[keep] if np.ndim(alpha) else alpha
+        width = self.w + 2 * self.pad
+        start = (centre[:, 1] + self.pad) * width + centre[:, 0] + self.pad
+        lin = start[:, None] + (offsets[:, 1] * width + offsets[:, 0])[None, :]  # [M, K]
+        a = np.rint(np.clip(np.asarray(alpha, np.float32), 0.0, 1.0) * 256).astype(np.uint16)
+        a = np.broadcast_to(a, (len(centre),))[:, None, None]
+        old = self.flat[lin].astype(np.uint16)  # [M, K, 3]
+        new = (old * (256 - a) + colours.astype(np.uint16)[:, None, :] * a) >> 8
+        self.flat[lin] = new.astype(np.uint8)
 
 
 class TrackOverlay:
@@ -143,9 +166,8 @@ class TrackOverlay:
 
     def draw_history(self, frame: np.ndarray, scale: float = 1.0, frame_index: int | None = None) -> np.ndarray:
         """``frame`` with the points of ``history`` drawn (the newest entry as markers, the rest as trails)."""
-        out = np.ascontiguousarray(frame).copy()
         if not self.history:
-            return out
+            return np.ascontiguousarray(frame).copy()
         n = len(self.history[-1][0])
         t = len(self.history)
         xy = np.full((t, n, 2), np.nan, np.float32)
@@ -157,13 +179,16 @@ class TrackOverlay:
         unit = max(frame.shape[:2]) / 720
         colours = point_colours(n)
         thick = max(2.0, 1.6 * unit)
-        self._trails(out, xy, vis, colours, thick)
-        self._markers(out, xy[-1], vis, colours, max(3.0, self.radius * unit), thick)
+        r = max(3.0, self.radius * unit)
+        canvas = _Canvas(frame, pad=2 * int(np.ceil(r * 1.25 + thick * 1.4)) + 4)
+        self._trails(canvas, xy, vis, colours, thick)
+        self._markers(canvas, xy[-1], vis, colours, r, thick)
+        out = canvas.frame()
         if self.legend:
             self._legend(out, vis[-1], np.isfinite(xy[-1]).all(1), colours, frame_index, unit)
         return out
 
-    def _trails(self, out: np.ndarray, xy: np.ndarray, vis: np.ndarray, colours: np.ndarray, thick: float) -> None:
+    def _trails(self, out: _Canvas, xy: np.ndarray, vis: np.ndarray, colours: np.ndarray, thick: float) -> None:
         t, n = vis.shape
         if t < 2 or n == 0:
             return
@@ -176,8 +201,8 @@ class TrackOverlay:
         age = (t - 1 - np.arange(1, t))[:, None] / max(self.trail - 1, 1)  # 0 newest .. 1 oldest
         alpha = np.broadcast_to(0.9 - 0.7 * age, (t - 1, n)) * np.where(solid, 1.0, 0.75)
         seg = np.nonzero(ok.ravel())[0]  # oldest first: newer segments are drawn over older ones
-        step = max(1.0, thick / 2)  # samples along a segment, each a disc of the line's width
-        count = np.minimum(np.ceil(length.ravel()[seg] / step).astype(np.int64) + 1, 4 * max(out.shape[:2]))
+        step = max(1.0, thick * 0.7)  # samples along a segment, each a disc of the line's width
+        count = np.minimum(np.ceil(length.ravel()[seg] / step).astype(np.int64) + 1, 4 * max(out.h, out.w))
         sid = np.repeat(seg, count)
         within = np.arange(len(sid)) - np.repeat(np.cumsum(count) - count, count)
         u = within / np.repeat(np.maximum(count - 1, 1), count)
@@ -187,17 +212,17 @@ class TrackOverlay:
         s = along[:-1].ravel()[sid] + u * length.ravel()[sid]
         keep = solid.ravel()[sid] | (np.floor(s / dash) % 2 == 0)
         sid, pts = sid[keep], pts[keep]
-        _splat(out, pts, _disc(thick / 2), colours[sid % n], alpha.ravel()[sid])
+        out.splat(pts, _disc(thick / 2), colours[sid % n], alpha.ravel()[sid])
 
     def _markers(
-        self, out: np.ndarray, xy: np.ndarray, vis: np.ndarray, colours: np.ndarray, r: float, thick: float
+        self, out: _Canvas, xy: np.ndarray, vis: np.ndarray, colours: np.ndarray, r: float, thick: float
     ) -> None:
         here = np.isfinite(xy).all(1)
         shown = vis[-1] & here
         idx = np.nonzero(shown)[0]
         ones = np.ones(len(idx), np.float32)
-        _splat(out, xy[idx], _ring(r + thick * 0.3, thick * 0.6 + 1), np.zeros((len(idx), 3), np.uint8), 0.85 * ones)
-        _splat(out, xy[idx], _disc(r), colours[idx], ones)
+        out.splat(xy[idx], _ring(r + thick * 0.3, thick * 0.6 + 1), np.zeros((len(idx), 3), np.uint8), 0.85 * ones)
+        out.splat(xy[idx], _disc(r), colours[idx], ones)
         lost = np.nonzero(~vis[-1] & here)[0]
         if len(lost):
             # frames each lost point has been lost for (up to the trail's length): its marker fades
@@ -205,10 +230,10 @@ class TrackOverlay:
             alpha = np.clip(1.0 - (run - 1) / max(self.fade, 1), 0.4, 1.0).astype(np.float32)
             ring = r * 1.25
             black = np.zeros((len(lost), 3), np.uint8)
-            _splat(out, xy[lost], _ring(ring, thick * 2.6), black, alpha * 0.45)
-            _splat(out, xy[lost], _ring(ring, thick * 1.4, dashes=6), colours[lost], alpha)
+            out.splat(xy[lost], _ring(ring, thick * 2.6), black, alpha * 0.45)
+            out.splat(xy[lost], _ring(ring, thick * 1.4, dashes=6), colours[lost], alpha)
             grey = np.broadcast_to(np.array(LOST_GREY, np.uint8), (len(lost), 3))
-            _splat(out, xy[lost], _cross(r * 0.7, thick * 0.8), grey, 0.35 + 0.65 * alpha)
+            out.splat(xy[lost], _cross(r * 0.7, thick * 0.8), grey, 0.35 + 0.65 * alpha)
 
     def _legend(
         self, out: np.ndarray, visible: np.ndarray, here: np.ndarray, colours: np.ndarray, index, unit: float
