@@ -574,7 +574,26 @@ def test_browser_demo_palette_removal_replay_download_and_stop(page, tmp_path):
     page.click("#points li:nth-child(2) button")  # remove point 2
     assert page.evaluate("window.tracker.points.length") == len(points) - 1
     assert "Removed point 2" in page.inner_text("#status")
-    x, y, _ = points[0]
+    # drag point 1 by (6, 4) pixels, then undo a point added on frame 5 with the query-frame slider
+    box = page.locator("#view").bounding_box()
+    to_css = lambda px, py: (box["x"] + (px + 0.5) * box["width"] / 320, box["y"] + (py + 0.5) * box["height"] / 240)  # noqa: E731
+    page.mouse.move(*to_css(*points[0][:2]))
+    page.mouse.down()
+    page.mouse.move(*to_css(points[0][0] + 3, points[0][1] + 2))
+    page.mouse.move(*to_css(points[0][0] + 6, points[0][1] + 4))
+    page.mouse.up()
+    moved = page.evaluate("window.tracker.points[0]")
+    assert np.allclose(moved[:2], [points[0][0] + 6, points[0][1] + 4], atol=0.6) and moved[2] == 0
+    assert page.evaluate("window.tracker.points.length") == len(points) - 1  # a drag adds nothing
+    page.locator("#query-frame").fill("5")
+    page.wait_for_function("window.tracker.queryFrame === 5")
+    click_image(page, np.array([[40.0, 200.0]]), (240, 320))
+    assert page.evaluate("window.tracker.points.at(-1)")[2] == 5
+    page.click("#undo")
+    page.locator("#query-frame").fill("0")
+    page.wait_for_function("window.tracker.queryFrame === 0")
+    assert page.evaluate("window.tracker.points.length") == len(points) - 1
+    x, y, _ = moved
     before = np.array(canvas_pixel(page, x, y))
     assert np.abs(before - hex_rgb(palette[0])).max() <= 8, (before, palette[0])
 
