@@ -1,0 +1,58 @@
+"""Hedlin et al.'s prompt optimisation (tracker.hedlin) on a tiny random UNet of SD's layout."""
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from tracker import hedlin as H  # noqa: E402
+
+SIZE = 128  # latent 16: the kept cross-attention maps are 2x2 .. 8x8; layers 5, 6 are the up blocks' 8x8 maps
+CELL = SIZE // 8
+
+
+def tiny_matcher(**config) -> H.HedlinMatcher:
+    import diffusers
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = diffusers.UNet2DConditionModel(
+            sample_size=8, block_out_channels=(8, 8, 16, 16), layers_per_block=1, attention_head_dim=2,
+            cross_attention_dim=16, norm_num_groups=4,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        )  # fmt: skip
+        vae = diffusers.AutoencoderKL(
+            block_out_channels=(4, 4, 4, 4), down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=2,
+        )  # fmt: skip
+    # the paper's settings except: the tiny net's 8x8 layers, fewer steps / restarts / crops, and a learning rate
+    # for its small random key projections (the paper's 0.0024 is for SD's CLIP-scale embeddings)
+    settings = dict(layers=(5, 6), steps=50, restarts=1, crops=8, lr=0.4) | config
+    return H.HedlinMatcher(unet, vae, SIZE, H.HedlinConfig(**settings))
+
+
+IMAGE = torch.randint(0, 256, (SIZE, SIZE, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+
+
+def test_optimisation_drives_the_attention_argmax_onto_the_query_cell():
+    matcher = tiny_matcher()
+    x = matcher.prepare(IMAGE)
+    query = (100.0, 20.0)
+    cell = (int(query[0] // CELL), int(query[1] // CELL))
+    before = matcher.match(x, torch.randn(1, 77, 16, generator=torch.Generator().manual_seed(9)))
+    assert (int(before[0] // CELL), int(before[1] // CELL)) != cell  # a random embedding does not peak there
+    found = matcher.match(x, matcher.optimise(x, query))
+    assert (int(found[0] // CELL), int(found[1] // CELL)) == cell, (found, query)
+
+
+def test_embeddings_are_cached_per_image_point_and_settings(tmp_path, monkeypatch):
+    matcher = tiny_matcher(steps=2)
+    first = H.cached_embeddings(matcher, IMAGE, (30.0, 40.0), tmp_path)
+    assert first.shape == (1, 77, 16) and len(list(tmp_path.glob("*.safetensors"))) == 1
+    monkeypatch.setattr(H.HedlinMatcher, "optimise", lambda *a: pytest.fail("optimised again"))
+    assert torch.equal(H.cached_embeddings(matcher, IMAGE, (30.0, 40.0), tmp_path), first)
+    monkeypatch.undo()
+    H.cached_embeddings(matcher, IMAGE, (31.0, 40.0), tmp_path)  # another point: another file
+    H.cached_embeddings(tiny_matcher(steps=3), IMAGE, (30.0, 40.0), tmp_path)  # other settings: another file
+    assert len(list(tmp_path.glob("*.safetensors"))) == 3
