@@ -196,8 +196,10 @@ def discover(inputs: str) -> list[Entry]:
     folder = Path(_strip_file(inputs))
     if not folder.exists():
         raise TrackerError(f"inputs not found: {inputs}")
+    if _is_video_path(folder):
+        return [Entry(_name_of(str(folder)), str(folder))]
     if not folder.is_dir():
-        raise TrackerError(f"{inputs} is not a folder, a glob or a manifest (.jsonl / .csv)")
+        raise TrackerError(f"{inputs} is not a video, a folder, a glob or a manifest (.jsonl / .csv)")
     davis = folder / "JPEGImages" / "480p"  # a DAVIS root: its 480p sequences
     if davis.is_dir():
         folder = davis
@@ -421,7 +423,12 @@ def digest(entry: Entry, settings: dict, outputs: dict) -> str:
 def make_jobs(entries: list[Entry], args: argparse.Namespace, common: list[str], out: Path) -> list[Job]:
     """Jobs with their outputs under ``out`` and their digests; each entry's options are checked here."""
     jobs = []
+    out = Path(os.path.abspath(out))  # workers (Ray's above all) do not share the driver's working folder
     for entry in entries:
+        entry.video, entry.points, entry.mask = (
+            p if p is None or is_url(p) else os.path.abspath(_strip_file(p))
+            for p in (entry.video, entry.points, entry.mask)
+        )
         where = f"{entry.source}: " if entry.source else ""
         settings = settings_of(track_args([*common, *entry.options], where))
         folder = out / entry.name
