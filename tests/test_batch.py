@@ -244,3 +244,29 @@ def test_urls_are_listed_and_read_by_the_worker_with_fsspec(clips, tmp_path):
             np.testing.assert_array_equal(ours[key], theirs[key])
     assert len(worker.featurizers) == 1  # one featurizer built, for both videos (same size and settings)
     memory.rm("/bucket", recursive=True)
+
+
+def test_masks_by_name_are_propagated_as_track_does(clips, tmp_path):
+    """``--mask-dir``: DAVIS's ``<name>/00000.png`` layout; the worker (in this process) writes what
+    ``track VIDEO --mask M --out-masks`` writes."""
+    import cv2
+
+    from tracker.apps.batch_workers import VideoWorker
+
+    masks = tmp_path / "Annotations" / "clip0"
+    masks.mkdir(parents=True)
+    first = moving_objects(num_frames=1, size=(64, 80), seed=0).masks[0]
+    cv2.imwrite(str(masks / "00000.png"), first * 255)
+    video = clips / "videos" / "clip0.mp4"
+    argv = [str(video), "--mask", str(masks / "00000.png"), *OPTIONS, "--out-masks", str(tmp_path / "ref")]
+    assert track_main([*argv, "--no-video", "--no-progress"]) == 0
+    args, common = batch.batch_parser().parse_known_args(
+        [str(video), "--mask-dir", str(tmp_path / "Annotations"), "--out", str(tmp_path / "r"), *OPTIONS]
+    )
+    (job,), unrunnable = batch.collect(args, common, tmp_path / "r")
+    record = VideoWorker().run(job)
+    assert unrunnable == {} and record["status"] == "ok" and record["frames"] == 8, record
+    ours = sorted(Path(record["outputs"]["masks"]).iterdir())
+    assert [p.name for p in ours] == [f"{i:05d}.png" for i in range(8)]
+    for path in ours:
+        np.testing.assert_array_equal(cv2.imread(str(path)), cv2.imread(str(tmp_path / "ref" / path.name)))

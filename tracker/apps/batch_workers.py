@@ -28,7 +28,8 @@ from collections.abc import Iterator
 from tracker.apps.batch import Job, default_workers, failed_record, is_url
 from tracker.errors import TrackerError
 
-_SUMMARY = re.compile(r"^track: \w+: .* through (\d+) frames in ([\d.]+) s \(([\d.]+|inf) frames/s", re.M)
+# track's one-line summary: "track: done: 3 points through 24 frames[, kept ...] in 1.2 s (20.1 frames/s, ...) -> ..."
+_SUMMARY = re.compile(r"^track: \w+: .*? through (\d+) frames.*? in ([\d.]+) s \(([\d.]+|inf) frames/s", re.M)
 _WARNING = "track: warning: "
 
 
@@ -99,10 +100,24 @@ class VideoWorker:
         if found:
             record["frames"] = int(found.group(1))
             record["fps"] = float(found.group(3)) if found.group(3) != "inf" else None
+        elif record["status"] == "ok":  # the summary's wording changed: count what was written
+            record["frames"] = _frames_written(job)
         if record["status"] == "ok":
             record["outputs"] = job.outputs()
             record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         return record
+
+
+def _frames_written(job: Job) -> int | None:
+    """Frames in ``job``'s outputs: mask PNGs, or the tracks file's rows."""
+    try:
+        if job.masks:
+            return sum(1 for p in os.listdir(job.masks) if p.endswith(".png"))
+        from tracker.io.formats import read_tracks
+
+        return len(read_tracks(job.tracks)["frame"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _local_copy(path: str, folder: str) -> str:
