@@ -31,9 +31,14 @@ from tracker.refine import (
     decide,
     lk_from_query,
     lk_track,
+    neighbour_motion,
     patch_ncc,
+    patches,
+    scaled,
     to_gray,
+    working_gray,
 )
+from tracker.refine import ncc as ncc_of
 
 REFINE_MODES: tuple[str, ...] = POINT_REFINE_MODES
 """Refinement modes; the first is the default. ``lk``: coarse-to-fine (motion prediction, Lucas-Kanade local
@@ -117,9 +122,13 @@ class TrackState:
             them only with ``MatchConfig.update``).
         last_uv: ``[N, 2]`` grid position of each point's latest estimate (the search prior).
         latest: the result for frame ``next_frame - 1``.
-        previous_gray: ``[H, W]`` uint8 grey of frame ``next_frame - 1`` (refinement only; one frame, not a
+        previous_gray: working grey copy of frame ``next_frame - 1`` (refinement only; one frame, not a
             history).
-        query_gray: query frame index -> its ``[H, W]`` uint8 grey (refinement of re-detections).
+        query_gray: query frame index -> its working grey copy (:func:`tracker.refine.working_gray`; refinement
+            of re-detections).
+        anchors: ``[N, S, S]`` uint8 anchor patch of each point in the working grey (refinement only; ``S`` the
+            scaled NCC window): its appearance, refreshed every ``RefineConfig.anchor_every`` frames it is seen.
+        anchor_age: ``[N]`` int64 frames since each anchor was refreshed.
         xy: ``[N, 2]`` float32 pixel estimate of each point (refinement only).
         velocity: ``[N, 2]`` float32 pixels per frame, the motion model (refinement only).
         lost: ``[N]`` int64 frames since each point was last judged visible (refinement only).
@@ -135,6 +144,8 @@ class TrackState:
     latest: TrackResult | None = None
     previous_gray: np.ndarray | None = None
     query_gray: dict[int, np.ndarray] = field(default_factory=dict)
+    anchors: np.ndarray | None = None
+    anchor_age: np.ndarray | None = None
     xy: Tensor | None = None
     velocity: Tensor | None = None
     lost: Tensor | None = None
@@ -143,6 +154,12 @@ class TrackState:
     def started(self) -> Tensor:
         """``[N]`` bool: the point's query frame has been reached."""
         return self.queries.frame < self.next_frame
+
+
+def work_xy(xy: Tensor, gray: np.ndarray, g: GridGeometry) -> np.ndarray:
+    """Frame pixel xy ``[N, 2]`` -> pixel xy in the working copy ``gray`` of the frame (:func:`working_gray`)."""
+    scale = gray.shape[0] / g.frame_h
+    return ((xy + 0.5) * scale - 0.5).numpy()
 
 
 class PointTracker:
@@ -269,7 +286,7 @@ class PointTracker:
         g = state.geometry
         n = len(q)
         refine = self.refine != "none"
-        gray = to_gray(frame) if refine and frame is not None else None
+        gray = working_gray(to_gray(frame), self.refine_config) if refine and frame is not None else None
         descriptors = state.descriptors
         query_features = state.query_features
         query_descriptors = state.query_descriptors
@@ -287,6 +304,17 @@ class PointTracker:
             velocity = pad if velocity is None else torch.cat([velocity, pad])
             lost = torch.zeros(grow, dtype=torch.int64) if lost is None else torch.cat([lost, lost.new_zeros(grow)])
         query_gray = state.query_gray
+        anchors, anchor_age = state.anchors, state.anchor_age
+        side = (lambda c: c.ncc_window or c.window)(scaled(self.refine_config, gray)) if gray is not None else 0
+        if refine and gray is not None and (anchors is None or len(anchors) != n or anchors.shape[1] != side):
+            grow = n - (0 if anchors is None else len(anchors))
+            pad_a = np.zeros((grow, side, side), np.uint8)
+            anchors = pad_a if anchors is None else np.concatenate([anchors, pad_a])
+            anchor_age = (
+                np.zeros(grow, np.int64)
+                if anchor_age is None
+                else np.concatenate([anchor_age, np.zeros(grow, np.int64)])
+            )
         starting = q.frame == t
         if starting.any():
             query_uv = g.pixel_to_grid(q.xy[starting].to(features.device))
@@ -302,6 +330,9 @@ class PointTracker:
             query_features = {**query_features, t: features.clone()}  # not a view keeping the batch alive
             if gray is not None:
                 query_gray = {**query_gray, t: gray}
+                anchors, anchor_age = anchors.copy(), anchor_age.copy()
+                anchors[starting.numpy()] = patches(gray, work_xy(q.xy[starting], gray, g), side)
+                anchor_age[starting.numpy()] = 0
 
         xy = torch.full((n, 2), float("nan"))
         score = torch.full((n,), float("nan"))
@@ -311,8 +342,32 @@ class PointTracker:
         if len(active):
             if refine:
                 found_uv, act_xy, act_score, act_decision, act_velocity = self._coarse_to_fine(
-                    state, features, gray, active, descriptors, track_xy, velocity, lost, query_features, query_gray
+                    state,
+                    features,
+                    gray,
+                    active,
+                    descriptors,
+                    track_xy,
+                    velocity,
+                    lost,
+                    query_features,
+                    query_gray,
+                    anchors,
                 )
+                if gray is not None:  # anchors: each point's appearance, refreshed every few frames it is seen
+                    seen = (act_decision != OCCLUDED).numpy()
+                    ids = active.numpy()
+                    anchor_age = anchor_age.copy()
+                    anchor_age[ids[seen]] += 1
+                    refresh = ids[
+                        seen
+                        & ((anchor_age[ids] >= self.refine_config.anchor_every) | (act_decision == REDETECT).numpy())
+                    ]
+                    if len(refresh):
+                        anchors = anchors.copy()
+                        where = act_xy[torch.from_numpy(np.isin(ids, refresh))]
+                        anchors[refresh] = patches(gray, work_xy(where, gray, g), side)
+                        anchor_age[refresh] = 0
                 confident = torch.as_tensor(act_decision != OCCLUDED).to(features.device)
                 track_xy, velocity, lost = track_xy.clone(), velocity.clone(), lost.clone()
                 track_xy[active], velocity[active] = act_xy, act_velocity
@@ -361,6 +416,8 @@ class PointTracker:
             latest=result,
             previous_gray=gray,
             query_gray=query_gray,
+            anchors=anchors if refine else None,
+            anchor_age=anchor_age if refine else None,
             xy=track_xy if refine else None,
             velocity=velocity if refine else None,
             lost=lost if refine else None,
@@ -395,6 +452,7 @@ class PointTracker:
         lost: Tensor,
         query_features: dict[int, Tensor],
         query_gray: dict[int, np.ndarray],
+        anchors: np.ndarray | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Predict, match coarsely, track locally, decide and refine the ``active`` points.
 
@@ -402,7 +460,17 @@ class PointTracker:
             ``(uv [A, 2] grid on the features' device, xy [A, 2] pixels, score [A], decision [A] int8,
             velocity [A, 2])`` for the active points (CPU unless said otherwise).
         """
-        rc, mc, g, q = self.refine_config, self.config, state.geometry, state.queries
+        mc, g, q = self.config, state.geometry, state.queries
+        rc = scaled(self.refine_config, gray) if gray is not None else self.refine_config
+        # the local track works on a working copy of the frame (``scale`` of its side): positions go there and back
+        scale = 1.0 if gray is None else gray.shape[0] / g.frame_h
+
+        def work(xy: Tensor) -> np.ndarray:
+            return ((xy + 0.5) * scale - 0.5).numpy()
+
+        def frame_xy(xy: np.ndarray) -> Tensor:
+            return (torch.from_numpy(xy) + 0.5) / scale - 0.5
+
         dev = features.device
         previous = track_xy[active]
         speed = velocity[active]
@@ -411,18 +479,21 @@ class PointTracker:
         # 1. local track: Lucas-Kanade from the previous position, started at the prediction
         photo_ok = torch.zeros(len(active), dtype=torch.bool)
         if gray is not None and state.previous_gray is not None:
-            lk_xy, fb = lk_track(state.previous_gray, gray, previous.numpy(), predicted.numpy(), rc)
-            lk_xy = torch.from_numpy(lk_xy)
+            lk_xy, fb = lk_track(state.previous_gray, gray, work(previous), work(predicted), rc)
+            lk_xy = frame_xy(lk_xy)
             inside = (lk_xy >= -0.5).all(1) & (lk_xy <= limit).all(1)
             lk_ok = torch.from_numpy(fb <= rc.fb_px) & inside
             if lk_ok.any():  # photometric agreement of the tracked patch with the previous frame's
                 sel = lk_ok.nonzero().flatten()
                 ncc = patch_ncc(
-                    state.previous_gray, previous[sel].numpy(), gray, lk_xy[sel].numpy(), rc.ncc_window or rc.window
+                    state.previous_gray, work(previous[sel]), gray, work(lk_xy[sel]), rc.ncc_window or rc.window
                 )
                 photo_ok[sel] = torch.from_numpy(ncc >= rc.min_ncc)
+                if anchors is not None and rc.anchor_ncc > -1:  # and with the point's anchor appearance
+                    here = patches(gray, work(lk_xy[sel]), anchors.shape[1])
+                    photo_ok[sel] &= torch.from_numpy(ncc_of(anchors[active[sel].numpy()], here) >= rc.anchor_ncc)
             # a loosely consistent local track is still the best prediction of a point that is not followed
-            loose = torch.from_numpy(fb <= rc.loose_fb_cells * max(g.cell_size)) & inside
+            loose = torch.from_numpy(fb <= rc.loose_fb_cells * max(g.cell_size) * scale) & inside
             predicted = torch.where(loose[:, None], lk_xy, predicted)
             lk_xy = torch.where(lk_ok[:, None], lk_xy, predicted)
         else:
@@ -441,12 +512,22 @@ class PointTracker:
                 sel = (factor == f).nonzero().flatten().to(dev)
                 found = match(act_desc[sel], features, replace(mc, search_radius=mc.search_radius * f), prior[sel])
                 sem_uv[sel], sem_score[sel] = found.uv, found.score
-        semantic_ok = (sem_score >= mc.min_score) & self._fb_ok(sem_uv, features, active, q, query_features, g)
         # 3. the evidence at the local track, and the decision
         lk_uv = g.pixel_to_grid(lk_xy).to(dev)
         score_lk = (sample_descriptors(features, lk_uv) * act_desc).sum(1)
         distance = (lk_uv - sem_uv).norm(dim=1)
         follow_score = mc.min_score if rc.follow_score is None else rc.follow_score
+        # the semantic match's forward-backward check (a whole-grid match per point) only where its verdict can
+        # change the decision: a consistent local track that the match agrees with, or does not beat, is followed
+        # whatever the check says
+        semantic_ok = sem_score >= mc.min_score
+        settled = (lk_ok & photo_ok).to(dev) & (score_lk >= follow_score)
+        settled &= (distance <= rc.agree_cells) | (sem_score <= score_lk + rc.margin)
+        check = (semantic_ok & ~settled).nonzero().flatten()
+        semantic_ok = semantic_ok & settled  # not used for these (see tracker.refine.decide)
+        if len(check):
+            fb_ok = self._fb_ok(sem_uv[check], features, active[check.cpu()], q, query_features, g)
+            semantic_ok[check] = fb_ok
         decision = decide(
             lk_ok.to(dev),
             photo_ok.to(dev),
@@ -458,10 +539,31 @@ class PointTracker:
             rc.agree_cells,
             rc.margin,
         ).cpu()
-        # 4. positions: the local track, the refined semantic match, or the prediction
+        follow, redetect = decision == FOLLOW, decision == REDETECT
+        # 4. the points not followed move with the followed points near them that moved like them
+        rest = (~follow).nonzero().flatten()
+        support = torch.zeros(len(active), dtype=torch.bool)
+        neighbour = torch.zeros_like(speed)
+        if len(rest) and follow.any() and rc.neighbours > 0:
+            fi = follow.nonzero().flatten()
+            motion, weight = neighbour_motion(
+                previous[rest],
+                speed[rest],
+                previous[fi],
+                speed[fi],
+                lk_xy[fi] - previous[fi],
+                rc.neighbours * max(g.frame_w, g.frame_h),
+                rc.neighbour_tau,
+            )
+            has = weight > rc.min_support
+            neighbour[rest[has]] = motion[has]
+            support[rest[has]] = True
+            if rc.neighbour_predict:
+                guess = torch.maximum(torch.minimum(previous + neighbour, limit), torch.full((2,), -0.5))
+                predicted = torch.where(support[:, None], guess, predicted)
+        # 5. positions: the local track, the refined semantic match, or the prediction
         sem_xy = g.grid_to_pixel(sem_uv).cpu().float()
         out = predicted.clone()
-        follow, redetect = decision == FOLLOW, decision == REDETECT
         out[follow] = lk_xy[follow]
         if redetect.any():
             cell = max(g.cell_size)
@@ -472,22 +574,27 @@ class PointTracker:
                 if gray is None or qf not in query_gray:
                     continue
                 refined, ok = lk_from_query(
-                    query_gray[qf], gray, q.xy[active[sel]].numpy(), sem_xy[sel].numpy(), cell, rc
+                    query_gray[qf], gray, work(q.xy[active[sel]]), work(sem_xy[sel]), cell * scale, rc
                 )
-                jumped[sel], verified[sel] = torch.from_numpy(refined), torch.from_numpy(ok)
+                jumped[sel], verified[sel] = frame_xy(refined), torch.from_numpy(ok)
             if mc.search_radius is not None:
-                # a local (non-semantic) match found beyond the usual search radius, by the widened search of a
-                # lost point, is taken only when the query frame's patch confirms it at pixel level or it is strong
-                far = (sem_uv.cpu() - prior.cpu()).norm(dim=1) > mc.search_radius
+                # a local (non-semantic) match is taken only when the query frame's patch confirms it at pixel
+                # level (Lucas-Kanade from it lands there) or its score is strong: a re-detection is reported
+                # visible, and the coarse match alone drifts (sift, any search radius)
                 strong = sem_score.cpu() >= (rc.far_score if rc.far_score is not None else float("inf"))
-                redetect &= ~far | verified | strong
+                redetect &= verified | strong
                 decision[~redetect & (decision == REDETECT)] = OCCLUDED
             out[redetect] = jumped[redetect]
         score = torch.where(follow, score_lk.cpu().float(), sem_score.cpu().float())
-        # 5. the motion model: smoothed displacement while followed, reset on a jump, decaying while occluded
+        # 6. the motion model: smoothed displacement while followed; else the neighbours' motion where there is
+        # support, reset on a jump, decaying while occluded
         new_velocity = torch.where(
             follow[:, None],
             rc.momentum * speed + (1 - rc.momentum) * (out - previous),
-            torch.where(redetect[:, None], torch.zeros_like(speed), rc.occluded_decay * speed),
+            torch.where(
+                support[:, None],
+                neighbour,
+                torch.where(redetect[:, None], torch.zeros_like(speed), rc.occluded_decay * speed),
+            ),
         )
         return g.pixel_to_grid(out).to(dev), out, score, decision, new_velocity
