@@ -169,6 +169,28 @@ def test_batch_help_and_usage_errors_do_not_import_torch():
         assert message in done.stderr and done.stderr.count("\n") == (1 if message else 0)
 
 
+def test_a_killed_local_worker_is_replaced_and_its_videos_still_done(clips, tmp_path):
+    import signal
+
+    from tracker.apps.batch_workers import LocalEngine
+
+    argv = [str(clips / "videos"), "--points-dir", str(clips / "points"), "--out", str(tmp_path / "r")]
+    args, common = batch.batch_parser().parse_known_args([*argv, *OPTIONS])
+    jobs, _ = batch.collect(args, common, tmp_path / "r")
+    engine = LocalEngine(workers=1, device="cpu", retries=2, todo=5)
+    records, killed = {}, None
+    try:
+        for record in engine.run(jobs):
+            records[record["name"]] = record
+            if killed is None:  # SIGKILL the worker between two videos: the pool breaks, a new one takes over
+                killed = int(record["worker"].split(":")[1])
+                os.kill(killed, signal.SIGKILL)
+    finally:
+        engine.close()
+    assert_good_tracks(clips, records)
+    assert {int(records[n]["worker"].split(":")[1]) for n in GOOD} != {killed}  # a new process did the rest
+
+
 # --------------------------------------------------------------------------- Ray
 
 

@@ -217,38 +217,47 @@ class LocalEngine:
         attempts: collections.Counter = collections.Counter()
         running: dict = {}
         sent: dict[str, float] = {}  # when each video was handed to a worker
+        fruitless = 0  # pools broken in a row without a video finishing
         while pending or running:
             if self.pool is None:
                 self.pool = self._start()
+            broken = False
             while pending and len(running) < self.workers:  # at most one video per worker in flight
                 job = pending.popleft()
                 attempts[job.name] += 1
-                running[self.pool.submit(_run_local, job)] = job
+                try:
+                    running[self.pool.submit(_run_local, job)] = job
+                except BrokenProcessPool:  # a worker died between videos
+                    pending.appendleft(job)
+                    broken = True
+                    break
                 sent[job.name] = time.perf_counter()
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            broken = False
+            done = wait(running, return_when=FIRST_COMPLETED)[0] if running and not broken else set()
             for future in done:
                 job = running.pop(future)
                 try:
                     record = future.result()
                 except BrokenProcessPool:
                     broken = True
-                    if attempts[job.name] > self.retries:
-                        yield failed_record(job, f"worker lost {attempts[job.name]} times (killed or out of memory)")
-                    else:
-                        pending.appendleft(job)
+                    pending.appendleft(job)
                     continue
+                fruitless = 0
                 record["attempts"] = attempts[job.name]
                 record["turnaround_s"] = round(time.perf_counter() - sent[job.name], 3)
                 yield record
             if broken:
-                for future, job in list(running.items()):  # the pool is gone: its other videos too
-                    with contextlib.suppress(BaseException):
-                        future.result()
-                    pending.appendleft(job)
+                pending.extendleft(running.values())  # the pool is gone: its other videos too
                 running.clear()
-                self.pool.shutdown(wait=True, cancel_futures=True)
+                with contextlib.suppress(Exception):
+                    self.pool.shutdown(wait=True, cancel_futures=True)
                 self.pool = None
+                fruitless += 1
+                lost = [job for job in pending if attempts[job.name] > self.retries]
+                if fruitless > self.retries:  # workers die before finishing anything: they cannot work here
+                    lost = list(pending)
+                for job in lost:
+                    pending.remove(job)
+                    yield failed_record(job, f"worker lost {attempts[job.name]} time(s) (killed or out of memory)")
         if self.pool is not None:
             self.pool.shutdown(wait=True)
             self.pool = None
