@@ -56,3 +56,16 @@ def test_embeddings_are_cached_per_image_point_and_settings(tmp_path, monkeypatc
     H.cached_embeddings(matcher, IMAGE, (31.0, 40.0), tmp_path)  # another point: another file
     H.cached_embeddings(tiny_matcher(steps=3), IMAGE, (30.0, 40.0), tmp_path)  # other settings: another file
     assert len(list(tmp_path.glob("*.safetensors"))) == 3
+
+
+def test_cache_key_covers_the_vae_and_hashes_the_weights_once(monkeypatch):
+    matcher = tiny_matcher(steps=2)
+    key = H.cache_key(IMAGE, (30.0, 40.0), matcher)
+    monkeypatch.setattr(type(matcher.unet), "state_dict", lambda *a, **k: pytest.fail("UNet weights hashed again"))
+    assert H.cache_key(IMAGE, (30.0, 40.0), matcher) == key  # the digest is kept on the matcher
+    monkeypatch.undo()
+    other = tiny_matcher(steps=2)
+    with torch.no_grad():
+        next(other.vae.parameters()).add_(1.0)  # same UNet, same settings, another VAE: other latents, other maps
+    assert H.cache_key(IMAGE, (30.0, 40.0), other) != key
+    assert H.cache_key(IMAGE, (30.0, 40.0), tiny_matcher(steps=2)) == key  # equal weights: the same key

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tracker.diffusion_features import sd_alphas_cumprod
+
 
 @dataclass(frozen=True)
 class HedlinConfig:
@@ -98,8 +100,8 @@ class HedlinMatcher(nn.Module):
         for name, module in unet.named_modules():
             if name.endswith("attn2"):
                 module.set_processor(_RecordingCrossAttention(self.store))
-        betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
-        self.register_buffer("alphas_cumprod", torch.cumprod(1 - betas, 0).float(), persistent=False)
+        self.register_buffer("alphas_cumprod", sd_alphas_cumprod().float(), persistent=False)
+        self._weights_digest: str | None = None
         self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
     @property
@@ -226,14 +228,25 @@ def _argmax_xy(m: Tensor) -> Tensor:
     return torch.tensor([idx % m.shape[1], idx // m.shape[1]])
 
 
+def weights_digest(matcher: HedlinMatcher) -> str:
+    """sha256 of the UNet's and the VAE's weights (both shape the maps), hashed once per matcher: SD's 3.4 GB are
+    not read again for every query point."""
+    if matcher._weights_digest is None:
+        h = hashlib.sha256()
+        for part in ("unet", "vae"):
+            for name, p in getattr(matcher, part).state_dict().items():
+                h.update(f"{part}.{name}".encode())
+                h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        matcher._weights_digest = h.hexdigest()
+    return matcher._weights_digest
+
+
 def cache_key(image: Tensor, xy: tuple[float, float], matcher: HedlinMatcher) -> str:
-    """sha256 of the image bytes, the point, the settings, the input size and the UNet's weights."""
+    """sha256 of the image bytes, the point, the settings, the input size and the UNet's and VAE's weights."""
     h = hashlib.sha256()
     h.update(image.contiguous().cpu().numpy().tobytes())
     h.update(json.dumps({"xy": list(xy), "size": matcher.size, **asdict(matcher.config)}).encode())
-    for name, p in matcher.unet.state_dict().items():
-        h.update(name.encode())
-        h.update(p.detach().float().cpu().numpy().tobytes())
+    h.update(weights_digest(matcher).encode())
     return h.hexdigest()
 
 
