@@ -229,3 +229,32 @@ def test_flow_carried_field_keeps_the_object_covered(two_objects):
     print(f"object pixels valid at frame {t}: {share}, median error px: {error}")
     assert share["flow"] > 0.95 and share["flow"] > share["none"] + 0.1  # measured 1.0 and 0.77
     assert error["flow"] < 3.0  # measured 1.8 (none: 1.0 on the pixels it keeps)
+
+
+def test_flow_band_skips_confident_tiles_and_keeps_the_masks(two_objects, monkeypatch):
+    """band: the feature estimate only near where the flow is unsure; far from the objects' boundaries the
+    flow-warped labels stand in, so the masks stay those of the estimate computed everywhere."""
+    from dataclasses import replace
+
+    import tracker.propagation as propagation
+
+    shares = []
+    original = propagation.unsure_tiles
+
+    def spy(warp, grid_hw, band):
+        tiles, fill = original(warp, grid_hw, band)
+        shares.append(float(tiles.float().mean()))
+        assert fill.shape == (3, *grid_hw)
+        return tiles, fill
+
+    monkeypatch.setattr(propagation, "unsure_tiles", spy)
+    featurizer = create_featurizer("sift", (240, 320))
+    frames, given = two_objects.frames[:6], {0: two_objects.masks[0]}
+    masks = {}
+    for band in (None, 2):
+        config = replace(default_propagation_config("sift"), band=band)
+        masks[band] = [r.labels for r in MaskPropagator(featurizer, config).propagate(frames, given)]
+    assert default_propagation_config("sift").band == 2
+    assert len(shares) == 5 and max(shares) < 0.9  # tiles skipped on every frame after the first
+    for a, b in zip(masks[None], masks[2], strict=True):
+        assert (a != b).mean() < 0.005
