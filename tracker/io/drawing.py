@@ -41,11 +41,6 @@ def point_colours(n: int) -> np.ndarray:
     return np.concatenate([base, cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[:, 0]])
 
 
-def palette(n: int) -> np.ndarray:
-    """Alias of :func:`point_colours` (the name older callers use)."""
-    return point_colours(n)
-
-
 def palette_hex(n: int) -> list[str]:
     """``point_colours(n)`` as ``#rrggbb`` strings (for the web page)."""
     return [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in point_colours(n)]
