@@ -22,7 +22,14 @@ from tracker.choices import POINT_REFINE_MODES
 from tracker.errors import TrackerError
 from tracker.featurizers import Featurizer
 from tracker.geometry import GridGeometry, frames_to_tensor
-from tracker.matching import MatchConfig, forward_backward_ok, match, sample_descriptors
+from tracker.matching import (
+    MatchConfig,
+    forward_backward_ok,
+    match,
+    sample_descriptors,
+    similarity,
+    window_soft_argmax,
+)
 from tracker.refine import (
     FOLLOW,
     OCCLUDED,
@@ -154,6 +161,20 @@ class TrackState:
     def started(self) -> Tensor:
         """``[N]`` bool: the point's query frame has been reached."""
         return self.queries.frame < self.next_frame
+
+
+def _widened_search(
+    descriptors: Tensor, features: Tensor, config: MatchConfig, prior_uv: Tensor, radius: Tensor
+) -> tuple[Tensor, Tensor]:
+    """:func:`tracker.matching.match` with a per-point ``search_radius`` ``radius [N]`` (grid cells) around
+    ``prior_uv [N, 2]``: the whole-grid similarity, cells farther than the radius masked, window soft-argmax.
+    Returns ``(uv [N, 2], score [N])``."""
+    _, h, w = features.shape
+    sim = similarity(descriptors, features)
+    v = torch.arange(h, device=features.device, dtype=prior_uv.dtype).view(1, h, 1)
+    u = torch.arange(w, device=features.device, dtype=prior_uv.dtype).view(1, 1, w)
+    d2 = (u - prior_uv[:, 0, None, None]) ** 2 + (v - prior_uv[:, 1, None, None]) ** 2
+    return window_soft_argmax(sim, config.window_radius, config.temperature, eligible=d2 <= radius.view(-1, 1, 1) ** 2)
 
 
 def work_xy(xy: Tensor, gray: np.ndarray, g: GridGeometry) -> np.ndarray:
@@ -508,10 +529,15 @@ class PointTracker:
             factor = torch.clamp(1 + rc.widen * lost[active].float(), max=rc.max_widen)
             sem_uv = features.new_zeros(len(active), 2)
             sem_score = features.new_zeros(len(active))
-            for f in factor.unique().tolist():
-                sel = (factor == f).nonzero().flatten().to(dev)
-                found = match(act_desc[sel], features, replace(mc, search_radius=mc.search_radius * f), prior[sel])
-                sem_uv[sel], sem_score[sel] = found.uv, found.score
+            near = (factor == 1).nonzero().flatten().to(dev)
+            if len(near):
+                found = match(act_desc[near], features, mc, prior[near])
+                sem_uv[near], sem_score[near] = found.uv, found.score
+            wide = (factor > 1).nonzero().flatten().to(dev)
+            if len(wide):  # lost points: one whole-grid product (cheaper than gathering wide windows), masked
+                sem_uv[wide], sem_score[wide] = _widened_search(
+                    act_desc[wide], features, mc, prior[wide], mc.search_radius * factor[wide.cpu()].to(dev)
+                )
         # 3. the evidence at the local track, and the decision
         lk_uv = g.pixel_to_grid(lk_xy).to(dev)
         score_lk = (sample_descriptors(features, lk_uv) * act_desc).sum(1)
