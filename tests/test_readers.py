@@ -1,6 +1,7 @@
 """Video readers: OpenCV (needs nothing), torchcodec and decord where installed (skipped otherwise), `--reader`."""
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,6 +50,33 @@ def test_other_readers_decode_what_opencv_decodes(clip, reader):
     assert got.shape == frames.shape
     # the same stream through two FFmpeg builds: equal up to the YUV->RGB conversion's rounding
     assert np.abs(got.astype(int) - frames.astype(int)).mean() < 2.0
+
+
+def _fds_on(path) -> int:
+    """Open file descriptors of this process on ``path`` (Linux: /proc/self/fd)."""
+    import os
+
+    fd_dir = Path("/proc/self/fd")
+    target = os.path.realpath(path)
+    return sum(1 for fd in fd_dir.iterdir() if os.path.realpath(fd) == target) if fd_dir.is_dir() else -1
+
+
+@pytest.mark.parametrize("reader", ["opencv", "torchcodec", "decord"])
+def test_close_releases_the_file(clip, reader):
+    """A long-lived process (track serve, batch workers) opens many videos: close() lets go of each file."""
+    if reader != "opencv" and not installed(reader):
+        pytest.skip(f"{reader} is not installed (or cannot load)")
+    path, _ = clip
+    if _fds_on(path) < 0:
+        pytest.skip("no /proc/self/fd here")
+    source = V.open_video(path, reader=reader)
+    next(iter(source))
+    assert _fds_on(path) >= 1  # the decoder holds the file while open
+    source.close()
+    import gc
+
+    gc.collect()
+    assert _fds_on(path) == 0
 
 
 def test_auto_takes_torchcodec_when_it_works_else_opencv(clip):

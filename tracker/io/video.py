@@ -214,6 +214,9 @@ class DecordVideo(VideoSource):
                 raise TrackerError(f"{self.info.source}: cannot decode frame {start} (corrupt video?)") from None
             yield from batch
 
+    def close(self) -> None:
+        self.reader = None  # decord frees its demuxer with the reader
+
 
 class TorchcodecVideo(VideoSource):
     """A video file decoded by torchcodec in chunks of ``chunk`` frames (NVDEC into CUDA with ``device="cuda"``).
@@ -260,6 +263,9 @@ class TorchcodecVideo(VideoSource):
                 f"{self.path}: decoded {decoded} of the {self.info.num_frames} frames its header promises "
                 "(the file is cut short or damaged)"
             )
+
+    def close(self) -> None:
+        self.decoder = None  # the file, and on a GPU the NVDEC session, are freed with the decoder
 
 
 class _Unreadable(Exception):
