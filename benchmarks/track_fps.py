@@ -13,6 +13,8 @@ Usage:
         [--points 256] [--frames 120] [--batch 8] [--device cpu] [--refine lk|none] [--overlay]
         [--variants kornia-serial,serial,pipeline] [--repeat 2] [--threads N] [--out DIR]
 
+A variant may name its torch intra-op threads: ``pipeline@1`` runs ``pipeline`` with one.
+
 Prints one line per run and, with --out, writes ``track_fps_<model>[_refine-none][_overlay].json`` with every run,
 the median per variant, the load average before and after, and the machine description. Stage times are busy
 times per frame: decode (in whichever thread decodes), featurizer, step (matching, refinement, decisions: the
@@ -83,6 +85,16 @@ class Clock:
 
 
 def run(args, variant: str, queries, out_dir: Path) -> dict:
+    name, _, threads = variant.partition("@")
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads) if threads else before)
+    try:
+        return {**_run(args, name, queries, out_dir), "variant": variant, "torch_threads": torch.get_num_threads()}
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(args, variant: str, queries, out_dir: Path) -> dict:
     video = open_video(args.video)
     h, w = video.info.height, video.info.width
     featurizer = create_featurizer(args.model, (h, w), weights=args.weights, device=args.device)
@@ -173,7 +185,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     args = p.parse_args()
     variants = args.variants.split(",")
-    if unknown := set(variants) - set(VARIANTS):
+    if unknown := {v.partition("@")[0] for v in variants} - set(VARIANTS):
         p.error(f"unknown variants {sorted(unknown)}")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -266,6 +266,8 @@ def refuse_overwriting(outputs: dict[str, Path | None], inputs: dict[str, str | 
 
 def track_command(args: argparse.Namespace) -> int:
 
+    import torch
+
     from tracker.featurizers import MODEL_NAMES
     from tracker.io.drawing import TrackOverlay
     from tracker.io.formats import TRACK_SUFFIXES, TrackLog, grid_points, points_argument, write_tracks
@@ -340,7 +342,11 @@ def track_command(args: argparse.Namespace) -> int:
         "refine": args.refine,
         "coordinates": "pixels of the original frame, centre of the top-left pixel at (0, 0)",
     }
-    # decode ahead in a producer thread, draw and encode behind in a consumer thread (tracker.io.pipeline)
+    # decode ahead in a producer thread, draw and encode behind in a consumer thread (tracker.io.pipeline); on a
+    # CPU torch leaves them a core (2 cores: 1 torch thread ran 3x faster than 2, benchmarks/track_fps.py)
+    threads = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(max(1, threads - 1))
     source = Prefetcher(video, depth=2 * args.batch)
     frames = _tee(source, writer is not None)
     warned = list(video.warnings)
@@ -361,6 +367,7 @@ def track_command(args: argparse.Namespace) -> int:
         except (TrackerError, OSError) as exc:
             status, error = "failed", error or TrackerError(f"cannot write {writer.path} ({exc})")
         elapsed += time.perf_counter() - start
+    torch.set_num_threads(threads)
     if len(log) <= last_query and status == "done":
         error, status = (
             TrackerError(f"the video ended after {len(log)} frames, before a point's frame {last_query}"),
