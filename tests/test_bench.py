@@ -232,19 +232,52 @@ def test_bench_prefers_the_default_video_when_it_is_there(tmp_path, tiny_video, 
     assert runner.config_from_args(args).video is None  # run_bench generates the clip
 
 
-def test_gpu_check_dry_run_writes_its_results_under_out(tmp_path):
-    """benchmarks/gpu_check.sh --dry-run on the CPU with tiny models: every section runs, one JSON and markdown."""
+def _gpu_check_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_sh_runs_the_check_with_out_and_the_repo_on_the_path(tmp_path):
+    """benchmarks/gpu_check.sh: $PYTHON (here a stub that records its arguments) runs benchmarks/gpu_check.py with
+    --out $OUT (else benchmarks/results) and the arguments given, the repository on PYTHONPATH."""
     import os
     import subprocess
-    import sys
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        ["bash", str(repo / "benchmarks" / "gpu_check.sh"), "--dry-run"], env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    stub = tmp_path / "python"
+    stub.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$RECORD"; echo "$PYTHONPATH" >> "$RECORD"\n')
+    stub.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "PYTHONPATH")}
+    for out, want in ((str(tmp_path / "out"), str(tmp_path / "out")), (None, "benchmarks/results")):
+        record = tmp_path / "args.txt"
+        run_env = {**env, "PYTHON": str(stub), "RECORD": str(record), **({"OUT": out} if out else {})}
+        done = subprocess.run(
+            ["bash", str(repo / "benchmarks" / "gpu_check.sh"), "--dry-run"], env=run_env, capture_output=True
+        )
+        assert done.returncode == 0, done.stderr
+        *args, pythonpath = record.read_text().splitlines()
+        assert args == ["benchmarks/gpu_check.py", "--out", want, "--dry-run"]
+        assert str(repo) in pythonpath.split(":")
+
+
+def test_gpu_check_dry_run_writes_its_results_under_out(tmp_path, monkeypatch):
+    """benchmarks/gpu_check.py --dry-run on the CPU with tiny models: every section runs, one JSON and markdown
+    (in this process: the imports are the suite's; the shell wrapper is checked above)."""
+    gpu_check = _gpu_check_module()
+    monkeypatch.setenv("OUT", str(tmp_path))
+    threads = torch.get_num_threads()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            assert gpu_check.main(["--dry-run"]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the dry run sets its own
     report = json.loads((tmp_path / "gpu_check_dry_run.json").read_text())
     assert report["schema"] == "semantic-tracker/gpu-check/1" and report["dry_run"] is True
     sections = report["sections"]
