@@ -102,3 +102,17 @@ def test_rejected_pixels_are_shaded():
     valid[:, 30:] = 0.0
     out = shade_rejected(image, valid)
     assert (out[:, :30] == 200).all() and (out[:, 30:] < 150).all()
+
+
+def test_points_far_outside_the_frame_are_left_out_quietly():
+    """A diverged estimate (far outside, or huge) draws nothing and never warns about a cast to integers."""
+    import warnings
+
+    overlay = TrackOverlay(legend=True)
+    xy = [[1e30, 5.0], [-1e9, 1e9], [5000.0, 120.0], [160.0, 120.0]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for t in range(3):
+            out = overlay.draw(background(), result(t, xy, [t == 0, True, False, True]))
+    assert near(out[120, 160], point_colours(4)[3], 2)  # the point inside is still drawn
+    assert (out[:, 200:] == GREY).all()  # and nothing of the others reaches the frame

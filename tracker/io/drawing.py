@@ -102,12 +102,12 @@ class _Canvas:
         if len(xy) == 0 or len(offsets) == 0:
             return
         reach = self.pad // 2
-        centre = np.rint(xy).astype(np.int64)
-        keep = (centre[:, 0] > -reach) & (centre[:, 0] < self.w + reach)
-        keep &= (centre[:, 1] > -reach) & (centre[:, 1] < self.h + reach)
+        # kept before the cast to integers: a point far outside (or NaN) never becomes an index, nor a cast warning
+        keep = (xy[:, 0] > -reach) & (xy[:, 0] < self.w + reach) & (xy[:, 1] > -reach) & (xy[:, 1] < self.h + reach)
         if not keep.all():
-            centre, colours = centre[keep], colours[keep]
+            xy, colours = xy[keep], colours[keep]
             alpha = alpha[keep] if np.ndim(alpha) else alpha
+        centre = np.rint(xy).astype(np.int64)
         width = self.w + 2 * self.pad
         start = (centre[:, 1] + self.pad) * width + centre[:, 0] + self.pad
         lin = start[:, None] + (offsets[:, 1] * width + offsets[:, 0])[None, :]  # [M, K]
