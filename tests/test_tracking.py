@@ -146,7 +146,7 @@ def test_tiny_random_vit_end_to_end_through_the_command_line(tmp_path, video, ob
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "dinov2-s on cpu" in proc.stderr
+    assert "dinov2-s, torch fp32 on cpu" in proc.stderr
     tracks = read_tracks(tmp_path / "t.npz")
     assert tracks["x"].shape == (6, 4) and np.isfinite(tracks["x"]).all()
     assert np.allclose(tracks["x"][0], object_points[:4, 0], atol=1e-3)
