@@ -427,6 +427,11 @@ def build_random(base: str, **overrides) -> tuple[nn.Module, nn.Module, Tensor]:
     return unet, vae, random_prompt(unet.config.cross_attention_dim)
 
 
+def _looks_local(source: str) -> bool:
+    """Whether ``--weights`` names a local folder rather than a hub id (``org/name``: one slash, no path prefix)."""
+    return source.startswith(("/", ".", "~")) or source.count("/") != 1 or "\\" in source
+
+
 def _hub_reachable(timeout: float = 5.0) -> bool:
     try:
         socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
@@ -551,6 +556,8 @@ def create_diffusion_featurizer(
         if len(folders) > 1 or len(agg_files) > 1 or (name == "dift" and agg_files):
             what = "one diffusers folder" + (" and one aggregation network .pt" if name != "dift" else "")
             raise TrackerError(f"--weights for {name}: at most {what}")
+        if folders and _looks_local(folders[0]) and not Path(folders[0]).expanduser().exists():
+            raise TrackerError(f"--weights: folder not found: {folders[0]} (a diffusers pipeline folder)")
         if name != "dift":  # the small file first: no multi-GB pipeline load before a missing file is reported
             path = Path(agg_files[0]) if agg_files else W.fetch(W.DHF_AGGREGATION[name])
             aggregation = read_aggregation(path, name)
