@@ -69,3 +69,25 @@ def test_cache_key_covers_the_vae_and_hashes_the_weights_once(monkeypatch):
         next(other.vae.parameters()).add_(1.0)  # same UNet, same settings, another VAE: other latents, other maps
     assert H.cache_key(IMAGE, (30.0, 40.0), other) != key
     assert H.cache_key(IMAGE, (30.0, 40.0), tiny_matcher(steps=2)) == key  # equal weights: the same key
+
+
+def test_a_half_precision_unet_and_vae_run_and_still_learn():
+    """fp16 on CUDA is the rule for the diffusion models; bf16 on the CPU stands in: inputs are cast to the
+    networks' type, maps and the loss stay fp32, and gradients still reach the embeddings."""
+    import warnings
+
+    def half(**config):
+        matcher = tiny_matcher(**config)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # diffusers: "cast with torch_dtype in from_pretrained instead"
+            matcher.unet.to(torch.bfloat16), matcher.vae.to(torch.bfloat16)
+        return matcher
+
+    x = half().prepare(IMAGE)
+    untrained = half(steps=0, crops=4).optimise(x, (100.0, 20.0))
+    trained = half(steps=2, crops=4)
+    found = trained.optimise(x, (100.0, 20.0))
+    assert found.dtype == torch.float32 and torch.isfinite(found).all()
+    assert not torch.equal(found, untrained)  # the same start, moved by the optimisation
+    u, v = trained.match(x, found)
+    assert 0 <= u < SIZE and 0 <= v < SIZE

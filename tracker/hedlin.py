@@ -113,7 +113,8 @@ class HedlinMatcher(nn.Module):
     def _latent(self, image: Tensor) -> Tensor:
         """``[1, 3, S, S]`` in [-1, 1] -> VAE mean latent (scaled)."""
         with torch.no_grad():
-            return self.vae.encode(image).latent_dist.mean * self.vae.config.scaling_factor
+            latent = self.vae.encode(image.to(_dtype(self.vae))).latent_dist.mean
+        return latent.float() * self.vae.config.scaling_factor
 
     def _crop(self, image: Tensor, xy: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor, int, int, int]:
         """A random crop keeping pixel ``xy`` ``margin`` inside, resized to ``S``: ``(crop, xy in crop / side,
@@ -138,7 +139,8 @@ class HedlinMatcher(nn.Module):
         noise = torch.rand(latent.shape, generator=gen).to(latent)
         noisy = a.sqrt() * latent + (1 - a).sqrt() * noise
         self.store.maps.clear()
-        self.unet(noisy, torch.tensor([t], device=self.device), encoder_hidden_states=context)
+        dtype = _dtype(self.unet)  # a half-precision UNet (fp16 on CUDA) gets its inputs in its type
+        self.unet(noisy.to(dtype), torch.tensor([t], device=self.device), encoder_hidden_states=context.to(dtype))
         limit = (latent.shape[-1] // 2) ** 2
         kept = [m for m in self.store.maps if m.shape[1] <= limit]
         self.store.maps.clear()
@@ -149,7 +151,7 @@ class HedlinMatcher(nn.Module):
             m = kept[i]
             heads = m.shape[0]
             side = int(round(m.shape[1] ** 0.5))
-            m = m[heads // 2 :, :, self.config.token].reshape(1, heads - heads // 2, side, side)
+            m = m[heads // 2 :, :, self.config.token].float().reshape(1, heads - heads // 2, side, side)
             out.append(F.interpolate(m, size=(out_size, out_size), mode="bilinear", align_corners=False))
         return torch.cat(out)
 
@@ -221,6 +223,10 @@ class HedlinMatcher(nn.Module):
         """Pixel ``(x, y)`` (pixel centres at integers) of the ``S x S`` input where the map peaks."""
         x, y = _argmax_xy(self.attention(image, embeddings)).tolist()
         return float(x), float(y)
+
+
+def _dtype(module: nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
 
 
 def _argmax_xy(m: Tensor) -> Tensor:
