@@ -107,6 +107,16 @@ def test_bad_uploads_are_refused_clearly_and_the_server_keeps_serving(client, fi
     assert first.status_code == 200 and first.headers["content-type"] == "image/jpeg"
 
 
+def test_non_ascii_text_cut_mid_character_still_reads_as_text():
+    """The 512 bytes sniffed may end inside a UTF-8 character: a French or Japanese text file is still text."""
+    from tracker.apps.serve import describe_content
+
+    assert describe_content(("é" * 300).encode()[:511]) == "text"
+    assert describe_content(("日本語" * 100).encode()[:512]) == "text"
+    assert describe_content(b"\x80\x81\x82\x83 not utf-8") == "no format known here"
+    assert describe_content(b"%PDF-1.7 ...") == "a PDF document"
+
+
 def test_frames_over_the_pixel_limit_are_refused(files, tmp_path):
     from fastapi.testclient import TestClient
 

@@ -106,10 +106,13 @@ def describe_content(head: bytes) -> str:
         return "a WAV sound file"
     if head.startswith((b"ID3", b"\xff\xfb")):
         return "an MP3 sound file"
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
+    text = None
+    for cut in range(4):  # the first bytes may end inside a multi-byte character (up to 3 of its bytes)
+        try:
+            text = head[: len(head) - cut].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            continue
     if text is not None and all(c.isprintable() or c in "\r\n\t" for c in text):
         return "text"
     return "no format known here"
