@@ -704,7 +704,7 @@ class TrackingService:
             log = TrackLog(queries)
             full, small = TrackOverlay(), TrackOverlay()
             scale = min(1.0, self.config.preview_width / video.width)
-            preview = (round(video.width * scale), round(video.height * scale))
+            preview = (max(1, round(video.width * scale)), max(1, round(video.height * scale)))  # as _probe
             writer = AtomicVideoWriter(job.folder / "overlay.mp4", video.fps, (video.width, video.height))
             source = open_video(video.path)
             try:
