@@ -107,3 +107,35 @@ def test_batched_step_never_syncs_with_the_host(scene, name):
         except (RuntimeError, NotImplementedError):
             pass  # a value read on meta raises
     assert SYNC_OPS & set(rec.ops) or "cpu" in rec.devices
+
+
+@pytest.mark.parametrize("model", ["sift", "dinov2-s"])
+def test_tracker_batch_step_has_no_sync_per_frame(model):
+    """``PointTracker.advance_batch`` (refine=none) under the recorder: no sync op in a run of frames where no point
+    starts, however long the run; the per-frame ``advance`` has some in every frame (what the test would see)."""
+    from collections import Counter
+
+    from tracker import PointTracker, Queries, default_match_config
+
+    video = moving_objects(num_frames=12, size=(96, 128), seed=1)
+    featurizer = create_featurizer("sift", (96, 128))
+    with torch.inference_mode():
+        grids = featurizer(torch.from_numpy(video.frames)).clone()
+    rng = np.random.default_rng(0)
+    xy = np.stack([rng.uniform(2, 125, 24), rng.uniform(2, 93, 24)], 1)
+    tracker = PointTracker(featurizer, default_match_config(model), refine="none")
+    state = tracker.add_queries(tracker.empty_state(96, 128), Queries.create(xy, [0] * 8 + [1] * 8 + [11] * 8))
+    state = tracker.advance_batch(state, grids[:2])[1]  # the query frames 0 and 1 (per frame, by design)
+    counts = {}
+    for b in (3, 9):
+        with Recorder() as rec:
+            results, after = tracker.advance_batch(state, grids[2 : 2 + b])
+        assert len(results) == b and after.next_frame == 2 + b
+        counts[b] = Counter(op for op in rec.ops if op in SYNC_OPS)
+        stepped = state
+        with Recorder() as rec:
+            for grid in grids[2 : 2 + b]:
+                stepped = tracker.advance(stepped, grid)
+        assert torch.equal(stepped.latest.visible, after.latest.visible)
+        assert Counter(rec.ops)["aten::_local_scalar_dense"] >= b  # the per-frame path syncs in every frame
+    assert counts[3] == counts[9] == Counter(), counts  # none at all, per frame or per batch

@@ -172,3 +172,45 @@ def test_refine_modes_interface(video, object_points):
     decision = torch.stack([r.decision for r in results])
     assert decision.dtype == torch.int8 and decision.shape == (4, 4)
     assert (decision[:2, 2:] == NOT_STARTED).all() and (decision[2:, 2:] != NOT_STARTED).all()
+
+
+@pytest.fixture(scope="module")
+def staggered():
+    """16 small frames, their sift grids, and 30 points given on frames 0, 3, 9 and 13 (mid-video, mid-batch)."""
+    clip = moving_objects(num_frames=16, size=(96, 128), seed=2)
+    featurizer = create_featurizer("sift", (96, 128))
+    with torch.inference_mode():
+        grids = featurizer(torch.from_numpy(clip.frames))
+    rng = np.random.default_rng(3)
+    xy = np.stack([rng.uniform(2, 125, 30), rng.uniform(2, 93, 30)], 1)
+    return clip, featurizer, grids, Queries.create(xy, [0] * 10 + [3] * 8 + [9] * 7 + [13] * 5)
+
+
+@pytest.mark.parametrize("model", ["sift", "dinov2-s"])  # local search + update 0.2; global (the ViT defaults)
+def test_batched_refine_none_step_equals_the_per_frame_step(staggered, model):
+    clip, featurizer, grids, queries = staggered
+    tracker = PointTracker(featurizer, default_match_config(model), refine="none")
+    start = tracker.add_queries(tracker.empty_state(96, 128), queries)
+    state, per_frame = start, []
+    for grid in grids:
+        state = tracker.advance(state, grid)
+        per_frame.append(state.latest)
+    for batch in (5, 8):  # runs split at frames 3, 9, 13 inside and at the edges of batches
+        batched = list(tracker.track(clip.frames, queries, batch_size=batch))
+        assert [r.frame_index for r in batched] == list(range(16))
+        for want, got in zip(per_frame, batched, strict=True):
+            assert torch.equal(want.xy.isnan(), got.xy.isnan())
+            assert torch.allclose(want.xy.nan_to_num(), got.xy.nan_to_num(), atol=1e-4, rtol=0)  # measured 7.6e-6 px
+            assert torch.allclose(want.score.nan_to_num(), got.score.nan_to_num(), atol=1e-5, rtol=0)
+            assert torch.equal(want.visible, got.visible) and torch.equal(want.decision, got.decision)
+    visible = torch.stack([r.visible for r in per_frame])
+    assert 0.3 < visible[4:].float().mean() < 1  # matches judged both ways, so the verdicts are compared for real
+    assert (torch.stack([r.decision for r in per_frame])[:13] == -1).any()  # points not started yet, masked
+    # the state the batches leave is the per-frame one: same descriptors (updated with sift), priors, query grids
+    after = tracker.advance_batch(start, grids[:8])[1]
+    mid = start
+    for grid in grids[:8]:
+        mid = tracker.advance(mid, grid)
+    assert after.next_frame == mid.next_frame == 8 and sorted(after.query_features) == sorted(mid.query_features)
+    assert torch.allclose(after.descriptors, mid.descriptors, atol=1e-5)
+    assert torch.allclose(after.last_uv, mid.last_uv, atol=1e-5)

@@ -26,6 +26,7 @@ from tracker.matching import (
     MatchConfig,
     forward_backward_ok,
     match,
+    match_batch,
     sample_descriptors,
     similarity,
     window_soft_argmax,
@@ -293,11 +294,117 @@ class PointTracker:
         )
 
     def _run_batch(self, state: TrackState, frames: list[np.ndarray]) -> tuple[list[TrackResult], TrackState]:
+        grids = self.featurizer(frames_to_tensor(frames))
+        if self.refine == "none":
+            return self.advance_batch(state, grids)
+        # refine=lk stays per frame: each frame's search prior is predicted from the previous frame's refined
+        # positions and velocities (Lucas-Kanade, decisions), so the coarse matches of a batch are not independent
         results = []
-        for grid, frame in zip(self.featurizer(frames_to_tensor(frames)), frames, strict=True):
+        for grid, frame in zip(grids, frames, strict=True):
             state = self.advance(state, grid, frame)
             results.append(state.latest)
         return results, state
+
+    def advance_batch(self, state: TrackState, features: Tensor) -> tuple[list[TrackResult], TrackState]:
+        """:meth:`advance` (``refine=none``) over the next ``B`` frames given their ``[B, C, h, w]`` grids.
+
+        Runs of frames where no point starts are matched on the device in one :func:`match_batch` call each
+        (masks, no boolean indexing), with one copy of the results to the host per run (non-blocking, into pinned
+        memory on CUDA); a frame where points start (or the first frame with new points) goes through
+        :meth:`advance`. Same results as :meth:`advance` frame after frame.
+        """
+        b = features.shape[0]
+        results: list[TrackResult] = []
+        i = 0
+        while i < b:
+            t = state.next_frame
+            frame_of = state.queries.frame.numpy()
+            n = len(frame_of)
+            grown = state.query_descriptors is not None and state.query_descriptors.shape[0] == n
+            if not grown or not (frame_of < t).any() or (frame_of == t).any():
+                state = self.advance(state, features[i])
+                results.append(state.latest)
+                i += 1
+                continue
+            ahead = frame_of[frame_of >= t]
+            stop = min(b, i + int(ahead.min()) - t) if len(ahead) else b  # up to the next frame where points start
+            q_keys = sorted(state.query_features)
+            # the backward check holds B * N * Q * h * w similarities: at most ~2^25 (or one frame's) at a time
+            _, _, h, w = features.shape
+            stop = min(stop, i + max(1, 2**25 // max(1, n * len(q_keys) * h * w)))
+            part, more = self._match_run(state, features[i:stop], q_keys)
+            results.extend(part)
+            state = more
+            i = stop
+        return results, state
+
+    def _match_run(
+        self, state: TrackState, features: Tensor, q_keys: list[int]
+    ) -> tuple[list[TrackResult], TrackState]:
+        """Frames ``next_frame .. next_frame + B - 1`` where no point starts: one batched match on the device."""
+        t, q, g = state.next_frame, state.queries, state.geometry
+        dev = features.device
+        b = features.shape[0]
+        frame_of = q.frame.numpy()
+        active_np = frame_of < t  # the same in every frame of the run (no point starts inside it)
+        position = {k: j for j, k in enumerate(q_keys)}
+        index_np = np.array([position.get(int(f), 0) for f in frame_of], dtype=np.int64)  # 0: not started (masked)
+        sx, sy = g.cell_size
+        host_uv = (q.xy + 0.5) / torch.tensor([sx, sy]) - 0.5  # query grid positions, made on the host
+        to_dev = dev.type == "cuda"
+        query_index = torch.from_numpy(index_np).to(dev, non_blocking=to_dev)
+        query_uv = host_uv.to(dev, non_blocking=to_dev)  # float32, as advance's pixel_to_grid
+        active = torch.from_numpy(active_np).to(dev, non_blocking=to_dev)
+        stacked = torch.stack([state.query_features[k] for k in q_keys])
+        found = match_batch(
+            features,
+            state.descriptors,
+            self.config,
+            stacked,
+            query_index,
+            query_uv,
+            prior_uv=state.last_uv,
+            query_descriptors=state.query_descriptors,
+        )
+        xy_dev = torch.stack([(found.uv[..., 0] + 0.5) * sx - 0.5, (found.uv[..., 1] + 0.5) * sy - 0.5], -1)
+        packed = torch.cat([xy_dev, found.score[..., None], found.visible[..., None].to(xy_dev.dtype)], -1).float()
+        if to_dev:  # one copy back per run, into pinned memory, then one wait
+            host = torch.empty(packed.shape, dtype=torch.float32, pin_memory=True)
+            host.copy_(packed, non_blocking=True)
+            torch.cuda.current_stream(dev).synchronize()
+        else:
+            host = packed.cpu()
+        keep = torch.from_numpy(active_np)
+        nan = torch.tensor(float("nan"))
+        not_started = torch.from_numpy(frame_of > t)  # no point has frame == t here
+        results = []
+        for k in range(b):
+            visible = (host[k, :, 3] > 0.5) & keep
+            decision = torch.where(visible, FOLLOW, OCCLUDED).to(torch.int8).masked_fill(not_started, NOT_STARTED)
+            results.append(
+                TrackResult(
+                    frame_index=t + k,
+                    xy=torch.where(keep[:, None], host[k, :, :2], nan),
+                    visible=visible,
+                    score=torch.where(keep, host[k, :, 2], nan),
+                    decision=decision,
+                )
+            )
+        last_uv = torch.where(active[:, None], found.uv[-1].to(state.last_uv.dtype), state.last_uv)
+        descriptors = torch.where(active[:, None], found.descriptors, state.descriptors)
+        return results, replace(
+            state,
+            next_frame=t + b,
+            descriptors=descriptors,
+            last_uv=last_uv,
+            latest=results[-1],
+            previous_gray=None,
+            anchors=None,
+            anchor_age=None,
+            xy=None,
+            velocity=None,
+            lost=None,
+        )
 
     def advance(self, state: TrackState, features: Tensor, frame: np.ndarray | Tensor | None = None) -> TrackState:
         """Process the next frame given its ``[C, h, w]`` unit feature grid (and its ``[H, W, 3]`` uint8 RGB
