@@ -1,6 +1,9 @@
+import math
+
 import pytest
 import torch
 
+from tracker import matching
 from tracker.errors import TrackerError
 from tracker.geometry import GridGeometry, SizeSpec
 from tracker.matching import MatchConfig, match, sample_descriptors, similarity, window_soft_argmax
@@ -78,3 +81,47 @@ def test_local_search_equals_whole_map_search_restricted_to_the_disk():
     ref_uv, ref_peak = window_soft_argmax(similarity(descriptors, features), 2, 0.05, eligible=disk)
     found = match(descriptors, features, MatchConfig(search_radius=2.5), prior_uv=prior)
     assert torch.allclose(found.uv, ref_uv, atol=1e-4) and torch.allclose(found.score, ref_peak, atol=1e-5)
+
+
+def _reference_local(descriptors, features, config, prior_uv):
+    """The local search as first written (a channels-first gather of each window), to hold the faster one to."""
+    c, h, w = features.shape
+    p = math.ceil(config.search_radius) + config.window_radius
+    centre = prior_uv.round().long()
+    centre[:, 0].clamp_(0, w - 1)
+    centre[:, 1].clamp_(0, h - 1)
+    offsets = torch.arange(-p, p + 1)
+    uu, vv = centre[:, 0, None, None] + offsets.view(1, 1, -1), centre[:, 1, None, None] + offsets.view(1, -1, 1)
+    inside = (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
+    patches = features.reshape(c, h * w)[:, (vv.clamp(0, h - 1) * w + uu.clamp(0, w - 1)).reshape(len(centre), -1)]
+    sim = torch.einsum("nc,cnk->nk", descriptors, patches).view(-1, 2 * p + 1, 2 * p + 1)
+    d2 = (uu - prior_uv[:, 0, None, None]) ** 2 + (vv - prior_uv[:, 1, None, None]) ** 2
+    uv, peak = window_soft_argmax(
+        sim.masked_fill(~inside, float("-inf")),
+        config.window_radius,
+        config.temperature,
+        eligible=inside & (d2 <= config.search_radius**2),
+    )
+    return uv + (centre - p).to(uv.dtype), peak
+
+
+@pytest.mark.parametrize("path", ["whole grid", "windows"])
+@pytest.mark.parametrize("search_radius,window_radius", [(1, 0), (3, 2), (4.5, 2), (12, 2), (2.5, 3)])
+def test_local_search_equals_the_first_algorithm(monkeypatch, path, search_radius, window_radius):
+    # both ways of scoring the windows, each cut into several chunks of points
+    monkeypatch.setattr(matching, "_FULL_GRID_CELLS_PER_WINDOW_CELL", 10**9 if path == "whole grid" else 0)
+    monkeypatch.setattr(matching, "_FULL_GRID_CHUNK", 7 * 60 * 107)
+    monkeypatch.setattr(matching, "_GATHER_CHUNK", 5 * 128 * (2 * (math.ceil(search_radius) + window_radius) + 1) ** 2)
+    torch.manual_seed(3)
+    features = torch.nn.functional.normalize(torch.randn(128, 60, 107), dim=0)
+    descriptors = torch.nn.functional.normalize(torch.randn(64, 128), dim=1)
+    prior = torch.rand(64, 2) * torch.tensor([108.0, 61.0]) - 0.5
+    prior[:8] = torch.tensor([[0, 0], [106, 59], [-0.5, 30], [106.4, 2], [1.2, 58.7], [50, -0.4], [3, 3], [104, 57]])
+    cells = torch.tensor([[0, 1], [105, 59], [0, 30], [106, 2], [1, 58], [50, 0], [4, 3], [104, 58]])
+    descriptors[:8] = features[:, cells[:, 1], cells[:, 0]].T  # true matches, within 1 cell of their prior
+    config = MatchConfig(window_radius=window_radius, search_radius=search_radius)
+    found = match(descriptors, features, config, prior_uv=prior)
+    ref_uv, ref_score = _reference_local(descriptors, features, config, prior)
+    assert (found.uv - ref_uv).abs().max() <= 1e-5 and (found.score - ref_score).abs().max() <= 1e-5
+    assert torch.allclose(found.score[:8], torch.ones(8), atol=1e-5)
+    assert ((found.uv[:8] - cells).abs() < 0.5).all()
