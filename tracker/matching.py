@@ -281,9 +281,12 @@ def match_batch(
         uv, score = flat_uv.view(b, n, 2), peak.view(b, n)
     back = _sample(features, uv)  # [B, N, C] the descriptors found
     q = query_features.shape[0]
-    sim_back = torch.einsum("bnc,qcp->bnqp", back, query_features.reshape(q, c, h * w))
-    index = query_index.view(1, n, 1, 1).expand(b, n, 1, h * w)
-    sim_back = sim_back.gather(2, index).reshape(b * n, h, w)  # each point against its own query grid
+    if q == 1:  # the usual case: one matrix product, no gather (a copy of every similarity)
+        sim_back = (back.reshape(b * n, c) @ query_features.reshape(c, h * w)).view(b * n, h, w)
+    else:
+        sim_back = torch.einsum("bnc,qcp->bnqp", back, query_features.reshape(q, c, h * w))
+        index = query_index.view(1, n, 1, 1).expand(b, n, 1, h * w)
+        sim_back = sim_back.gather(2, index).reshape(b * n, h, w)  # each point against its own query grid
     back_uv, _ = window_soft_argmax(sim_back, config.window_radius, config.temperature)
     fb_ok = (back_uv.view(b, n, 2) - query_uv[None]).norm(dim=2) <= config.fb_tolerance
     return BatchMatch(
