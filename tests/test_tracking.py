@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import tracker.tracking as tracking
 from tracker import MatchConfig, PointTracker, Queries, TrackerError, create_featurizer, default_match_config
 from tracker.io.formats import TrackLog, read_tracks, write_tracks
 from tracker.synthetic import moving_objects, write_video
@@ -187,8 +188,11 @@ def staggered():
 
 
 @pytest.mark.parametrize("model", ["sift", "dinov2-s"])  # local search + update 0.2; global (the ViT defaults)
-def test_batched_refine_none_step_equals_the_per_frame_step(staggered, model):
+@pytest.mark.parametrize("budget", [None, 1])  # runs as long as the batch allows; one frame per run
+def test_batched_refine_none_step_equals_the_per_frame_step(staggered, model, budget, monkeypatch):
     clip, featurizer, grids, queries = staggered
+    if budget is not None:
+        monkeypatch.setattr(tracking, "BATCH_BUDGET", {"cpu": budget})
     tracker = PointTracker(featurizer, default_match_config(model), refine="none")
     start = tracker.add_queries(tracker.empty_state(96, 128), queries)
     state, per_frame = start, []
