@@ -603,12 +603,13 @@ def unsure_tiles(warp: Warp, grid_hw: tuple[int, int], band: int) -> tuple[Tenso
         ``[n tiles]`` bool (:func:`tiles_of`) and ``[K+1, h, w]`` the warped probabilities on the grid.
     """
     h, w = grid_hw
-    grid = cv2.resize(warp.probs, (w, h), interpolation=cv2.INTER_AREA).reshape(h, w, -1)
-    consistency = cv2.resize(warp.consistency, (w, h), interpolation=cv2.INTER_AREA)
-    unsure = ((grid.max(2) < CONFIDENT) | (consistency < 0.5)).astype(np.uint8)
+    both = torch.from_numpy(np.dstack([warp.probs, warp.consistency])).permute(2, 0, 1)[None]  # any K (cv2: 4)
+    pooled = F.interpolate(both, size=(h, w), mode="area")[0].numpy()
+    grid, consistency = pooled[:-1], pooled[-1]
+    unsure = ((grid.max(0) < CONFIDENT) | (consistency < 0.5)).astype(np.uint8)
     if band > 0:
         unsure = cv2.dilate(unsure, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1)))
-    return tiles_of(unsure > 0), torch.from_numpy(np.ascontiguousarray(grid.transpose(2, 0, 1)))
+    return tiles_of(unsure > 0), torch.from_numpy(np.ascontiguousarray(grid))
 
 
 def _hwc_to_labels(probs: np.ndarray, ids: tuple[int, ...], frame_hw: tuple[int, int]) -> np.ndarray:
