@@ -27,6 +27,7 @@ import torch
 from _common import save
 
 from tracker import create_featurizer
+from tracker.allocator import keep_memory_flat
 from tracker.eval.evaluation import davis_sequence, given_masks
 from tracker.eval.metrics import jaccard_and_f
 from tracker.io.formats import fit_mask, read_mask
@@ -86,6 +87,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--out", default=None, help="folder for the JSON result")
     args = p.parse_args()
+    keep_memory_flat()  # the malloc setting the track command runs with
 
     with tempfile.TemporaryDirectory() as scratch:
         if Path(args.root, "JPEGImages", "480p", args.sequence).is_dir():

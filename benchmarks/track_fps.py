@@ -35,6 +35,7 @@ import torch
 from _common import describe, parser, random_queries, save
 
 from tracker import PointTracker, create_featurizer, default_match_config, open_video
+from tracker.allocator import keep_memory_flat
 from tracker.io.drawing import TrackOverlay
 from tracker.io.pipeline import Prefetcher, Sink
 from tracker.io.video import AtomicVideoWriter
@@ -184,6 +185,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=2, help="rounds over the variants (alternated)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     args = p.parse_args()
+    keep_memory_flat()  # the malloc setting the track command runs with
     variants = args.variants.split(",")
     if unknown := {v.partition("@")[0] for v in variants} - set(VARIANTS):
         p.error(f"unknown variants {sorted(unknown)}")
