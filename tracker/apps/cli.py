@@ -840,8 +840,14 @@ def eval_command(args: argparse.Namespace) -> int:
         atomic_write(stem.with_suffix(".md"), (heading + E.markdown_table(report)).encode())
     except OSError as exc:
         raise TrackerError(f"--out {out}: cannot write the report ({exc.strerror or exc})") from None
+    from tracker.eval.plots import write_plot
+
+    plot_warning = write_plot(report, stem.with_suffix(".png"))  # after the reports: a failing plot loses neither
+    if plot_warning:
+        print(f"track: warning: {plot_warning}", file=sys.stderr)
     print(E.markdown_table(report), end="")
-    print(f"track: wrote {stem}.json and {stem}.md ({report['seconds']} s)", file=sys.stderr)
+    written = f"{stem}.json and {stem}.md" if plot_warning else f"{stem}.json, {stem}.md and {stem}.png"
+    print(f"track: wrote {written} ({report['seconds']} s)", file=sys.stderr)
     return 0
 
 
