@@ -166,6 +166,11 @@ def test_bench_writes_well_formed_results(tiny_video, tmp_path, capsys):
         assert _positive(r["fps"]) and _positive(r["speedup_vs_naive"]) and _positive(r["naive"]["fps"])
         assert r["bottleneck"] in r["stages_ms_per_frame"]
         assert _positive(r["stages_ms_per_frame"]["featurizer"]) and _positive(r["stages_ms_per_frame"]["decode"])
+    assert [r["loop"] for r in e2e["runs"]] == ["overlapped (track's)"] * 3 + ["serial"]
+    assert all(_positive(r["fps_stage_run"]) for r in e2e["runs"][:3])  # the serial loop that gave the stages
+    overlay = e2e["overlay"]  # what writing the overlay adds, from the same two runs the table shows
+    assert overlay["points"] == 256 and overlay["fps_with"] == e2e["runs"][2]["fps"]
+    assert overlay["added_share"] == pytest.approx(e2e["runs"][2]["ms_per_frame"] / e2e["runs"][1]["ms_per_frame"] - 1)
     video_run = e2e["runs"][2]
     assert all(_positive(video_run["stages_ms_per_frame"][k]) for k in ("drawing", "encoding"))
     assert _positive(e2e["runs"][1]["rest_over_featurizer"])
@@ -181,6 +186,39 @@ def test_bench_writes_well_formed_results(tiny_video, tmp_path, capsys):
     assert targets["cpu_speedup_vs_naive"]["measured"] == report["speedup_vs_naive"]
     assert targets["cpu_speedup_vs_naive"]["met"] in (True, False)
     assert targets["gpu_e2e_256_fps"]["met"] is None  # a GPU target cannot be judged on the CPU
+
+
+def test_overlapped_run_is_tracks_loop_and_writes_the_overlay(tiny_video, monkeypatch):
+    """The frames/s run goes through tracker.io.pipeline (decode ahead, draw and encode behind) as `track` does,
+    every frame drawn and encoded, and torch's thread count comes back."""
+    from tracker.backends import BackendOptions, build_featurizer
+    from tracker.bench import e2e
+    from tracker.featurizers import default_match_config
+    from tracker.io import pipeline
+
+    featurizer, _ = build_featurizer("sift", (120, 160), BackendOptions("torch", "fp32"), device=torch.device("cpu"))
+    made = []
+    monkeypatch.setattr(pipeline.Prefetcher, "__init__", _spy(pipeline.Prefetcher.__init__, made, "prefetcher"))
+    monkeypatch.setattr(pipeline.Sink, "__init__", _spy(pipeline.Sink.__init__, made, "sink"))
+    drawn = []
+    monkeypatch.setattr(pipeline.Sink, "submit", _spy(pipeline.Sink.submit, drawn, "frame"))
+    threads = torch.get_num_threads()
+    match = default_match_config("sift")
+    timing = e2e.run_points_overlapped(featurizer, match, str(tiny_video), 8, 7, 2, write=True)
+    assert timing.frames == 7 and timing.seconds > 0 and timing.stages == {}
+    assert made == ["prefetcher", "sink"] and len(drawn) == 7
+    assert torch.get_num_threads() == threads
+    made.clear()
+    assert e2e.run_points_overlapped(featurizer, match, str(tiny_video), 8, None, 4).frames == 10
+    assert made == ["prefetcher"]  # no overlay: no drawing thread
+
+
+def _spy(fn, calls: list, name: str):
+    def wrapped(*args, **kwargs):
+        calls.append(name)
+        return fn(*args, **kwargs)
+
+    return wrapped
 
 
 @pytest.mark.parametrize(

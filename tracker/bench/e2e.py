@@ -7,6 +7,13 @@ upload (host -> device), pre-process (resize and normalise) and the featurizer p
 similarity, argmax and window soft-argmax, the forward-backward check and bookkeeping. On a GPU each stage
 ends with a device synchronisation, which serialises work that could overlap, so frames/s come from a
 separate run without it and the stage run only apportions the time.
+
+Frames/s of the point runs come from :func:`run_points_overlapped`, the frame loop of ``track`` itself
+(:mod:`tracker.io.pipeline`: a :class:`~tracker.io.pipeline.Prefetcher` decodes ahead in a thread, a
+:class:`~tracker.io.pipeline.Sink` draws and encodes behind in another; on a CPU torch keeps one core fewer, as
+``track`` sets it). The stages cannot be timed from the outside while three threads overlap, so they come from
+:func:`run_points`, a serial loop over the same frames that only apportions the time. Mask propagation and
+the naive baseline are serial loops (timed and counted as they run).
 """
 
 from __future__ import annotations
@@ -194,6 +201,54 @@ def run_points(
             _close(writer, clock)
             seconds = time.perf_counter() - start
     return RunTiming(source.count, seconds, _stages(clock, step, "matching"))
+
+
+def run_points_overlapped(
+    featurizer: Featurizer,
+    config: MatchConfig,
+    video_path: str,
+    n_points: int,
+    frames: int | None,
+    batch: int,
+    write: bool = False,
+) -> RunTiming:
+    """Track ``n_points`` random points through the first ``frames`` frames in ``track``'s overlapped loop:
+    frames decoded ahead in a :class:`~tracker.io.pipeline.Prefetcher` (depth ``2 * batch``), with ``write`` the
+    overlay drawn and encoded to an mp4 (in a temporary folder) in a :class:`~tracker.io.pipeline.Sink`, and on a
+    CPU one torch thread fewer (as ``track`` leaves the I/O threads a core). No stages (see :func:`run_points`)."""
+    from tracker.io.drawing import TrackOverlay
+    from tracker.io.pipeline import Prefetcher, Sink
+    from tracker.io.video import open_video
+
+    threads = torch.get_num_threads()
+    off = StageClock(torch.device("cpu"), sync=False, enabled=False)
+    with open_video(video_path) as video, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        info = video.info
+        prefetcher = Prefetcher(video if frames is None else itertools.islice(video, frames), depth=2 * batch)
+        source = TimedFrames(prefetcher, None, off, keep=write)  # keeps the frames not drawn yet, as track's tee
+        tracker = PointTracker(featurizer, config)
+        queries = random_queries(n_points, info.height, info.width)
+        overlay = TrackOverlay(num_frames=info.num_frames) if write else None
+        writer = _writer(Path(tmp) if write else None, info.fps, (info.width, info.height))
+        sink = None if writer is None else Sink(lambda f, r: writer.write(overlay.draw(f, r)), 2 * batch)
+        if featurizer.device.type == "cpu":
+            torch.set_num_threads(max(1, threads - 1))
+        try:
+            with torch.inference_mode():
+                start = time.perf_counter()
+                for result in tracker.track(source, queries, batch_size=batch):
+                    if sink is not None:
+                        sink.submit(source.pop(result.frame_index), result)
+                if sink is not None:
+                    sink.finish()
+                    writer.close()
+                seconds = time.perf_counter() - start
+        finally:
+            torch.set_num_threads(threads)
+            if sink is not None:
+                sink.close()
+            prefetcher.close()
+    return RunTiming(source.count, seconds, {})
 
 
 def run_masks(

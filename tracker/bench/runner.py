@@ -369,13 +369,21 @@ def _stage_record(timing, stages_order) -> dict:
     return per_frame
 
 
-def _run_both(fn, device: torch.device, nvml):
-    """On a GPU a plain run (frames/s) and a synchronised stage run; on the CPU one run gives both."""
+def _run_both(fn, device: torch.device, nvml, overlapped=None):
+    """``(plain, staged, memory)``: frames/s from ``plain``, the stages from ``staged``.
+
+    With ``overlapped`` (a point run: ``track``'s own overlapped loop, see
+    :func:`tracker.bench.e2e.run_points_overlapped`) that loop gives frames/s and ``fn``, the serial loop, gives
+    the stages (synchronised on a GPU). Otherwise on a GPU a plain run of ``fn`` and a synchronised stage run; on
+    the CPU one run gives both."""
     from tracker.bench.e2e import StageClock
     from tracker.bench.measure import MemoryMonitor
 
     with MemoryMonitor(nvml, device) as monitor:
-        if device.type == "cuda":
+        if overlapped is not None:
+            plain = overlapped()
+            staged = fn(StageClock(device, sync=True))
+        elif device.type == "cuda":
             plain = fn(StageClock(device, sync=False, enabled=False))
             staged = fn(StageClock(device, sync=True))
         else:
@@ -383,13 +391,14 @@ def _run_both(fn, device: torch.device, nvml):
     return plain, staged, monitor.peak
 
 
-def _e2e_record(name, mode, points, write, plain, staged, memory, stage_names) -> dict:
+def _e2e_record(name, mode, points, write, plain, staged, memory, stage_names, loop="serial") -> dict:
     stages = _stage_record(staged, stage_names)
     record = {
         "name": name,
         "mode": mode,
         "points": points,
         "write_video": write,
+        "loop": loop,
         "frames": plain.frames,
         "seconds": plain.seconds,
         "fps": plain.frames / plain.seconds,
@@ -398,10 +407,11 @@ def _e2e_record(name, mode, points, write, plain, staged, memory, stage_names) -
         "bottleneck": max(stages, key=stages.get) if stages else None,
         "memory": asdict(memory),
     }
-    if staged is not plain:
-        record["fps_with_stage_syncs"] = staged.frames / staged.seconds
-    if stages:
-        record["stages_other_ms_per_frame"] = max(record["ms_per_frame"] - sum(stages.values()), 0.0)
+    if staged is not plain:  # the stage run's own frames/s: serial, and on a GPU with a sync per stage
+        record["fps_stage_run"] = staged.frames / staged.seconds
+    if stages:  # what the stages leave of the stage run's own time
+        staged_ms = 1000 * staged.seconds / max(staged.frames, 1)
+        record["stages_other_ms_per_frame"] = max(staged_ms - sum(stages.values()), 0.0)
         featurizer = sum(stages.get(k, 0.0) for k in ("upload", "preprocess", "featurizer"))
         rest = stages.get("matching", stages.get("propagation"))
         if rest is not None and featurizer > 0:
@@ -418,6 +428,7 @@ def run_end_to_end(config: BenchConfig, factory: Factory, model_records: list[di
         run_masks,
         run_naive_points,
         run_points,
+        run_points_overlapped,
     )
     from tracker.featurizers import default_match_config
     from tracker.io.formats import fit_mask, read_mask
@@ -468,6 +479,9 @@ def run_end_to_end(config: BenchConfig, factory: Factory, model_records: list[di
             fn = lambda clock, n=n, write=write: run_points(  # noqa: E731
                 featurizer, match, config.video, n, config.frames, config.batch, clock, write=write
             )
+            overlapped = lambda n=n, write=write: run_points_overlapped(  # noqa: E731
+                featurizer, match, config.video, n, config.frames, config.batch, write=write
+            )
             naive_fn = lambda clock, n=n, write=write: run_naive_points(  # noqa: E731
                 naive_featurizer, config.video, n, config.naive_frames, clock, write=write, min_score=match.min_score
             )
@@ -479,14 +493,22 @@ def run_end_to_end(config: BenchConfig, factory: Factory, model_records: list[di
             naive_fn = lambda clock: run_masks(  # noqa: E731
                 naive_featurizer, config.model, config.video, mask, config.naive_frames, 1, clock
             )
+            overlapped = None
             stages = naive_stages = MASK_STAGES
-        run = _e2e_record(name, mode, n, write, *_run_both(fn, device, nvml), stages)
+        loop = "overlapped (track's)" if overlapped else "serial"
+        run = _e2e_record(name, mode, n, write, *_run_both(fn, device, nvml, overlapped), stages, loop)
         log(f"  {run['fps']:.2f} frames/s, bottleneck {run['bottleneck']}; naive ...")
         with _parked(naive_featurizer, device, shared):
             run["naive"] = _e2e_record(name, mode, n, write, *_run_both(naive_fn, device, nvml), naive_stages)
         run["speedup_vs_naive"] = run["fps"] / run["naive"]["fps"]
         log(f"  naive {run['naive']['fps']:.3f} frames/s: ours {run['speedup_vs_naive']:.1f}x")
         runs.append(run)
+    overlay = _overlay_share(runs, written_points)
+    if overlay is not None:
+        log(
+            f"end to end: writing the overlay video adds {100 * overlay['added_share']:.1f}% to the time per frame "
+            f"({overlay['fps_without']:.2f} -> {overlay['fps_with']:.2f} frames/s, {written_points} points)"
+        )
     featurizer = naive_featurizer = None
     _free(device)
     return {
@@ -511,7 +533,24 @@ def run_end_to_end(config: BenchConfig, factory: Factory, model_records: list[di
             "level would need H*W x H*W similarities)",
         },
         "mask": config.mask or "centre box (middle third of the frame)",
+        "loop": "point runs' frames/s: track's overlapped loop (decode ahead, draw and encode behind, in threads); "
+        "their stages: a serial loop over the same frames; mask and naive runs: serial loops",
+        "overlay": overlay,
         "runs": runs,
+    }
+
+
+def _overlay_share(runs: list[dict], points: int) -> dict | None:
+    """What writing the overlay video adds: ``ms/frame with / without - 1`` for ``points`` points."""
+    without = next((r for r in runs if r["name"] == f"points-{points}"), None)
+    with_video = next((r for r in runs if r["name"] == f"points-{points}+video"), None)
+    if without is None or with_video is None:
+        return None
+    return {
+        "points": points,
+        "fps_without": without["fps"],
+        "fps_with": with_video["fps"],
+        "added_share": with_video["ms_per_frame"] / without["ms_per_frame"] - 1,
     }
 
 
