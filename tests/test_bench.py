@@ -130,7 +130,8 @@ def test_bench_writes_well_formed_results(tiny_video, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "results"
     code = main(
-        ["bench", "--tiny", "--quick", "--weights", "random", "--device", "cpu", "--sizes", "56", "--size", "56",
+        ["bench", "--tiny", "--quick", "--model", "distilldift", "--model-only-models", "dinov2-s,distilldift",
+         "--weights", "random", "--device", "cpu", "--sizes", "56", "--size", "56",
          "--batches", "1,8", "--points", "16,256", "--video", str(tiny_video), "--json", str(out), "--no-progress"]
     )  # fmt: skip
     assert code == 0
@@ -211,6 +212,20 @@ def test_overlapped_run_is_tracks_loop_and_writes_the_overlay(tiny_video, monkey
     made.clear()
     assert e2e.run_points_overlapped(featurizer, match, str(tiny_video), 8, None, 4).frames == 10
     assert made == ["prefetcher"]  # no overlay: no drawing thread
+
+
+def test_quick_is_vit_s_and_its_estimate_follows_the_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "DEFAULT_VIDEO", tmp_path / "absent.mp4")
+    parse = runner.build_parser().parse_args
+    quick = runner.config_from_args(parse(["--quick", "--device", "cpu"]))
+    assert quick.model == "dinov2-s" and quick.size == 224 and quick.points == (256,)
+    assert quick.weights in (None, "random")  # random only when dinov2-s is not cached
+    full = runner.config_from_args(parse(["--device", "cpu", "--weights", "random"]))
+    assert full.model == "distilldift" and full.size == 434
+    estimate = runner.expected_seconds(quick)
+    assert runner.FIXED_S < estimate < runner.expected_seconds(full)
+    assert runner.expected_seconds(runner.replace(quick, frames=64)) > estimate  # more frames, longer
+    assert runner.expected_seconds(runner.replace(quick, sections=("model",))) < estimate
 
 
 def _spy(fn, calls: list, name: str):

@@ -751,7 +751,9 @@ def build_parser():
         description="Speed on this machine: model only (latency, throughput, TFLOP/s), end to end on a video "
         "(frames/s, stages, memory), against the naive baseline.",
     )
-    p.add_argument("--model", default="distilldift", help="end-to-end model (default distilldift, ViT-B/14-reg4)")
+    p.add_argument(
+        "--model", help="end-to-end model (default distilldift, ViT-B/14-reg4; with --quick dinov2-s, ViT-S/14-reg4)"
+    )
     p.add_argument(
         "--weights",
         help="'random' (real architecture, random weights: speed does not depend on them) or local file(s); "
@@ -784,7 +786,13 @@ def build_parser():
     p.add_argument("--iters", type=int, help="timed batch-1 calls (larger batches: a quarter; default 100 / 5)")
     p.add_argument("--max-seconds", type=float, help="stop timing one batch size after this long (default 10 / 20)")
     p.add_argument("--only", help="model or e2e (default: both)")
-    p.add_argument("--quick", action="store_true", help="small settings for tests and CI (few calls, few frames)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small settings for a first look, tests and CI: ViT-S (dinov2-s) at 224 for the model only and end "
+        "to end parts, 256 points on 8 frames, few calls, random weights when --model's are not cached; says its "
+        "expected duration first (under a minute on a 2-core CPU)",
+    )
     p.add_argument("--tiny", action="store_true", help="tiny widths of the real architecture (tests, CI)")
     p.add_argument("--json", help="write the result: a .json file, or a folder (bench.json); .md and .png beside it")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
@@ -819,9 +827,10 @@ def config_from_args(args) -> BenchConfig:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TrackerError("--device cuda: no CUDA GPU is available to torch on this machine")
     cuda = device.startswith("cuda")
-    if args.model not in MODEL_NAMES or args.model == "auto":
-        raise TrackerError(f"--model must be one of {', '.join(MODEL_NAMES[1:])}, got {args.model!r}")
-    if args.model == "sift" and args.weights:
+    model = args.model or ("dinov2-s" if args.quick else "distilldift")
+    if model not in MODEL_NAMES or model == "auto":
+        raise TrackerError(f"--model must be one of {', '.join(MODEL_NAMES[1:])}, got {model!r}")
+    if model == "sift" and args.weights:
         raise TrackerError("--weights does not apply to sift (it has no weights)")
 
     status = available_backends(device)
@@ -839,10 +848,13 @@ def config_from_args(args) -> BenchConfig:
     for p in precisions:
         if p not in PRECISIONS:
             raise TrackerError(f"--precisions: unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
+    quick = args.quick
     if args.model_only_models:
         model_only = _names(args.model_only_models)
+    elif quick:  # ViT-S only: a ViT-B's model-only calls alone take most of a minute on a small CPU
+        model_only = ("dinov2-s",)
     else:
-        model_only = ("dinov2-s", args.model if args.model in VIT_B_FAMILY else "distilldift")
+        model_only = ("dinov2-s", model if model in VIT_B_FAMILY else "distilldift")
     for m in model_only:
         if m not in VIT_MODELS:
             raise TrackerError(f"--model-only-models takes ViT models ({', '.join(VIT_MODELS)}), got {m!r}")
@@ -852,21 +864,20 @@ def config_from_args(args) -> BenchConfig:
             raise TrackerError(f"--only must be model or e2e, got {args.only!r}")
         sections = (args.only,)
 
-    quick = args.quick
     sizes = _ints(args.sizes, "--sizes") if args.sizes else ((224,) if quick else (224, 434, 518))
     batches = _ints(args.batches, "--batches") if args.batches else ((1, 8, 32) if cuda and not quick else (1, 8))
-    size = args.size or 434
-    if args.model != "sift" and size % 14:
+    size = args.size or (224 if quick else 434)
+    if model != "sift" and size % 14:
         raise TrackerError(f"--size {size}: ViT input sides must be multiples of 14")
     for s in sizes:
         if s % 14:
             raise TrackerError(f"--sizes {s}: ViT input sides must be multiples of 14")
-    points = _ints(args.points, "--points") if args.points else (16, 256, 1024)
+    points = _ints(args.points, "--points") if args.points else ((256,) if quick else (16, 256, 1024))
     batch = args.batch or 8
     if batch < 1:
         raise TrackerError("--batch must be at least 1")
     frames = args.frames if args.frames is not None else (8 if quick else (None if cuda else 16))
-    naive_frames = args.naive_frames if args.naive_frames is not None else (2 if quick else (32 if cuda else 3))
+    naive_frames = args.naive_frames if args.naive_frames is not None else (1 if quick else (32 if cuda else 3))
     if (frames is not None and frames < 1) or naive_frames < 1:
         raise TrackerError("--frames and --naive-frames must be at least 1")
     video = None  # not given and the default absent: run_bench generates a clip
@@ -890,18 +901,21 @@ def config_from_args(args) -> BenchConfig:
     max_seconds = args.max_seconds if args.max_seconds is not None else (2.0 if quick else (10.0 if cuda else 20.0))
     if warmup < 0 or iters < 1 or max_seconds <= 0:
         raise TrackerError("--warmup must be >= 0, --iters >= 1 and --max-seconds > 0")
-    if args.model in VIT_MODELS and not args.weights and "e2e" in sections:
-        spec = W.get_spec(args.model)
+    weights = args.weights
+    if model in VIT_MODELS and not args.weights and "e2e" in sections:
+        spec = W.get_spec(model)
         missing = [kind for kind, path in W.weights_status(spec).items() if path is None]
-        if missing:
+        if missing and quick:  # a smoke run of speed: random weights measure it as honestly (recorded)
+            weights = "random"
+        elif missing:
             raise TrackerError(
-                f"{args.model} weights are not cached ({', '.join(missing)} missing); speed does not depend on "
+                f"{model} weights are not cached ({', '.join(missing)} missing); speed does not depend on "
                 f"weight values, so `--weights random` measures it honestly (and is recorded), or "
                 f"{W.how_to_get(spec)}"
             )
     return BenchConfig(
-        model=args.model,
-        weights=args.weights,
+        model=model,
+        weights=weights,
         device=device,
         backends=backends,
         precisions=precisions,
@@ -924,6 +938,75 @@ def config_from_args(args) -> BenchConfig:
         tiny=args.tiny,
         unavailable=unavailable,
     )
+
+
+# the cost model of expected_seconds, set from `track bench --quick` runs on this project's 2-core CPU shared with
+# other work (torch fp32): ViT GFLOP/s per core, seconds per end-to-end frame beside the featurizer (720p decode,
+# matching, drawing), memory traffic of the naive baseline's full-frame upsampling, and the fixed costs (start,
+# building and exporting models, the video readers)
+CPU_GFLOPS_PER_CORE = 20.0
+GPU_GFLOPS = 20000.0
+E2E_FRAME_S = 0.05
+NAIVE_GBPS = 2.0
+FIXED_S = 12.0
+
+
+def expected_seconds(config: BenchConfig, frame_hw: tuple[int, int] = (720, 1280)) -> float:
+    """A rough estimate of a run's duration: the FLOPs it plans (model-only calls within their time caps, the
+    end-to-end frames of ours, the serial stage runs and the naive baseline) at a fixed speed per core, plus
+    fixed costs. An estimate, not a measurement: another load on the cores stretches the run."""
+    import torch
+
+    from tracker import weights as W
+    from tracker.bench.measure import vit_flops
+    from tracker.featurizers import VIT_MODELS
+
+    def gflop(model: str, size: int) -> tuple[float, int]:
+        if model not in VIT_MODELS:  # sift: its cost is in E2E_FRAME_S
+            return 0.0, 128
+        with torch.device("meta"):
+            vit = W.create_vit(W.get_spec(model).arch, (size, size), **config.overrides)
+        return vit_flops(vit, (size, size)).gflop, int(vit.embed_dim)
+
+    cuda = config.device.startswith("cuda")
+    rate = GPU_GFLOPS if cuda else CPU_GFLOPS_PER_CORE * max(1, min(os.cpu_count() or 1, torch.get_num_threads()))
+    seconds = FIXED_S
+    if "model" in config.sections:
+        for model in config.model_only_models:
+            for size in config.sizes:
+                g = gflop(model, size)[0]
+                for variant in variants(config):
+                    if variant.backend == "onnx":
+                        seconds += 3.0 + 4 * g / rate  # export and its parity check
+                    for b in config.batches:
+                        iters, _ = _batch_iters(config, b)
+                        warm = config.warmup * b * g / rate
+                        seconds += min(warm + iters * b * g / rate, warm + config.max_seconds)
+    if "e2e" in config.sections:
+        g, channels = gflop(config.model, config.size)
+        frames = config.frames or GENERATED_FRAMES
+        ours = g / rate + E2E_FRAME_S
+        pixels = frame_hw[0] * frame_hw[1]
+
+        def naive(n: int) -> float:
+            return g / rate + (2 * n * channels * pixels / 1e9) / rate + 3 * 4 * channels * pixels / 1e9 / NAIVE_GBPS
+
+        items = [(n, 2) for n in config.points] + [(256 if 256 in config.points else config.points[0], 2)]
+        seconds += 2 * ours + naive(16)  # warm-up
+        for n, runs in items:  # the overlapped run, the serial stage run, the naive baseline
+            seconds += runs * frames * ours + config.naive_frames * naive(n)
+        seconds += frames * ours + config.naive_frames * (g / rate + E2E_FRAME_S)  # the mask run
+    return seconds
+
+
+def _frame_hw(config: BenchConfig) -> tuple[int, int]:
+    """The end-to-end video's ``(height, width)`` (the generated clip's without a video)."""
+    if config.video is None:
+        return GENERATED_CLIP["size"]
+    from tracker.io.video import open_video
+
+    with open_video(config.video) as video:
+        return video.info.height, video.info.width
 
 
 def output_paths(target: str) -> tuple[Path, Path, Path]:
@@ -950,6 +1033,14 @@ def main(argv: list[str]) -> int:
     paths = output_paths(args.json) if args.json else None
     if "e2e" in config.sections and config.video is None:
         print(f"track bench: {clip_line(config)}", file=sys.stderr, flush=True)
+    if args.quick:
+        random = " (random weights: --model's are not cached)" if config.weights != args.weights else ""
+        print(
+            f"track bench --quick: expect about {expected_seconds(config, _frame_hw(config)):.0f} s{random}; an "
+            "estimate from the work planned and a shared 2-core CPU's fp32 speed, longer when others use the cores",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def log(line: str) -> None:
         if not args.no_progress:
