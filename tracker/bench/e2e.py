@@ -129,6 +129,18 @@ def instrumented(featurizer: Featurizer, clock: StageClock) -> Iterator[None]:
         del featurizer.forward  # the instance attribute; the class's forward shows through again
 
 
+@contextlib.contextmanager
+def track_threads(featurizer: Featurizer) -> Iterator[None]:
+    """torch's threads as ``track`` sets them: on a CPU one fewer, leaving the I/O threads a core."""
+    threads = torch.get_num_threads()
+    if featurizer.device.type == "cpu":
+        torch.set_num_threads(max(1, threads - 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def random_queries(n: int, height: int, width: int, seed: int = 0) -> Queries:
     """``n`` points uniformly over the frame (the cost does not depend on where they are)."""
     rng = np.random.default_rng(seed)
@@ -175,12 +187,17 @@ def run_points(
     clock: StageClock,
     write: bool = False,
 ) -> RunTiming:
-    """Track ``n_points`` random points through the first ``frames`` frames as ``track`` does; with ``write``
-    also draw the overlay and encode it to an mp4 (in a temporary folder)."""
+    """Track ``n_points`` random points through the first ``frames`` frames in a serial loop, each stage timed
+    (with ``track``'s torch threads); with ``write`` also draw the overlay and encode it to an mp4 (in a
+    temporary folder). It apportions the time; frames/s come from :func:`run_points_overlapped`."""
     from tracker.io.drawing import TrackOverlay
     from tracker.io.video import open_video
 
-    with open_video(video_path) as video, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+    with (
+        open_video(video_path) as video,
+        tempfile.TemporaryDirectory(prefix="bench-") as tmp,
+        track_threads(featurizer),
+    ):
         info = video.info
         source = TimedFrames(video, frames, clock, keep=write)
         tracker = PointTracker(featurizer, config)
@@ -220,9 +237,12 @@ def run_points_overlapped(
     from tracker.io.pipeline import Prefetcher, Sink
     from tracker.io.video import open_video
 
-    threads = torch.get_num_threads()
     off = StageClock(torch.device("cpu"), sync=False, enabled=False)
-    with open_video(video_path) as video, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+    with (
+        open_video(video_path) as video,
+        tempfile.TemporaryDirectory(prefix="bench-") as tmp,
+        track_threads(featurizer),
+    ):
         info = video.info
         prefetcher = Prefetcher(video if frames is None else itertools.islice(video, frames), depth=2 * batch)
         source = TimedFrames(prefetcher, None, off, keep=write)  # keeps the frames not drawn yet, as track's tee
@@ -231,8 +251,6 @@ def run_points_overlapped(
         overlay = TrackOverlay(num_frames=info.num_frames) if write else None
         writer = _writer(Path(tmp) if write else None, info.fps, (info.width, info.height))
         sink = None if writer is None else Sink(lambda f, r: writer.write(overlay.draw(f, r)), 2 * batch)
-        if featurizer.device.type == "cpu":
-            torch.set_num_threads(max(1, threads - 1))
         try:
             with torch.inference_mode():
                 start = time.perf_counter()
@@ -244,7 +262,6 @@ def run_points_overlapped(
                     writer.close()
                 seconds = time.perf_counter() - start
         finally:
-            torch.set_num_threads(threads)
             if sink is not None:
                 sink.close()
             prefetcher.close()
