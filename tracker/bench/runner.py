@@ -8,7 +8,10 @@ Three parts, all in one run and one result file:
   achieved TFLOP/s and the fraction of the card's peak.
 - **End to end** on a real video, as ``track`` runs it: frames/s for several point counts and for mask
   propagation, with and without writing the overlay video, and the time per stage (decode, upload,
-  pre-process, featurizer, matching, drawing, encoding) naming the bottleneck.
+  pre-process, featurizer, matching, drawing, encoding) naming the bottleneck. The point runs' frames/s come
+  from ``track``'s own overlapped loop (:mod:`tracker.io.pipeline`), their stages from a serial run over the
+  same frames (stages cannot be timed from outside overlapping threads); the overlay's added share is
+  ``ms/frame with / without - 1`` (``end_to_end.overlay``).
 - **The naive baseline** on the same frames (:class:`~tracker.bench.e2e.NaivePointTracker`: one frame at a
   time, fp32 eager, the feature map upsampled to the frame and an argmax per point), so every figure also
   appears as a ratio. Peak GPU memory (NVML) and host memory are recorded for every measurement.
