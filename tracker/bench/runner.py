@@ -468,6 +468,7 @@ def run_end_to_end(config: BenchConfig, factory: Factory, model_records: list[di
     off = StageClock(device, sync=False, enabled=False)
     warm = 2 * config.batch if device.type == "cuda" else 2  # a CPU has no kernels to tune
     run_points(featurizer, match, config.video, max(config.points), warm, config.batch, off)  # warm-up
+    run_points_overlapped(featurizer, match, config.video, max(config.points), 2 * config.batch, config.batch, True)
     with _parked(naive_featurizer, device, shared):
         run_naive_points(naive_featurizer, config.video, 16, 1, off, min_score=match.min_score)  # warm-up
     written_points = 256 if 256 in config.points else config.points[len(config.points) // 2]
