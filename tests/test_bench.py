@@ -160,7 +160,7 @@ def test_bench_writes_well_formed_results(tiny_video, tmp_path, capsys):
         assert 0 <= r["memory"]["others_cpu_share"] <= 1
 
     e2e = report["end_to_end"]
-    assert e2e["frame_size"] == [160, 120]
+    assert e2e["frame_size"] == [160, 120] and e2e["input_size"] == [56, 56]  # [width, height] of the featurizer
     names = [r["name"] for r in e2e["runs"]]
     assert names == ["points-16", "points-256", "points-256+video", "mask"]
     for r in e2e["runs"]:

@@ -180,6 +180,11 @@ def _model_table(report: dict) -> list[str]:
     return lines
 
 
+def _size(size) -> str:
+    """``[width, height]`` as ``WxH`` (older results may hold one number or nothing)."""
+    return "x".join(str(v) for v in size) if isinstance(size, (list, tuple)) else str(size)
+
+
 def _share(memory: dict) -> str:
     share = memory.get("others_cpu_share")
     return "-" if share is None else f"{100 * share:.0f}%"
@@ -193,7 +198,7 @@ def _e2e_tables(report: dict) -> list[str]:
     frames = e2e["runs"][0]["frames"] if e2e["runs"] else 0
     lines = [
         f"Video `{e2e['video']}` ({e2e['frame_size'][0]}x{e2e['frame_size'][1]}, {e2e['video_frames']} frames); "
-        f"{e2e['model']} ({e2e['weights']}) at {e2e['input_size']}, featurizer: {e2e['featurizer']} "
+        f"{e2e['model']} ({e2e['weights']}) at {_size(e2e['input_size'])}, featurizer: {e2e['featurizer']} "
         f"({e2e['variant_choice']}); batch {e2e['batch']}; {frames} frames per run. Naive baseline: "
         f"{e2e['naive']['featurizer']}, {e2e['naive']['frames']} frames per run. Mask mode: {e2e['mask']}.",
         "",
@@ -261,10 +266,8 @@ def in_short(report: dict) -> list[str]:
     if plain:
         w, h = e2e["frame_size"]
         with_video = f", {_fmt(video['fps'], 1)} frames/s writing the overlay video" if video else ""
-        size = e2e["input_size"]
-        size = "x".join(str(v) for v in size) if isinstance(size, (list, tuple)) else size
         lines.append(
-            f"- {e2e['model']} at {size}: {_fmt(plain['fps'], 1)} frames/s here end to end on the "
+            f"- {e2e['model']} at {_size(e2e['input_size'])}: {_fmt(plain['fps'], 1)} frames/s here end to end on the "
             f"{w}x{h} ({h}p) video, 256 points, no rendering{with_video}"
         )
     best: dict[tuple, dict] = {}

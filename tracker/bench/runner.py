@@ -513,6 +513,8 @@ def run_end_to_end(config: BenchConfig, factory: Factory, model_records: list[di
             f"end to end: writing the overlay video adds {100 * overlay['added_share']:.1f}% to the time per frame "
             f"({overlay['fps_without']:.2f} -> {overlay['fps_with']:.2f} frames/s, {written_points} points)"
         )
+    input_hw = getattr(featurizer, "input_hw", None)
+    input_size = [int(input_hw[1]), int(input_hw[0])] if input_hw else ([config.size, config.size] if vit else None)
     featurizer = naive_featurizer = None
     _free(device)
     return {
@@ -521,7 +523,7 @@ def run_end_to_end(config: BenchConfig, factory: Factory, model_records: list[di
         "video_frames": info.num_frames,
         "model": config.model,
         "weights": _weights_label(config.weights, config.model),
-        "input_size": [config.size, config.size] if vit else None,
+        "input_size": input_size,  # [width, height] the frames are resized to
         "variant": variant.name,
         "variant_choice": how,
         "featurizer": description,
