@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,20 @@ import torch
 from tracker import Queries
 
 DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "shared/data/videos/01_dog.mp4"
+
+
+def timed_items(iterable: Iterable, seconds: dict[str, float], key: str) -> Iterator:
+    """Yield ``iterable``'s items, adding the time each ``next`` took to ``seconds[key]``."""
+    it = iter(iterable)
+    while True:
+        start = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        finally:
+            seconds[key] += time.perf_counter() - start
+        yield item
 
 
 def parser(description: str, frames: int) -> argparse.ArgumentParser:

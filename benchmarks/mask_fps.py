@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from _common import save
+from _common import save, timed_items
 
 from tracker import create_featurizer
 from tracker.allocator import keep_memory_flat
@@ -55,16 +55,7 @@ class Stages:
         return timed
 
     def frames(self, iterable):
-        it = iter(iterable)
-        while True:
-            start = time.perf_counter()
-            try:
-                item = next(it)
-            except StopIteration:
-                return
-            finally:
-                self.s["decode"] += time.perf_counter() - start
-            yield item
+        return timed_items(iterable, self.s, "decode")
 
 
 def generated_clip(folder: Path, frames: int) -> tuple[Path, dict[int, np.ndarray], list[np.ndarray]]:

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import describe, parser, random_queries, save
+from _common import describe, parser, random_queries, save, timed_items
 
 from tracker import PointTracker, create_featurizer, default_match_config, open_video
 from tracker.allocator import keep_memory_flat
@@ -72,15 +72,7 @@ class Clock:
         self.decoded = 0
 
     def timed_iter(self, iterable, key):
-        it = iter(iterable)
-        while True:
-            start = time.perf_counter()
-            try:
-                item = next(it)
-            except StopIteration:
-                return
-            finally:
-                self.s[key] += time.perf_counter() - start
+        for item in timed_items(iterable, self.s, key):
             self.decoded += key == "decode"
             yield item
 
@@ -147,7 +139,8 @@ def _run(args, variant: str, queries, out_dir: Path) -> dict:
                     if sink is not None:
                         while sink._queue.qsize():
                             time.sleep(0.001)
-                    clock.s, clock.decoded = dict.fromkeys(clock.s, 0.0), 0
+                    clock.s.update(dict.fromkeys(clock.s, 0.0))  # in place: the timed iterators hold this dict
+                    clock.decoded = 0
                     start, cpu0 = time.perf_counter(), time.process_time()
             if sink is not None:
                 sink.finish()
