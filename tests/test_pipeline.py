@@ -17,11 +17,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from tracker import PointTracker, create_featurizer, default_match_config
 from tracker.io.formats import read_points
-from tracker.io.pipeline import Prefetcher, Sink, stacked_batches
+from tracker.io.pipeline import Prefetcher, Sink
 from tracker.io.video import open_video
 from tracker.synthetic import moving_objects, write_video
 
@@ -109,16 +108,6 @@ def test_sink_keeps_order_and_raises_its_failure_in_the_caller():
         sink.submit(i)
     with pytest.raises(OSError, match="No space"):
         sink.finish()
-
-
-def test_stacked_batches_reuse_a_ring_of_buffers():
-    frames = [np.full((4, 6, 3), i, np.uint8) for i in range(7)]
-    batches = []
-    for batch in stacked_batches(frames, batch_size=3, slots=2):
-        batches.append((batch.data_ptr(), batch.clone()))
-    assert [b.shape[0] for _, b in batches] == [3, 3, 1]
-    assert torch.equal(torch.cat([b for _, b in batches]), torch.from_numpy(np.stack(frames)))
-    assert batches[0][0] == batches[2][0] != batches[1][0]  # slot 0 written again two batches later
 
 
 # --------------------------------------------------------------------------- through `track`

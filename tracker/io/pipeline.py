@@ -23,9 +23,6 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import numpy as np
-import torch
-
 _POLL_S = 0.05  # how often a blocked thread looks at the stop flag
 
 
@@ -194,34 +191,3 @@ class Sink:
         if self.on_close is not None:
             on_close, self.on_close = self.on_close, None
             on_close()
-
-
-def stacked_batches(frames: Iterable[np.ndarray | torch.Tensor], batch_size: int, slots: int, pin: bool = False):
-    """Stack ``frames`` into ``[B, H, W, 3]`` uint8 batches in a ring of ``slots`` reused buffers.
-
-    Run it as a :class:`Prefetcher`'s source so stacking (and the host side of a GPU copy: ``pin=True`` makes the
-    buffers pinned, so ``.to("cuda", non_blocking=True)`` needs no second host copy) happens ahead, in the
-    producer thread. A buffer is written again ``slots`` batches later: the consumer must be done with a batch by
-    then (``slots`` >= prefetch depth + 2 is safe for a consumer that uses one batch at a time). The last batch
-    may be shorter (a view of its buffer).
-
-    Yields:
-        ``[b, H, W, 3]`` uint8 tensors, ``b <= batch_size``.
-    """
-    if batch_size < 1 or slots < 2:
-        raise ValueError("batch_size must be at least 1 and slots at least 2")
-    ring: list[torch.Tensor] = []
-    slot, filled = 0, 0
-    for frame in frames:
-        pixels = torch.as_tensor(frame)
-        if not ring:
-            ring = [torch.empty((batch_size, *pixels.shape), dtype=pixels.dtype) for _ in range(slots)]
-            if pin and torch.cuda.is_available():
-                ring = [buffer.pin_memory() for buffer in ring]
-        ring[slot][filled].copy_(pixels)
-        filled += 1
-        if filled == batch_size:
-            yield ring[slot]
-            slot, filled = (slot + 1) % slots, 0
-    if filled:
-        yield ring[slot][:filled]
