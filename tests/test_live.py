@@ -181,9 +181,19 @@ def test_latest_frame_source_drops_and_never_queues():
     assert list(every_frame(iter([np.zeros(1)] * 3)))[-1][0] == 2
 
 
-def test_file_at_its_frame_rate_drops_frames_and_keeps_tracking(tmp_path, video):
-    """A clip at 200 frames/s (each synthetic frame 8 times): the tracker cannot keep up, so frames are dropped
-    and the points are tracked across them; the newest frame is always the one processed."""
+def test_file_at_its_frame_rate_drops_frames_and_keeps_tracking(tmp_path, video, monkeypatch):
+    """A clip at 200 frames/s (each synthetic frame 8 times) with a tracker step of at least 12 ms: the tracker
+    cannot keep up, so frames are dropped and the points are tracked across them; the newest frame is always the
+    one processed. (The step is slowed on purpose: a fast machine runs sift on 3 points at over 200 frames/s.)"""
+    from tracker.tracking import PointTracker
+
+    advance = PointTracker.advance
+
+    def slow_advance(self, *args, **kwargs):
+        time.sleep(0.012)  # 2.4 frame periods of the clip
+        return advance(self, *args, **kwargs)
+
+    monkeypatch.setattr(PointTracker, "advance", slow_advance)
     fast = tmp_path / "fast.mp4"
     write_video(str(fast), np.repeat(video.frames, 8, axis=0), fps=200)
     points = inner_points(video, 0, 3, seed=5)
