@@ -336,6 +336,8 @@ def create_featurizer(
     from tracker import weights as W
     from tracker.geometry import SizeSpec
 
+    if name == "hedlin":  # no feature grid (tracker.hedlin_tracker)
+        raise TrackerError("hedlin is not a dense featurizer: it runs only as `track VIDEO --model hedlin --points P`")
     if name == "sift":
         if weights:
             raise TrackerError("--weights does not apply to sift (it has no weights)")

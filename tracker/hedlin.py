@@ -16,7 +16,7 @@ defaults of ``eval/eval.py``; see docs/featurizers.md for the details and what d
   ``t_match``; maps accumulated over the image; averaged over embeddings, softmax over pixels per layer, mean over
   layers, argmax.
 
-Not wired to ``track`` (the command line's ``--model hedlin`` and ``--points``-only checks are left to do).
+``track --model hedlin --points`` runs it through :mod:`tracker.hedlin_tracker` (points only).
 Optimised embeddings are cached per (image, point, settings, UNet) so a re-run does not optimise again.
 """
 
