@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="warp the first frame's coordinate colormap (or the given image) into every frame",
     )
     what.add_argument("--edit", help="RGBA PNG painted on the first frame, composited onto every frame")
+    from tracker.apps.reference_args import add_reference_options
+
+    add_reference_options(p)
     p.add_argument("--out-masks", help="folder for predicted masks as DAVIS palette PNGs (00000.png ...)")
     p.add_argument("--out-tracks", help="tracks file: .json, .csv or .npz (default: <video>_tracks.json)")
     p.add_argument("--out-video", help="overlay video .mp4 (default: <video>_overlay.mp4)")
@@ -294,10 +297,17 @@ def track_command(args: argparse.Namespace) -> int:
         raise TrackerError("hedlin tracks points only; use --points")
     if modes[0] != "--davis-root" and not args.video:
         raise TrackerError("the VIDEO argument is required (a video file or a folder of frames)")
+    from tracker.apps import reference_args
+
+    reference_args.check_reference_mode(args, modes[0])
     if modes[0] not in ("--points", "--grid"):
         return dense_command(args, modes[0])
     device = _pick_device(args.device)
     queries = points_argument(args.points) if args.points else grid_points(args.grid, 1, 1)  # grid: sized below
+    ref_image = None
+    if args.reference:  # the points are on this image: found in the video first (tracker.reference)
+        ref_image = reference_args.read_reference(args.reference)
+        reference_args.check_reference_points(queries, ref_image)
     stem = Path(args.video.rstrip("/")).name.rsplit(".", 1)[0]
     out_tracks = Path(args.out_tracks or f"{stem}_tracks.json")
     out_video = None if args.no_video else Path(args.out_video or f"{stem}_overlay.mp4")
@@ -307,7 +317,7 @@ def track_command(args: argparse.Namespace) -> int:
         raise TrackerError(f"--out-video must end in .mp4, got {out_video.name}")
     refuse_overwriting(
         {"--out-tracks": out_tracks, "--out-video": out_video},
-        {"the input video": args.video, "the points file": args.points},
+        {"the input video": args.video, "the points file": args.points, "the reference image": args.reference},
     )
     check_writable(out_tracks, "--out-tracks")
     if out_video is not None:
@@ -329,7 +339,11 @@ def track_command(args: argparse.Namespace) -> int:
     else:
         model, featurizer, backend, config, _ = _featurizer_for(args, info, device)
         tracker = PointTracker(featurizer, config, refine=args.refine)
-    state = tracker.add_queries(tracker.empty_state(info.height, info.width), queries)  # validates positions
+    search = None
+    if ref_image is not None:
+        search = reference_args.point_search(args, tracker, queries, ref_image, (info.height, info.width))
+    else:
+        state = tracker.add_queries(tracker.empty_state(info.height, info.width), queries)  # validates positions
     _announce(args, backend)
 
     log = TrackLog(queries)
@@ -365,9 +379,12 @@ def track_command(args: argparse.Namespace) -> int:
         if sink is not None:
             sink.submit(frames.pop(result.frame_index), result)  # raises the drawing thread's failure
 
-    _, status, error, elapsed = _drive(
-        tracker.track(frames, queries, batch_size=args.batch, state=state), handle, source, sink, args.no_progress
+    results = (
+        search.track(frames, args.batch)
+        if search is not None
+        else tracker.track(frames, queries, batch_size=args.batch, state=state)
     )
+    _, status, error, elapsed = _drive(results, handle, source, sink, args.no_progress)
     if sink is not None:  # the frames tracked and queued are drawn too (their tracks are kept)
         start = time.perf_counter()
         try:
@@ -384,6 +401,8 @@ def track_command(args: argparse.Namespace) -> int:
     _warn(video.warnings[len(warned) :])
     meta["status"] = status
     meta["warnings"] = list(video.warnings)
+    if search is not None:  # the points' x, y in "points" are on the reference image
+        meta["reference"] = {"path": str(args.reference), **search.summary()}
     written, failures = [], []
     if len(log):
         try:
@@ -540,6 +559,7 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
         {
             "the input video": source,
             "the --mask file": args.mask,
+            "the reference image": args.reference,
             "the --edit image": args.edit,
             "the --colormap image": image,
             "the given masks' folder": masks_dir if mode == "--davis-root" else None,
@@ -554,6 +574,13 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
     given = {}
     if mode == "--davis-root":
         given = given_masks(masks_dir, frame_hw)
+    elif mode == "--mask" and args.reference:  # a mask on the reference image: carried onto frame 0 below
+        from tracker.apps import reference_args
+
+        ref_image, ref_labels = reference_args.read_reference(args.reference), read_mask(args.mask)
+        if ref_labels.shape != ref_image.shape[:2]:
+            raise TrackerError(f"--mask {args.mask} is not the size of the --reference image {args.reference}")
+        given = {0: ref_labels}
     elif mode == "--mask":
         given = {0: fit_mask(read_mask(args.mask), frame_hw, args.mask)}
     if mode in ("--mask", "--davis-root") and not given[0].any():
@@ -567,6 +594,8 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
         )
     model, featurizer, backend, match_config, prop_config = _featurizer_for(args, info, device)
     _announce(args, backend)
+    if mode == "--mask" and args.reference:
+        given = {0: reference_args.reference_mask(args, featurizer, match_config, ref_image, given[0], source)}
     if out_masks is not None:
         try:
             out_masks.mkdir(exist_ok=True)
