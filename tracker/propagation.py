@@ -27,6 +27,7 @@ from torch import Tensor
 from tracker.errors import TrackerError
 from tracker.featurizers import Featurizer
 from tracker.geometry import GridGeometry, frames_to_tensor
+from tracker.io.ring import BatchRing
 from tracker.matching import MatchConfig, match
 
 REFINE_MODES: tuple[str, ...] = ("flow", "none")
@@ -397,25 +398,13 @@ class MaskPropagator:
         if batch_size < 1:
             raise TrackerError("batch size must be at least 1")
         state: MaskState | None = None
-        pending: list[np.ndarray] = []
-
-        def flush(state: MaskState) -> tuple[list[MaskResult], MaskState]:
-            out = []
-            for grid, frame in zip(self.featurizer(frames_to_tensor(pending)), pending, strict=True):
-                state = self.advance(state, grid, given.get(state.next_frame), frame)
-                out.append(state.latest)
-            return out, state
-
-        for frame in frames:
+        for batch in _chunked(frames, batch_size, self.featurizer.device):
             if state is None:
-                state = self.empty_state(*frame.shape[:2])
-            pending.append(frame)
-            if len(pending) == batch_size:
-                results, state = flush(state)
-                yield from results
-                pending = []
-        if pending and state is not None:
-            results, state = flush(state)
+                state = self.empty_state(*batch.shape[1:3])
+            results = []
+            for grid, frame in zip(self.featurizer(batch), batch.numpy(), strict=True):
+                state = self.advance(state, grid, given.get(state.next_frame), frame)
+                results.append(state.latest)
             yield from results
 
     def advance(
@@ -714,11 +703,11 @@ class CorrespondenceField:
         s = 1
         index = 0
         chain: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # flow: grey, field [h', w', 2], valid
-        for chunk in _chunked(frames, batch_size):
-            for grid, frame in zip(self.featurizer(frames_to_tensor(chunk)), chunk, strict=True):
+        for chunk in _chunked(frames, batch_size, self.featurizer.device):
+            for grid, frame in zip(self.featurizer(chunk), chunk.numpy(), strict=True):
                 c, h, w = grid.shape
                 if reference is None:
-                    reference, geometry = grid, self.featurizer.geometry(*chunk[0].shape[:2])
+                    reference, geometry = grid, self.featurizer.geometry(*chunk.shape[1:3])
                     local = self.config.search_radius is not None
                     s = self.stride or (max(1, round((h * w / 1600) ** 0.5)) if local else 1)
                     ref_queries = _query_cells(grid, s)
@@ -813,15 +802,17 @@ def _sample_subgrid(field: Tensor, uv: Tensor, s: int) -> Tensor:
     return out[0, :, 0].T
 
 
-def _chunked(frames: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
-    chunk: list[np.ndarray] = []
+def _chunked(frames: Iterable[np.ndarray], size: int, device: torch.device | None = None) -> Iterator[Tensor]:
+    """``frames`` in ``[B, H, W, 3]`` batches (the last may be shorter), slots of a :class:`BatchRing` (pinned for a
+    CUDA ``device``): a batch is written again once the next-but-one is requested."""
+    ring = BatchRing(size, device=device)
     for frame in frames:
-        chunk.append(frame)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+        batch = ring.add(frame)
+        if batch is not None:
+            yield batch
+    tail = ring.flush()
+    if tail is not None:
+        yield tail
 
 
 def coordinate_colormap(height: int, width: int) -> np.ndarray:

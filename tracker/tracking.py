@@ -22,6 +22,7 @@ from tracker.choices import POINT_REFINE_MODES
 from tracker.errors import TrackerError
 from tracker.featurizers import Featurizer
 from tracker.geometry import GridGeometry, frames_to_tensor
+from tracker.io.ring import BatchRing
 from tracker.matching import (
     MatchConfig,
     forward_backward_ok,
@@ -265,11 +266,13 @@ class PointTracker:
     ) -> Iterator[TrackResult]:
         """Yield one :class:`TrackResult` per frame of ``frames`` (``[H, W, 3]`` uint8 RGB arrays).
 
-        Frames go through the featurizer ``batch_size`` at a time; memory stays flat in video length.
+        Frames go through the featurizer ``batch_size`` at a time, copied into a ring of two reused batch buffers
+        (:class:`~tracker.io.ring.BatchRing`, pinned when the featurizer is on CUDA); memory stays flat in video
+        length.
         """
         if batch_size < 1:
             raise TrackerError("batch size must be at least 1")
-        pending: list[np.ndarray] = []
+        ring = BatchRing(batch_size, device=self.featurizer.device)
         source = iter(frames)
         while True:
             try:
@@ -277,18 +280,17 @@ class PointTracker:
             except StopIteration:
                 break
             except Exception:  # the source failed (e.g. a corrupt frame): track the frames already read
-                if pending:
-                    yield from self._run_batch(state, pending)[0]
+                if ring.pending:
+                    yield from self._run_batch(state, ring.flush())[0]
                 raise
             if state is None:
                 state = self.add_queries(self.empty_state(*frame.shape[:2]), queries)
-            pending.append(frame)
-            if len(pending) == batch_size:
-                results, state = self._run_batch(state, pending)
-                pending = []
+            batch = ring.add(frame)
+            if batch is not None:  # the batch's slot is written again two batches later (track is done with it)
+                results, state = self._run_batch(state, batch)
                 yield from results
-        if pending:
-            yield from self._run_batch(state, pending)[0]
+        if ring.pending:
+            yield from self._run_batch(state, ring.flush())[0]
 
     # ----------------------------------------------------------------- internals
 
@@ -302,14 +304,15 @@ class PointTracker:
             descriptors=torch.zeros(0, 0),
         )
 
-    def _run_batch(self, state: TrackState, frames: list[np.ndarray]) -> tuple[list[TrackResult], TrackState]:
-        grids = self.featurizer(frames_to_tensor(frames))
+    def _run_batch(self, state: TrackState, frames: Tensor) -> tuple[list[TrackResult], TrackState]:
+        """The next ``[B, H, W, 3]`` frames (a ring slot, on the host) through the featurizer and the tracker."""
+        grids = self.featurizer(frames)
         if self.refine == "none":
             return self.advance_batch(state, grids)
         # refine=lk stays per frame: each frame's search prior is predicted from the previous frame's refined
         # positions and velocities (Lucas-Kanade, decisions), so the coarse matches of a batch are not independent
         results = []
-        for grid, frame in zip(grids, frames, strict=True):
+        for grid, frame in zip(grids, frames.numpy(), strict=True):  # [H, W, 3] views of the slot
             state = self.advance(state, grid, frame)
             results.append(state.latest)
         return results, state

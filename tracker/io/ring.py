@@ -1,0 +1,123 @@
+"""A ring of reusable batch buffers that frames are copied into, so batching allocates nothing per batch.
+
+``PointTracker.track`` and ``MaskPropagator.propagate`` copy each decoded frame straight into the current slot of a
+:class:`BatchRing` (instead of collecting a list and ``np.stack``-ing a fresh ``[B, H, W, 3]`` array per batch); the
+featurizer reads the slot. On CUDA the slots are pinned, so the featurizer's ``.to(device, non_blocking=True)`` is
+an asynchronous copy with no second host copy (``Tensor.pin_memory()`` of a pinned tensor is the tensor itself).
+
+Typical use (the shape of ``track``'s batching)::
+
+    ring = BatchRing(batch_size, device=featurizer.device)    # pinned slots when that is a CUDA device
+    for frame in frames:
+        batch = ring.add(frame)                    # copied into the current slot
+        if batch is not None:                      # the slot is full: [B, H, W, 3]
+            consume(batch)
+    tail = ring.flush()                            # the last frames, [n, H, W, 3] (a view of the slot), or None
+    if tail is not None:
+        consume(tail)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+class BatchRing:
+    """``slots`` buffers of ``[batch_size, H, W, 3]`` (shape and dtype, uint8 for video, from the first frame),
+    allocated once and filled round-robin.
+
+    Reuse rule: a batch returned by :meth:`add` or :meth:`flush` stays valid while the next ``slots - 1`` batches
+    fill; its slot is written again when the batch after those starts (with the default 2 slots: a batch is free
+    again once the next-but-one batch starts filling). A consumer that is done with each batch before it adds the
+    next frame, as ``track`` is, can keep the last ``slots - 1`` batches. On CUDA the device work queued on the
+    current stream when the next batch starts filling (the featurizer's non-blocking copy from the slot) is
+    awaited before the slot is written again, so an asynchronous copy never reads a slot being overwritten.
+
+    Args:
+        batch_size: frames per batch (``B``).
+        slots: buffers in the ring, at least 2.
+        device: where the batches are copied to (the featurizer's device): a CUDA device makes the buffers
+            pinned (page-locked) and guards their reuse with events on its current stream; None or a CPU device:
+            plain buffers.
+
+    Raises:
+        ValueError: ``batch_size < 1`` or ``slots < 2``; :meth:`add`: a frame whose shape differs from the first.
+    """
+
+    def __init__(self, batch_size: int, slots: int = 2, device: torch.device | str | None = None):
+        if batch_size < 1 or slots < 2:
+            raise ValueError("batch_size must be at least 1 and slots at least 2")
+        self.batch_size = batch_size
+        self.slots = slots
+        self.device = torch.device(device) if device is not None else None
+        self.pin = self.device is not None and self.device.type == "cuda" and torch.cuda.is_available()
+        self.buffers: list[Tensor] = []  # allocated on the first frame
+        self._arrays: list[np.ndarray] = []  # numpy views of the buffers (the same memory)
+        self._ready: list[torch.cuda.Event | None] = [None] * slots  # device work on the slot queued before this
+        self._slot = 0  # the slot being filled
+        self._filled = 0  # frames in it
+        self._handed: int | None = None  # the slot handed out last, whose device work is not yet marked
+
+    @property
+    def pending(self) -> int:
+        """Frames in the slot being filled (not yet handed out)."""
+        return self._filled
+
+    def _allocate(self, frame: np.ndarray | Tensor) -> None:
+        shape = (self.batch_size, *frame.shape)
+        dtype = frame.dtype if isinstance(frame, Tensor) else torch.from_numpy(np.empty(0, frame.dtype)).dtype
+        self.buffers = [torch.empty(shape, dtype=dtype, pin_memory=self.pin) for _ in range(self.slots)]
+        self._arrays = [buffer.numpy() for buffer in self.buffers]
+
+    def _start_slot(self) -> None:
+        """Before the first frame of a batch: mark the device work on the batch handed out last, and wait for
+        the work marked on this slot (queued a full ring ago: normally finished long since)."""
+        if self.pin:
+            if self._handed is not None:
+                event = torch.cuda.Event()
+                event.record(torch.cuda.current_stream(self.device))
+                self._ready[self._handed] = event
+            waiting = self._ready[self._slot]
+            if waiting is not None:
+                waiting.synchronize()
+                self._ready[self._slot] = None
+        self._handed = None
+
+    def add(self, frame: np.ndarray | Tensor) -> Tensor | None:
+        """Copy ``frame`` (``[H, W, 3]`` uint8, an array or a tensor) into the current slot.
+
+        Returns:
+            The full slot, ``[B, H, W, 3]``, when this frame completed it (the next frame goes into the next
+            slot); otherwise None.
+        """
+        if not isinstance(frame, Tensor):
+            frame = np.asarray(frame)
+        if not self.buffers:
+            self._allocate(frame)
+        elif tuple(frame.shape) != tuple(self.buffers[0].shape[1:]):
+            want = tuple(self.buffers[0].shape[1:])
+            raise ValueError(f"a frame of shape {tuple(frame.shape)} in a video of {want} frames")
+        if self._filled == 0:
+            self._start_slot()
+        if isinstance(frame, Tensor):
+            self.buffers[self._slot][self._filled].copy_(frame)
+        else:
+            self._arrays[self._slot][self._filled] = frame  # any strides (a BGR->RGB view too)
+        self._filled += 1
+        if self._filled == self.batch_size:
+            return self._hand_out()
+        return None
+
+    def flush(self) -> Tensor | None:
+        """The frames added since the last full batch, ``[n, H, W, 3]`` (a view of the first ``n`` rows of the
+        slot), or None when there are none. The next frame goes into the next slot."""
+        return self._hand_out() if self._filled else None
+
+    def _hand_out(self) -> Tensor:
+        batch = self.buffers[self._slot][: self._filled] if self._filled < self.batch_size else self.buffers[self._slot]
+        self._handed = self._slot
+        self._slot = (self._slot + 1) % self.slots
+        self._filled = 0
+        return batch
