@@ -8,6 +8,9 @@ BADJA joints annotated (and visible) on it:
 - ``cross-instance``: the same dog frame and joints are the reference for ``horsejump-high`` (all frames);
   only the BADJA joints annotated and visible on the dog reference are scored, on the horse's annotations
   (the 37-joint catalogue is the same for both: the quadruped parts they share).
+- ``control``: dog frame 34, the first annotated frame of the second half, given as a separate image for that
+  same stretch: the correspondence is trivial there, so it checks the plumbing (it should score near ``given on
+  the video``).
 
 Methods, each scored on the same annotated frames (those after the stretch's first annotated frame):
 ``reference`` (forward-backward checked, first 8 frames searched), ``reference + flip`` (the mirrored reference
@@ -64,7 +67,7 @@ def run_case(ref_seq, target, start, model, weights, batch, reference=REFERENCE_
     ids = np.flatnonzero(ref_seq.visible[reference] & annotated)
     ref_frame = int(ref_seq.frame_index[reference])
     ref_image = frames_of(ref_seq)[ref_frame]
-    ref_xy = ref_seq.joints[REFERENCE_ANNOTATION, ids]
+    ref_xy = ref_seq.joints[reference, ids]
     frames = frames_of(target, start)
     frame_hw = frames[0].shape[:2]
     rows = np.flatnonzero(target.frame_index >= start)
