@@ -177,7 +177,7 @@ class HedlinTracker:
             score = torch.full((n,), float("nan"))
             visible = torch.zeros(n, dtype=torch.bool)
             with torch.inference_mode(False):  # the CLI drives this under inference mode; optimising needs autograd
-                pixels = torch.from_numpy(np.ascontiguousarray(frame)).clone()
+                pixels = torch.from_numpy(np.array(frame, dtype=np.uint8))  # a copy: the frame may be read-only
                 image = self.matcher.prepare(pixels)
                 for i in (q.frame == t).nonzero().flatten().tolist():
                     where = tuple(float(v) for v in self._to_input(q.xy[i], state.frame_hw))
