@@ -153,7 +153,9 @@ def test_cli_points_from_a_reference(files, capsys):
     out = files / "tracks.json"
     argv = [str(files / "clip.mp4"), "--reference", str(files / "ref.png"), "--points", str(files / "pts.json")]
     code = main([*argv, "--model", "sift", "--out-tracks", str(out), "--no-video", "--no-progress"])
-    assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "2 points through 6 frames (2 found from the reference)" in err
     doc = json.loads(out.read_text())
     ref = doc["reference"]
     assert ref["path"] == str(files / "ref.png") and ref["found"] == 2

@@ -412,6 +412,8 @@ def track_command(args: argparse.Namespace) -> int:
             failures.append(f"cannot write {out_tracks} ({exc.strerror or exc})")
     visible = float(log.arrays()["visible"].mean()) if len(log) else 0.0
     what = f"{len(queries)} points through {len(log)} frames"
+    if search is not None:
+        what += f" ({int((search.found_frame >= 0).sum())} found from the reference)"
     return _finish(
         status,
         error,
