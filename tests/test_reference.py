@@ -214,3 +214,16 @@ def test_decision_is_not_started_before_a_point_is_found(clip, featurizer):
         results = list(search.track(frames, batch_size=4))
     assert (results[0].decision == NOT_STARTED).all() and not results[0].visible.any()
     assert (search.found_frame == 1).all() and results[1].visible.all()
+
+
+def test_badja_benchmark_skips_cleanly_without_the_data(tmp_path, monkeypatch, capsys):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "badja_reference.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--data", str(tmp_path), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(script), run_name="__main__")
+    assert done.value.code == 0 and "skipped" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
