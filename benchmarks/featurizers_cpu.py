@@ -160,8 +160,8 @@ def main() -> None:
         atomic_write(path, (json.dumps(doc, indent=1) + "\n").encode())
         header = (
             "# Featurizers on this CPU: real architectures, random weights, one frame\n\n"
-            "Written by `benchmarks/featurizers_cpu.py` (see its docstring; `command` and `machine` in the JSON);\n"
-            "a shared 2-core CPU, so read the ratios more than the absolute values.\n\n"
+            "Written by `benchmarks/featurizers_cpu.py` (see its docstring; `commands`, `notes` and `machine` in the\n"
+            "JSON); a shared 2-core CPU, so read the ratios more than the absolute values.\n\n"
         )
         atomic_write(out / "featurizers_cpu.md", (header + table(doc["results"])).encode())
 
