@@ -4,12 +4,15 @@ list + ``np.stack`` batching it replaced."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from tracker import PointTracker, Queries, create_featurizer, default_match_config, propagation
 from tracker.geometry import frames_to_tensor
+from tracker.io.pipeline import BatchPrefetcher
 from tracker.io.ring import BatchRing
 from tracker.propagation import CorrespondenceField, MaskPropagator, default_propagation_config
 from tracker.synthetic import moving_objects
@@ -23,7 +26,7 @@ def clip():
 
 
 def _frames(n: int, shape=(4, 6, 3)) -> list[np.ndarray]:
-    return [np.full(shape, i, np.uint8) + np.arange(shape[1], dtype=np.uint8)[None, :, None] for i in range(n)]
+    return [np.full(shape, i % 200, np.uint8) + np.arange(shape[1], dtype=np.uint8)[None, :, None] for i in range(n)]
 
 
 # --------------------------------------------------------------------------- the ring
@@ -194,3 +197,150 @@ def test_propagate_and_fields_are_bit_identical_to_the_stacked_batches(clip, mon
     assert [c.frame_index for c in got] == list(range(7))
     for a, b in zip(want, got, strict=True):
         assert np.array_equal(a.map_xy, b.map_xy) and np.array_equal(a.valid, b.valid)
+
+
+# --------------------------------------------------------------------------- filled in a decode thread
+
+
+class Frames:
+    """Yields ``frames`` (``fail_at`` raises there, ``delay`` seconds per frame); counts what it produced."""
+
+    def __init__(self, frames, fail_at: int | None = None, delay: float = 0.0):
+        self.frames, self.fail_at, self.delay, self.produced, self.closed = frames, fail_at, delay, 0, False
+        self.info = "info"
+
+    def __iter__(self):
+        for i, frame in enumerate(self.frames):
+            if i == self.fail_at:
+                raise OSError(5, "Input/output error")
+            if self.delay:
+                time.sleep(self.delay)
+            self.produced += 1
+            yield frame
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize("refine", ["none", "lk"])
+def test_track_of_prefetched_batches_is_bit_identical_with_no_second_copy(clip, refine):
+    rng = np.random.default_rng(6)
+    xy = np.stack([rng.uniform(4, SIZE[1] - 4, 10), rng.uniform(4, SIZE[0] - 4, 10)], 1)
+    queries = Queries.create(xy, [0] * 6 + [5] * 4)
+    featurizer = Recording(create_featurizer("sift", SIZE))
+    tracker = PointTracker(featurizer, default_match_config("sift"), refine=refine)
+    for batch in (1, 3, 8):
+        want = list(_old_track(tracker, clip.frames, queries, batch))
+        featurizer.calls.clear()
+        prefetched = BatchPrefetcher(Frames(clip.frames), batch, slots=3)
+        got = list(tracker.track(prefetched, queries, batch_size=batch))
+        assert len(got) == 11 and all(_same(a, b) for a, b in zip(want, got, strict=True)), (refine, batch)
+        # the featurizer read the producer's slots themselves (no copy into a ring of track's own)
+        slots = [buffer.data_ptr() for buffer in prefetched.ring.buffers]
+        assert [p for p, _ in featurizer.calls] == [slots[i % 3] for i in range(len(featurizer.calls))]
+        sizes = [batch] * (11 // batch) + ([11 % batch] if 11 % batch else [])
+        assert [len(pixels) for _, pixels in featurizer.calls] == sizes
+        prefetched.close()
+
+
+def test_propagate_and_fields_of_prefetched_batches_are_bit_identical(clip):
+    featurizer = create_featurizer("sift", SIZE)
+    propagator = MaskPropagator(featurizer, default_propagation_config("sift"))
+    given = {0: clip.masks[0], 4: clip.masks[4]}
+    field = CorrespondenceField(featurizer, default_match_config("sift"), refine="none")
+    frames = clip.frames[:7]
+    for batch in (1, 3, 8):
+        want = list(propagator.propagate(frames, given, batch_size=batch))
+        got = list(propagator.propagate(BatchPrefetcher(frames, batch), given, batch_size=batch))
+        assert len(got) == 7 and all(np.array_equal(a.labels, b.labels) for a, b in zip(want, got, strict=True))
+    want = list(field.fields(frames, batch_size=3))
+    got = list(field.fields(BatchPrefetcher(frames, 3), batch_size=3))
+    assert len(got) == 7
+    for a, b in zip(want, got, strict=True):
+        assert np.array_equal(a.map_xy, b.map_xy) and np.array_equal(a.valid, b.valid)
+
+
+def test_a_failing_source_delivers_the_finished_batches_then_raises(clip):
+    frames = _frames(20)
+    prefetched = BatchPrefetcher(Frames(frames, fail_at=7), 3)
+    got = []
+    with pytest.raises(OSError, match="Input/output error"):
+        for batch in prefetched:
+            got.append(batch.clone())
+    assert [len(b) for b in got] == [3, 3, 1]  # the unfinished batch's frame too
+    assert torch.equal(torch.cat(got), torch.from_numpy(np.stack(frames[:7])))
+    prefetched.close()
+    assert not prefetched._thread.is_alive()
+    # through track: the frames read before the failure are tracked, then the failure comes out
+    tracker = PointTracker(create_featurizer("sift", SIZE), default_match_config("sift"))
+    queries = Queries.create(np.array([[40.0, 30.0], [90.0, 60.0]]))
+    want = list(tracker.track(clip.frames[:5], queries, batch_size=4))
+    results = []
+    with pytest.raises(OSError, match="Input/output error"):
+        for result in tracker.track(BatchPrefetcher(Frames(clip.frames, fail_at=5), 4), queries, batch_size=4):
+            results.append(result)
+    assert len(results) == 5 and all(_same(a, b) for a, b in zip(want, results, strict=True))
+
+
+@pytest.mark.parametrize("slots", [2, 3, 4])
+def test_the_producer_never_writes_a_slot_the_slow_consumer_holds(slots):
+    frames = _frames(40)
+    source = Frames(frames)
+    prefetched = BatchPrefetcher(source, 2, slots=slots)
+    consumed, ahead = 0, 0
+    for i, batch in enumerate(prefetched):
+        want = torch.from_numpy(np.stack(frames[2 * i : 2 * i + 2]))
+        assert torch.equal(batch, want)
+        time.sleep(0.01)  # a slow consumer: the producer, free to run, fills every free slot meanwhile
+        assert torch.equal(batch, want), i  # still intact after it
+        consumed += len(batch)
+        ahead = max(ahead, source.produced - consumed)
+        # bounded: the other slots - 1 slots full, and one frame read for the slot it waits for
+        assert source.produced <= consumed + (slots - 1) * 2 + 1
+    assert consumed == 40 and ahead >= (slots - 1) * 2 - 1  # it did run ahead, as far as the free slots allow
+    prefetched.close()
+
+
+def test_memory_is_flat_the_same_slots_over_a_long_stream():
+    frames = _frames(3, shape=(16, 16, 3))
+    prefetched = BatchPrefetcher(Frames([frames[i % 3] for i in range(600)]), 4, slots=3)
+    pointers, waiting = set(), 0
+    for batch in prefetched:
+        pointers.add(batch.data_ptr())
+        waiting = max(waiting, prefetched._queue.qsize())
+    assert len(pointers) == 3 and len(prefetched.ring.buffers) == 3  # allocated once
+    assert {b.data_ptr() for b in prefetched.ring.buffers} == pointers
+    assert waiting <= 3  # at most slots - 1 batches (and the end) ever waited
+    assert not prefetched._thread.is_alive()
+
+
+def test_close_stops_the_producer_and_closes_the_source_ctrl_c_keeps_what_was_read():
+    source = Frames(_frames(400), delay=0.001)
+    prefetched = BatchPrefetcher(source, 4)
+    assert prefetched.info == "info"
+    got = []
+    with pytest.raises(KeyboardInterrupt):
+        for batch in prefetched:
+            got.append(batch.clone())
+            if len(got) == 3:
+                raise KeyboardInterrupt  # as Ctrl-C in the consumer
+    prefetched.close()
+    prefetched.close()  # idempotent
+    assert source.closed and not prefetched._thread.is_alive() and source.produced < 400
+    assert torch.equal(torch.cat(got), torch.from_numpy(np.stack(source.frames[:12])))
+    with pytest.raises(RuntimeError):
+        iter(prefetched).__next__()
+    for bad in ({"batch_size": 0}, {"batch_size": 2, "slots": 1}):
+        with pytest.raises(ValueError):
+            BatchPrefetcher([], **bad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_cuda_prefetched_slots_are_pinned_and_each_copy_reads_its_own_batch():
+    frames = [np.full((64, 64, 3), i, np.uint8) for i in range(48)]
+    prefetched = BatchPrefetcher(frames, 4, slots=3, device="cuda")
+    copies = []
+    for batch in prefetched:
+        assert batch.is_pinned()
+        copies.append(batch.to("cuda", non_blocking=True).float().mean((1, 2, 3)))  # queued, not awaited
+    assert torch.equal(torch.cat(copies).cpu(), torch.arange(48, dtype=torch.float32))

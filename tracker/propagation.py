@@ -27,7 +27,7 @@ from torch import Tensor
 from tracker.errors import TrackerError
 from tracker.featurizers import Featurizer
 from tracker.geometry import GridGeometry, frames_to_tensor
-from tracker.io.ring import BatchRing
+from tracker.io.ring import Batches, batches_of
 from tracker.matching import MatchConfig, match
 
 REFINE_MODES: tuple[str, ...] = ("flow", "none")
@@ -390,9 +390,12 @@ class MaskPropagator:
         return state.latest, state
 
     def propagate(
-        self, frames: Iterable[np.ndarray], given: dict[int, np.ndarray], batch_size: int = 8
+        self, frames: Iterable[np.ndarray] | Batches, given: dict[int, np.ndarray], batch_size: int = 8
     ) -> Iterator[MaskResult]:
-        """Yield a :class:`MaskResult` per frame; ``given`` maps frame index -> ``[H, W]`` ids (frame 0 at least)."""
+        """Yield a :class:`MaskResult` per frame; ``given`` maps frame index -> ``[H, W]`` ids (frame 0 at least).
+
+        Pre-batched ``frames`` (a :class:`~tracker.io.ring.Batches`, e.g. a
+        :class:`~tracker.io.pipeline.BatchPrefetcher`) are used as they come (``batch_size`` is theirs)."""
         if 0 not in given:
             raise TrackerError("a mask for the first frame is needed")
         if batch_size < 1:
@@ -802,17 +805,12 @@ def _sample_subgrid(field: Tensor, uv: Tensor, s: int) -> Tensor:
     return out[0, :, 0].T
 
 
-def _chunked(frames: Iterable[np.ndarray], size: int, device: torch.device | None = None) -> Iterator[Tensor]:
-    """``frames`` in ``[B, H, W, 3]`` batches (the last may be shorter), slots of a :class:`BatchRing` (pinned for a
-    CUDA ``device``): a batch is written again once the next-but-one is requested."""
-    ring = BatchRing(size, device=device)
-    for frame in frames:
-        batch = ring.add(frame)
-        if batch is not None:
-            yield batch
-    tail = ring.flush()
-    if tail is not None:
-        yield tail
+def _chunked(frames: Iterable[np.ndarray] | Batches, size: int, device: torch.device | None = None) -> Iterator[Tensor]:
+    """``frames`` in ``[B, H, W, 3]`` batches (the last may be shorter): pre-batched input (a
+    :class:`~tracker.io.ring.Batches`, e.g. a :class:`~tracker.io.pipeline.BatchPrefetcher`) as it comes, else
+    slots of a :class:`~tracker.io.ring.BatchRing` (pinned for a CUDA ``device``) written again once the
+    next-but-one is requested."""
+    return batches_of(frames, size, device)
 
 
 def coordinate_colormap(height: int, width: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from tracker.choices import POINT_REFINE_MODES
 from tracker.errors import TrackerError
 from tracker.featurizers import Featurizer
 from tracker.geometry import GridGeometry, frames_to_tensor
-from tracker.io.ring import BatchRing
+from tracker.io.ring import Batches, batches_of
 from tracker.matching import (
     MatchConfig,
     forward_backward_ok,
@@ -259,7 +259,7 @@ class PointTracker:
 
     def track(
         self,
-        frames: Iterable[np.ndarray],
+        frames: Iterable[np.ndarray] | Batches,
         queries: Queries,
         batch_size: int = 8,
         state: TrackState | None = None,
@@ -267,30 +267,19 @@ class PointTracker:
         """Yield one :class:`TrackResult` per frame of ``frames`` (``[H, W, 3]`` uint8 RGB arrays).
 
         Frames go through the featurizer ``batch_size`` at a time, copied into a ring of two reused batch buffers
-        (:class:`~tracker.io.ring.BatchRing`, pinned when the featurizer is on CUDA); memory stays flat in video
-        length.
+        (:func:`~tracker.io.ring.ring_batches`, pinned when the featurizer is on CUDA); memory stays flat in video
+        length. Pre-batched ``frames`` (a :class:`~tracker.io.ring.Batches`, such as a
+        :class:`~tracker.io.pipeline.BatchPrefetcher` filled in a decode thread) are used as they come, with no
+        second copy (``batch_size`` is then theirs). When the source fails half way, the frames read before are
+        tracked, then the failure is raised.
         """
         if batch_size < 1:
             raise TrackerError("batch size must be at least 1")
-        ring = BatchRing(batch_size, device=self.featurizer.device)
-        source = iter(frames)
-        while True:
-            try:
-                frame = next(source)
-            except StopIteration:
-                break
-            except Exception:  # the source failed (e.g. a corrupt frame): track the frames already read
-                if ring.pending:
-                    yield from self._run_batch(state, ring.flush())[0]
-                raise
+        for batch in batches_of(frames, batch_size, self.featurizer.device):
             if state is None:
-                state = self.add_queries(self.empty_state(*frame.shape[:2]), queries)
-            batch = ring.add(frame)
-            if batch is not None:  # the batch's slot is written again two batches later (track is done with it)
-                results, state = self._run_batch(state, batch)
-                yield from results
-        if ring.pending:
-            yield from self._run_batch(state, ring.flush())[0]
+                state = self.add_queries(self.empty_state(*batch.shape[1:3]), queries)
+            results, state = self._run_batch(state, batch)  # done with the batch before the next is asked for
+            yield from results
 
     # ----------------------------------------------------------------- internals
 

@@ -6,6 +6,10 @@ different cores; on a GPU the host work hides behind the device's. Both queues a
 video length), an exception in either thread comes out in the caller's thread, at the place in the stream where
 it happened, and closing stops and joins the threads so what was finished is kept.
 
+:class:`BatchPrefetcher` is the decode thread of ``track``: it copies each decoded frame straight into a slot of a
+reused ring of ``[B, H, W, 3]`` buffers (pinned on CUDA, :class:`~tracker.io.ring.BatchRing`) and hands over whole
+batches, which ``PointTracker.track`` and ``MaskPropagator.propagate`` use without copying again.
+
 Typical use (the shape of ``track``'s frame loop)::
 
     frames = Prefetcher(video, depth=16)           # iterates decoded frames; .info, .close() like the video
@@ -22,6 +26,11 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+import torch
+from torch import Tensor
+
+from tracker.io.ring import Batches, BatchRing
 
 _POLL_S = 0.05  # how often a blocked thread looks at the stop flag
 
@@ -191,3 +200,141 @@ class Sink:
         if self.on_close is not None:
             on_close, self.on_close = self.on_close, None
             on_close()
+
+
+class _Stopped(Exception):
+    """Raised in the producer when :meth:`BatchPrefetcher.close` asked it to stop while it waited for a slot."""
+
+
+class BatchPrefetcher(Batches):
+    """Iterates ``source``'s frames as ``[n, H, W, 3]`` batches decoded ahead by a daemon thread straight into a
+    ring of ``slots`` reused ``[batch_size, H, W, 3]`` buffers (``n == batch_size`` but for the last batch).
+
+    Reuse rule: a batch handed out stays intact until the consumer asks for the next one (the next ``next()``
+    on the iterator); its slot is then free for the producer. So the consumer holds one slot, the producer
+    fills one, and the other ``slots - 2`` are full batches waiting (slots = queue depth + 2: with the default 3
+    the producer runs one whole batch ahead while it fills the next). A free-slot semaphore, not timing, enforces
+    it: the producer waits for a free slot rather than write one the consumer holds. On CUDA the slots are pinned
+    and, when the consumer asks for the next batch, an event is recorded on its current stream (after the
+    featurizer's non-blocking copy from the slot); the producer waits for that event before writing the slot.
+
+    The producer starts on the first ``iter()``. When ``source`` fails half way, the batches read before come
+    out first (the frames of the unfinished batch as a last short one), then the same exception. ``close()``
+    stops the producer (it finishes the frame it is reading), joins it, then closes ``source`` when it has a
+    ``close`` method. ``info``, ``warnings`` and ``path`` are ``source``'s, so a prefetched video stands in for the
+    video.
+
+    Args:
+        source: an iterable of ``[H, W, 3]`` uint8 frames (arrays or CPU tensors; a video).
+        batch_size: frames per batch (``B``).
+        slots: buffers in the ring, at least 2 (2: the producer fills the next batch while the consumer uses
+            one, but never gets a whole batch ahead).
+        device: the device the batches go to (the featurizer's): a CUDA device pins the buffers.
+        name: the thread's name.
+
+    Raises:
+        ValueError: ``batch_size < 1`` or ``slots < 2``.
+    """
+
+    def __init__(
+        self,
+        source: Iterable,
+        batch_size: int,
+        slots: int = 3,
+        device: torch.device | str | None = None,
+        name: str = "decode",
+    ):
+        self.ring = BatchRing(batch_size, slots=slots, device=device, on_slot=self._claim)
+        self.source = source
+        self.batch_size = batch_size
+        self.slots = slots
+        self._free = threading.Semaphore(slots)  # slots neither held by the consumer, queued, nor being filled
+        self._events: list[torch.cuda.Event | None] = [None] * slots  # the consumer's device work on each slot
+        self._queue: queue.Queue = queue.Queue()  # bounded by the slots: at most slots - 1 batches wait
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name=name, daemon=True)
+        self._iterator: Iterator | None = None
+        self._started = False
+
+    def __getattr__(self, name: str) -> Any:  # info, warnings, path ... of the source
+        if name in ("info", "warnings", "path"):
+            return getattr(self.source, name)
+        raise AttributeError(name)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        if self._started:
+            raise RuntimeError("a BatchPrefetcher can be iterated once")
+        self._started = True
+        self._thread.start()
+        held: int | None = None
+        try:
+            while True:
+                if held is not None:  # asking for the next batch frees the one handed out last
+                    self._release(held)
+                    held = None
+                kind, slot, payload = self._queue.get()
+                if kind == "batch":
+                    held = slot
+                    yield payload
+                elif kind == "error":
+                    raise payload
+                else:
+                    return
+        finally:
+            if held is not None:
+                self._release(held)
+
+    def _release(self, slot: int) -> None:
+        if self.ring.pin:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.ring.device))
+            self._events[slot] = event
+        self._free.release()
+
+    def _claim(self, slot: int) -> None:
+        """In the producer, before the first frame of a batch goes into ``slot``: wait until a slot is free (the
+        slots are freed in the order they were handed out, so it is this one), then for the device work on it."""
+        while not self._free.acquire(timeout=_POLL_S):
+            if self._stop.is_set():
+                raise _Stopped
+        event, self._events[slot] = self._events[slot], None
+        if event is not None:
+            event.synchronize()
+
+    def _produce(self) -> None:
+        ring = self.ring
+        try:
+            self._iterator = iter(self.source)
+            for frame in self._iterator:
+                if self._stop.is_set():
+                    return
+                slot = ring.slot
+                batch = ring.add(frame)
+                if batch is not None:
+                    self._queue.put(("batch", slot, batch))
+            self._flush()
+            self._queue.put(("end", None, None))
+        except _Stopped:
+            return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            self._flush()
+            self._queue.put(("error", None, exc))
+
+    def _flush(self) -> None:
+        slot = self.ring.slot
+        tail = self.ring.flush()
+        if tail is not None:
+            self._queue.put(("batch", slot, tail))
+
+    def close(self) -> None:
+        """Stop and join the producer, drop what it decoded ahead, close the source; idempotent."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        if self._iterator is not None and hasattr(self._iterator, "close"):
+            self._iterator.close()  # a suspended generator: its cleanup runs here, in this thread
+        self._iterator = None
+        if hasattr(self.source, "close"):
+            self.source.close()
