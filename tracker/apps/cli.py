@@ -274,7 +274,7 @@ def track_command(args: argparse.Namespace) -> int:
     from tracker.featurizers import MODEL_NAMES
     from tracker.io.drawing import TrackOverlay
     from tracker.io.formats import TRACK_SUFFIXES, TrackLog, grid_points, points_argument, write_tracks
-    from tracker.io.pipeline import Prefetcher, Sink
+    from tracker.io.pipeline import BatchPrefetcher, Prefetcher, Sink
     from tracker.io.video import AtomicVideoWriter, open_video
     from tracker.tracking import PointTracker
 
@@ -369,8 +369,13 @@ def track_command(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     if device == "cpu":
         torch.set_num_threads(max(1, threads - 1))
-    source = Prefetcher(video, depth=2 * args.batch)
-    frames = _tee(source, writer is not None)
+    batched = search is None and isinstance(tracker, PointTracker)
+    if batched:  # decoded straight into the ring's [B, H, W, 3] slots in the producer thread, tracked as they come
+        frames = _tee(video, writer is not None)
+        source = BatchPrefetcher(frames, args.batch, device=featurizer.device)
+    else:
+        source = Prefetcher(video, depth=2 * args.batch)
+        frames = _tee(source, writer is not None)
     warned = list(video.warnings)
     sink = None if writer is None else Sink(lambda f, r: writer.write(overlay.draw(f, r)), 2 * args.batch, writer.close)
 
@@ -382,7 +387,7 @@ def track_command(args: argparse.Namespace) -> int:
     results = (
         search.track(frames, args.batch)
         if search is not None
-        else tracker.track(frames, queries, batch_size=args.batch, state=state)
+        else tracker.track(source if batched else frames, queries, batch_size=args.batch, state=state)
     )
     _, status, error, elapsed = _drive(results, handle, source, sink, args.no_progress)
     if sink is not None:  # the frames tracked and queued are drawn too (their tracks are kept)
@@ -526,6 +531,7 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
     from tracker.eval.evaluation import davis_sequence, given_masks
     from tracker.io.drawing import draw_masks, shade_rejected
     from tracker.io.formats import fit_mask, read_mask, write_mask
+    from tracker.io.pipeline import BatchPrefetcher
     from tracker.io.video import AtomicVideoWriter, open_video
     from tracker.propagation import (
         CorrespondenceField,
@@ -605,9 +611,10 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
             raise TrackerError(f"--out-masks {out_masks}: cannot create the folder ({exc.strerror})") from None
     writer = AtomicVideoWriter(out_video, info.fps, (info.width, info.height)) if out_video else None
     frames = _tee(video, True)
+    batches = BatchPrefetcher(frames, args.batch, device=featurizer.device)  # decoded ahead into the ring's slots
     kept: list[float] = []  # per frame: object pixels kept (masks), share of the frame composited (colormap, edit)
     if mode in ("--mask", "--davis-root"):
-        results = MaskPropagator(featurizer, prop_config).propagate(frames, given, args.batch)
+        results = MaskPropagator(featurizer, prop_config).propagate(batches, given, args.batch)
 
         def handle(result) -> None:
             frame = frames.pop(result.frame_index)
@@ -621,7 +628,7 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
             if writer is not None:
                 writer.write(draw_masks(frame, result.labels))
     else:
-        results = CorrespondenceField(featurizer, match_config, refine=prop_config.refine).fields(frames, args.batch)
+        results = CorrespondenceField(featurizer, match_config, refine=prop_config.refine).fields(batches, args.batch)
         render = composite_edit if mode == "--edit" else render_colormap
 
         def handle(corr) -> None:
@@ -629,7 +636,7 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
             drawn = render(frames.pop(corr.frame_index), overlay_image, corr)
             writer.write(shade_rejected(drawn, corr.valid) if mode == "--colormap" else drawn)
 
-    done, status, error, elapsed = _drive(results, handle, video, writer, args.no_progress)
+    done, status, error, elapsed = _drive(results, handle, batches, writer, args.no_progress)
     _warn(video.warnings[len(warned) :])
     written = [f"{out_masks}/ ({done} PNGs)"] if out_masks is not None and done else []
     return _finish(
@@ -766,6 +773,9 @@ class _tee:
 
     def pop(self, index: int):
         return self.kept.pop(index)
+
+    def __getattr__(self, name: str):  # info, warnings, close of the video (a BatchPrefetcher's source)
+        return getattr(self.__dict__["video"], name)
 
 
 # --------------------------------------------------------------------------- track eval
