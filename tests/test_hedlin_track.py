@@ -5,6 +5,7 @@ cache across runs, and the missing extra."""
 import json
 import sys
 
+import cv2
 import numpy as np
 import pytest
 
@@ -103,5 +104,12 @@ def test_missing_extra_bad_size_and_dense_use_are_one_line(monkeypatch, clip, tm
     monkeypatch.delitem(sys.modules, "diffusers")
     assert _track(clip, tmp_path / "t.json", "--points", str(clip / "points.json"), "--size", "96x64") == 2
     assert "square and a multiple of 64" in capsys.readouterr().err
+    image = tmp_path / "ref.png"
+    cv2.imwrite(str(image), np.zeros((96, 128, 3), np.uint8))
+    assert _track(clip, tmp_path / "t.json", "--points", str(clip / "points.json"), "--reference", str(image)) == 2
+    assert (
+        capsys.readouterr().err
+        == "track: error: hedlin does not take --reference: its points are given on a frame of the video\n"
+    )
     with pytest.raises(TrackerError, match="not a dense featurizer"):
         create_featurizer("hedlin", (96, 128), weights="random")

@@ -295,6 +295,8 @@ def track_command(args: argparse.Namespace) -> int:
         raise TrackerError(f"give exactly one of {', '.join(given)} (got {', '.join(modes) or 'none'})")
     if args.model == "hedlin" and modes[0] != "--points":
         raise TrackerError("hedlin tracks points only; use --points")
+    if args.model == "hedlin" and args.reference:
+        raise TrackerError("hedlin does not take --reference: its points are given on a frame of the video")
     if modes[0] != "--davis-root" and not args.video:
         raise TrackerError("the VIDEO argument is required (a video file or a folder of frames)")
     from tracker.apps import reference_args
