@@ -32,6 +32,7 @@ from tracker.matching import (
     similarity,
     window_soft_argmax,
 )
+from tracker.reacquire import ReacquireConfig, Sightings, patch_side, reacquire_lost, record
 from tracker.refine import (
     FOLLOW,
     OCCLUDED,
@@ -141,6 +142,8 @@ class TrackState:
         xy: ``[N, 2]`` float32 pixel estimate of each point (refinement only).
         velocity: ``[N, 2]`` float32 pixels per frame, the motion model (refinement only).
         lost: ``[N]`` int64 frames since each point was last judged visible (refinement only).
+        sightings: where and how each point was last seen, for the re-acquisition from its neighbours' motion
+            (:mod:`tracker.reacquire`; refinement only).
     """
 
     next_frame: int
@@ -158,6 +161,7 @@ class TrackState:
     xy: Tensor | None = None
     velocity: Tensor | None = None
     lost: Tensor | None = None
+    sightings: Sightings | None = None
 
     @property
     def started(self) -> Tensor:
@@ -212,6 +216,8 @@ class PointTracker:
         config: MatchConfig | None = None,
         refine: str = REFINE_MODES[0],
         refine_config: RefineConfig | None = None,
+        reacquire_config: ReacquireConfig | None = None,
+        reacquire: bool = True,
     ):
         if refine not in REFINE_MODES:
             raise TrackerError(f"unknown refinement {refine!r}; choose from: {', '.join(REFINE_MODES)}")
@@ -219,6 +225,8 @@ class PointTracker:
         self.config = config or MatchConfig()
         self.refine = refine
         self.refine_config = refine_config or RefineConfig()
+        # the re-acquisition of lost points from their neighbours' motion (tracker.reacquire); off: None
+        self.reacquire_config = (reacquire_config or ReacquireConfig()) if reacquire else None
 
     # ----------------------------------------------------------------- public API
 
@@ -436,6 +444,7 @@ class PointTracker:
             lost = torch.zeros(grow, dtype=torch.int64) if lost is None else torch.cat([lost, lost.new_zeros(grow)])
         query_gray = state.query_gray
         anchors, anchor_age = state.anchors, state.anchor_age
+        sightings = state.sightings
         side = (lambda c: c.ncc_window or c.window)(scaled(self.refine_config, gray)) if gray is not None else 0
         if refine and gray is not None and (anchors is None or len(anchors) != n or anchors.shape[1] != side):
             grow = n - (0 if anchors is None else len(anchors))
@@ -485,6 +494,22 @@ class PointTracker:
                     query_gray,
                     anchors,
                 )
+                if gray is not None and self.reacquire_config is not None:
+                    sightings = self._sightings(sightings, n, side)
+                    found_uv, act_xy, act_score, act_decision = self._reacquire(
+                        state,
+                        sightings,
+                        t,
+                        gray,
+                        g,
+                        features,
+                        descriptors,
+                        active,
+                        found_uv,
+                        act_xy,
+                        act_score,
+                        act_decision,
+                    )
                 if gray is not None:  # anchors: each point's appearance, refreshed every few frames it is seen
                     seen = (act_decision != OCCLUDED).numpy()
                     ids = active.numpy()
@@ -536,6 +561,11 @@ class PointTracker:
             velocity[starting] = 0.0
             lost = lost.clone()
             lost[starting] = 0
+        if refine and gray is not None and self.reacquire_config is not None:
+            sightings = self._sightings(sightings, n, side)
+            seen = (decision == FOLLOW) | (decision == REDETECT)
+            where = np.nan_to_num(work_xy(xy, gray, g), nan=-1.0).astype(np.float32)
+            sightings = record(sightings, t, gray, seen.numpy(), where, self.reacquire_config.refresh)
         result = TrackResult(frame_index=t, xy=xy, visible=visible, score=score, decision=decision)
         return replace(
             state,
@@ -552,7 +582,63 @@ class PointTracker:
             xy=track_xy if refine else None,
             velocity=velocity if refine else None,
             lost=lost if refine else None,
+            sightings=sightings if refine else None,
         )
+
+    def _sightings(self, sightings: Sightings | None, n: int, side: int) -> Sightings:
+        """The sightings, grown to ``n`` points (new, or with a new template side when the frame size changed)."""
+        p = patch_side(side, self.reacquire_config)
+        if sightings is None or sightings.patch.shape[1] != p:
+            return Sightings.empty(n, p, self.reacquire_config.history)
+        return sightings.grow(n)
+
+    def _reacquire(
+        self,
+        state: TrackState,
+        sightings: Sightings,
+        t: int,
+        gray: np.ndarray,
+        g: GridGeometry,
+        features: Tensor,
+        descriptors: Tensor,
+        active: Tensor,
+        found_uv: Tensor,
+        act_xy: Tensor,
+        act_score: Tensor,
+        act_decision: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The points judged occluded, predicted from their followed neighbours' motion and re-acquired where
+        their warped last patch is found (:func:`tracker.reacquire.reacquire`)."""
+        rc = self.reacquire_config
+        ids = active.numpy()
+        lost_for = state.lost[active].numpy() if state.lost is not None else np.zeros(len(ids), np.int64)
+        wxy, predicted, back = reacquire_lost(
+            sightings,
+            t,
+            gray,
+            ids,
+            work_xy(act_xy, gray, g).astype(np.float32),
+            (act_decision == FOLLOW).numpy(),
+            (act_decision == OCCLUDED).numpy(),
+            lost_for,
+            (work_xy(state.queries.xy, gray, g).astype(np.float32), state.queries.frame.numpy(), state.query_gray),
+            (lambda c: c.ncc_window or c.window)(scaled(self.refine_config, gray)),
+            rc,
+        )
+        if not predicted.any():
+            return found_uv, act_xy, act_score, act_decision
+        scale = gray.shape[0] / g.frame_h
+        act_xy, act_decision, act_score = act_xy.clone(), act_decision.clone(), act_score.clone()
+        moved = torch.from_numpy(np.flatnonzero(predicted))
+        act_xy[moved] = (torch.from_numpy(wxy[predicted]) + 0.5) / scale - 0.5
+        found_uv = found_uv.clone()
+        found_uv[moved.to(found_uv.device)] = g.pixel_to_grid(act_xy[moved]).to(found_uv.device, found_uv.dtype)
+        if back.any():
+            rows = torch.from_numpy(np.flatnonzero(back))
+            act_decision[rows] = REDETECT
+            here = g.pixel_to_grid(act_xy[rows]).to(features.device)
+            act_score[rows] = (sample_descriptors(features, here) * descriptors[active[rows]]).sum(1).cpu().float()
+        return found_uv, act_xy, act_score, act_decision
 
     def _fb_ok(
         self,
