@@ -190,8 +190,8 @@ def test_bench_writes_well_formed_results(tiny_video, tmp_path, capsys):
 
 
 def test_overlapped_run_is_tracks_loop_and_writes_the_overlay(tiny_video, monkeypatch):
-    """The frames/s run goes through tracker.io.pipeline (decode ahead, draw and encode behind) as `track` does,
-    every frame drawn and encoded, and torch's thread count comes back."""
+    """The frames/s run goes through tracker.io.pipeline (decode ahead into the ring's batch slots, draw and encode
+    behind) as `track` does, every frame drawn and encoded, and torch's thread count comes back."""
     from tracker.backends import BackendOptions, build_featurizer
     from tracker.bench import e2e
     from tracker.featurizers import default_match_config
@@ -199,7 +199,10 @@ def test_overlapped_run_is_tracks_loop_and_writes_the_overlay(tiny_video, monkey
 
     featurizer, _ = build_featurizer("sift", (120, 160), BackendOptions("torch", "fp32"), device=torch.device("cpu"))
     made = []
-    monkeypatch.setattr(pipeline.Prefetcher, "__init__", _spy(pipeline.Prefetcher.__init__, made, "prefetcher"))
+    monkeypatch.setattr(
+        pipeline.BatchPrefetcher, "__init__", _spy(pipeline.BatchPrefetcher.__init__, made, "prefetcher")
+    )
+    monkeypatch.setattr(pipeline.Prefetcher, "__init__", _spy(pipeline.Prefetcher.__init__, made, "frame prefetcher"))
     monkeypatch.setattr(pipeline.Sink, "__init__", _spy(pipeline.Sink.__init__, made, "sink"))
     drawn = []
     monkeypatch.setattr(pipeline.Sink, "submit", _spy(pipeline.Sink.submit, drawn, "frame"))

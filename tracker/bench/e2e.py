@@ -9,11 +9,11 @@ ends with a device synchronisation, which serialises work that could overlap, so
 separate run without it and the stage run only apportions the time.
 
 Frames/s of the point runs come from :func:`run_points_overlapped`, the frame loop of ``track`` itself
-(:mod:`tracker.io.pipeline`: a :class:`~tracker.io.pipeline.Prefetcher` decodes ahead in a thread, a
-:class:`~tracker.io.pipeline.Sink` draws and encodes behind in another; on a CPU torch keeps one core fewer, as
-``track`` sets it). The stages cannot be timed from the outside while three threads overlap, so they come from
-:func:`run_points`, a serial loop over the same frames that only apportions the time. Mask propagation and
-the naive baseline are serial loops (timed and counted as they run).
+(:mod:`tracker.io.pipeline`: a :class:`~tracker.io.pipeline.BatchPrefetcher` decodes ahead in a thread straight
+into the ring's batch slots, a :class:`~tracker.io.pipeline.Sink` draws and encodes behind in another; on a CPU
+torch keeps one core fewer, as ``track`` sets it). The stages cannot be timed from the outside while three threads
+overlap, so they come from :func:`run_points`, a serial loop over the same frames that only apportions the time.
+Mask propagation and the naive baseline are serial loops (timed and counted as they run).
 """
 
 from __future__ import annotations
@@ -230,11 +230,12 @@ def run_points_overlapped(
     write: bool = False,
 ) -> RunTiming:
     """Track ``n_points`` random points through the first ``frames`` frames in ``track``'s overlapped loop:
-    frames decoded ahead in a :class:`~tracker.io.pipeline.Prefetcher` (depth ``2 * batch``), with ``write`` the
-    overlay drawn and encoded to an mp4 (in a temporary folder) in a :class:`~tracker.io.pipeline.Sink`, and on a
-    CPU one torch thread fewer (as ``track`` leaves the I/O threads a core). No stages (see :func:`run_points`)."""
+    frames decoded ahead by a :class:`~tracker.io.pipeline.BatchPrefetcher` straight into the ring's
+    ``[batch, H, W, 3]`` slots and tracked batch by batch, with ``write`` the overlay drawn and encoded to an mp4 (in
+    a temporary folder) in a :class:`~tracker.io.pipeline.Sink`, and on a CPU one torch thread fewer (as ``track``
+    leaves the I/O threads a core). No stages (see :func:`run_points`)."""
     from tracker.io.drawing import TrackOverlay
-    from tracker.io.pipeline import Prefetcher, Sink
+    from tracker.io.pipeline import BatchPrefetcher, Sink
     from tracker.io.video import open_video
 
     off = StageClock(torch.device("cpu"), sync=False, enabled=False)
@@ -244,8 +245,9 @@ def run_points_overlapped(
         track_threads(featurizer),
     ):
         info = video.info
-        prefetcher = Prefetcher(video if frames is None else itertools.islice(video, frames), depth=2 * batch)
-        source = TimedFrames(prefetcher, None, off, keep=write)  # keeps the frames not drawn yet, as track's tee
+        # as track: the decode thread reads through the tee (which keeps the frames not drawn yet) into the slots
+        source = TimedFrames(video, frames, off, keep=write)
+        batches = BatchPrefetcher(source, batch, device=featurizer.device)
         tracker = PointTracker(featurizer, config)
         queries = random_queries(n_points, info.height, info.width)
         overlay = TrackOverlay(num_frames=info.num_frames) if write else None
@@ -254,7 +256,7 @@ def run_points_overlapped(
         try:
             with torch.inference_mode():
                 start = time.perf_counter()
-                for result in tracker.track(source, queries, batch_size=batch):
+                for result in tracker.track(batches, queries, batch_size=batch):
                     if sink is not None:
                         sink.submit(source.pop(result.frame_index), result)
                 if sink is not None:
@@ -264,7 +266,7 @@ def run_points_overlapped(
         finally:
             if sink is not None:
                 sink.close()
-            prefetcher.close()
+            batches.close()
     return RunTiming(source.count, seconds, {})
 
 
