@@ -113,3 +113,31 @@ def test_missing_extra_bad_size_and_dense_use_are_one_line(monkeypatch, clip, tm
     )
     with pytest.raises(TrackerError, match="not a dense featurizer"):
         create_featurizer("hedlin", (96, 128), weights="random")
+
+
+def test_a_missing_weights_folder_with_a_slash_is_one_line_without_a_hub_probe(clip, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(D, "_hub_reachable", lambda *a: pytest.fail("probed the hub for a local folder"))
+    for name in ("missing/", "missing"):
+        assert _track(clip, tmp_path / "t.json", "--points", str(clip / "points.json"), "--weights", name) == 2
+        err = capsys.readouterr().err
+        assert err == f"track: error: --weights: folder not found: {name} (a diffusers folder with unet/, vae/)\n"
+
+
+def test_building_the_tracker_logs_nothing_and_keeps_diffusers_verbosity(tiny):
+    import logging
+
+    from diffusers.utils import logging as dlog
+
+    records = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    logger = logging.getLogger("diffusers")
+    logger.addHandler(handler)
+    before = dlog.get_verbosity()
+    try:
+        HT.create_hedlin_tracker((96, 128), size="64", weights="random", precision="fp32")
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []
+    assert dlog.get_verbosity() == before

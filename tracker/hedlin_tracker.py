@@ -227,12 +227,19 @@ def create_hedlin_tracker(
         parts = [p.strip() for p in (weights or "").split(",") if p.strip()]
         if len(parts) > 1:
             raise TrackerError("--weights for hedlin: one diffusers folder (unet/, vae/) or 'random'")
-        if parts and D._looks_local(parts[0]) and not Path(parts[0]).expanduser().exists():
+        local = parts and (D._looks_local(parts[0]) or parts[0].endswith("/"))  # "name/": a folder, not org/name
+        if local and not Path(parts[0]).expanduser().exists():
             raise TrackerError(f"--weights: folder not found: {parts[0]} (a diffusers folder with unet/, vae/)")
         unet, vae = _load_unet_vae(parts[0] if parts else PIPELINE)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # diffusers: "cast with torch_dtype in from_pretrained instead"
-        unet, vae = unet.to(device, dtype), vae.to(device, dtype)
+    dlog = D._import("diffusers").utils.logging
+    level = dlog.get_verbosity()
+    dlog.set_verbosity_error()  # diffusers logs "cast with torch_dtype in from_pretrained instead" on every .to(dtype)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            unet, vae = unet.to(device, dtype), vae.to(device, dtype)
+    finally:
+        dlog.set_verbosity(level)
     vae.decoder = None  # only encoded, never decoded
     matcher = HedlinMatcher(unet, vae, side, config or CONFIG).to(device)
     return HedlinTracker(matcher, cache or W.cache_dir() / "hedlin")
