@@ -188,6 +188,7 @@ def test_cli_mask_from_a_reference(files, capsys):
         (["--reference", "{d}/ref.png", "--edit", "{d}/ref.png"], "--reference goes with --points or --mask"),
         (["--reference", "{d}/ref.png", "--grid", "3"], "--reference goes with --points or --mask"),
         (["--reference-flip", "--points", "5,5"], "--reference-flip goes with --reference"),
+        (["--reference-frames", "3", "--points", "5,5"], "--reference-frames goes with --reference"),
         (["--reference", "{d}/ref.png", "--points", "5,5", "--reference-frames", "-1"], "--reference-frames"),
         (
             ["--reference", "{d}/ref.png", "--mask", "{d}/other_mask.png", "--out-masks", "{d}/masks_bad"],
@@ -227,3 +228,14 @@ def test_badja_benchmark_skips_cleanly_without_the_data(tmp_path, monkeypatch, c
         runpy.run_path(str(script), run_name="__main__")
     assert done.value.code == 0 and "skipped" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_reference_frames_default_is_8_and_0_searches_the_whole_video():
+    from argparse import Namespace
+
+    from tracker.apps.reference_args import reference_config
+
+    def frames(n):
+        return reference_config(Namespace(reference_frames=n, reference_flip=False)).search_frames
+
+    assert (frames(None), frames(0), frames(3)) == (8, None, 3)

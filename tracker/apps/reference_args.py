@@ -33,7 +33,7 @@ def add_reference_options(p: argparse.ArgumentParser) -> None:
     r.add_argument(
         "--reference-frames",
         type=int,
-        default=8,
+        default=None,
         metavar="N",
         help="search the first N frames for the points; a point not found by then stays invisible (0: the whole "
         "video; default 8)",
@@ -45,12 +45,14 @@ def check_reference_mode(args: argparse.Namespace, mode: str) -> None:
     if args.reference is None:
         if args.reference_flip:
             raise TrackerError("--reference-flip goes with --reference IMAGE")
+        if args.reference_frames is not None:  # else silently ignored
+            raise TrackerError("--reference-frames goes with --reference IMAGE")
         return
     if mode not in ("--points", "--mask"):
         raise TrackerError(f"--reference goes with --points or --mask, not {mode}")
     if getattr(args, "model", None) == "hedlin":
         raise TrackerError("--reference needs a dense featurizer; hedlin optimises prompts on a frame of the video")
-    if args.reference_frames < 0:
+    if args.reference_frames is not None and args.reference_frames < 0:
         raise TrackerError(f"--reference-frames must be 0 (the whole video) or more, got {args.reference_frames}")
 
 
@@ -78,7 +80,8 @@ def check_reference_points(queries, image: np.ndarray) -> None:
 def reference_config(args: argparse.Namespace):
     from tracker.reference import ReferenceConfig
 
-    return ReferenceConfig(search_frames=args.reference_frames or None, flip=args.reference_flip)
+    frames = ReferenceConfig.search_frames if args.reference_frames is None else args.reference_frames or None
+    return ReferenceConfig(search_frames=frames, flip=args.reference_flip)
 
 
 def point_search(args: argparse.Namespace, tracker, queries, image: np.ndarray, frame_hw: tuple[int, int]):
