@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from tracker import Queries
+from tracker.io.atomic import atomic_write
 
 DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "shared/data/videos/01_dog.mp4"
 
@@ -80,4 +81,5 @@ def save(out: str | None, name: str, result: dict) -> None:
     if out:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{name}.json").write_text(json.dumps({**result, "machine": machine()}, indent=1))
+        text = json.dumps({**result, "machine": machine()}, indent=1)
+        atomic_write(folder / f"{name}.json", text.encode())  # a killed run never leaves half a file
