@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from tracker import PointTracker, Queries, create_featurizer, default_match_config
-from tracker.reacquire import ReacquireConfig, Sightings, fit_similarity, from_query, patch_side, reacquire, record
+from tracker.reacquire import (
+    ReacquireConfig,
+    Sightings,
+    drifted,
+    fit_similarity,
+    from_query,
+    patch_side,
+    reacquire,
+    record,
+)
 from tracker.refine import REDETECT
 from tracker.synthetic import natural_texture
 
@@ -130,6 +139,20 @@ def test_lost_point_found_again_from_its_query():
     assert not from_query(gray, np.array([3]), POINTS, alone, {0: gray0}, *rest)[1][0]
 
 
+def test_a_point_that_stops_while_its_object_moves_has_drifted():
+    """Ten points queried on frame 0 turn 10 deg and move; point 4 stayed where it was (stuck on an occluder's
+    edge), point 7 moved with them: only point 4 is judged drifted; points of another query frame are not used."""
+    rng = np.random.default_rng(3)
+    query = rng.uniform(40, 80, (10, 2)).astype(np.float32)
+    _, now = _turned(np.zeros((120, 120), np.uint8), 10.0, 6.0, query)
+    now[4] = query[4]
+    config = ReacquireConfig(sigma=0.5)
+    flags = drifted(np.arange(10), now, query, np.zeros(10, np.int64), 120.0, config)
+    assert flags.tolist() == [i == 4 for i in range(10)]
+    alone = np.array([0, 1, 1, 1, 0, 1, 1, 1, 1, 1])  # point 4's only mate on its query frame: no support
+    assert not drifted(np.arange(10), now, query, alone, 120.0, config)[4]
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_points_behind_a_bar_on_a_turning_object_come_back(seed):
     frames, truth, truth_visible = rotating_behind_bar(seed=seed)
@@ -148,9 +171,10 @@ def test_points_behind_a_bar_on_a_turning_object_come_back(seed):
         f"seed {seed}: re-acquired within 3 frames {hits}/{total} (without: {base_hits}/{total}); "
         f"hidden judged visible {visible[hidden].mean():.3f}"
     )
-    # measured (seeds 0, 1): 22/28 and 20/28 re-acquired, 0/28 without; hidden judged visible 0.15 and 0.09 (0.12
-    # and 0.09 without: points followed onto the bar's static edge as they enter it)
+    # measured (seeds 0, 1): 23/28 re-acquired both, 0/28 without; hidden judged visible 0.10 and 0.07 (0.12 and
+    # 0.09 without: points followed onto the bar's static edge as they enter it, which tracker.reacquire.drifted
+    # now mostly catches)
     assert total >= 20 and base_hits <= 0.1 * total
-    assert hits >= 0.7 * total
-    assert visible[hidden].mean() < 0.2
+    assert hits >= 0.75 * total
+    assert visible[hidden].mean() < 0.15
     assert (decision[:, (truth_visible[1:] & ~truth_visible[:-1]).any(0)] == REDETECT).any()

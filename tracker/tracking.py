@@ -612,7 +612,7 @@ class PointTracker:
         rc = self.reacquire_config
         ids = active.numpy()
         lost_for = state.lost[active].numpy() if state.lost is not None else np.zeros(len(ids), np.int64)
-        wxy, predicted, back = reacquire_lost(
+        wxy, predicted, back, dropped = reacquire_lost(
             sightings,
             t,
             gray,
@@ -625,10 +625,11 @@ class PointTracker:
             (lambda c: c.ncc_window or c.window)(scaled(self.refine_config, gray)),
             rc,
         )
-        if not predicted.any():
+        if not (predicted.any() or dropped.any()):
             return found_uv, act_xy, act_score, act_decision
         scale = gray.shape[0] / g.frame_h
         act_xy, act_decision, act_score = act_xy.clone(), act_decision.clone(), act_score.clone()
+        act_decision[torch.from_numpy(dropped)] = OCCLUDED
         moved = torch.from_numpy(np.flatnonzero(predicted))
         act_xy[moved] = (torch.from_numpy(wxy[predicted]) + 0.5) / scale - 0.5
         found_uv = found_uv.clone()
