@@ -254,3 +254,43 @@ def test_ctrl_c_with_the_overlay_keeps_finished_tracks_and_video(tmp_path: Path)
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == tracked  # every tracked frame drawn, none half-written
     cap.release()
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_the_mask_path_leaves_the_decode_thread_a_core(clip: Path, tmp_path: Path, monkeypatch):
+    """On a CPU `track --mask` propagates with one torch thread fewer, as the points do (the decode thread gets a
+    core; on 2 busy cores 2 torch threads ran DAVIS dog 5x slower than 1), and gives the thread back after."""
+    import contextlib
+    import io
+
+    import torch
+
+    from tracker import propagation
+    from tracker.apps.cli import main
+
+    seen: list[int] = []
+    original = propagation.MaskPropagator.propagate
+
+    def propagate(self, *args, **kwargs):
+        for result in original(self, *args, **kwargs):
+            seen.append(torch.get_num_threads())
+            yield result
+
+    monkeypatch.setattr(propagation.MaskPropagator, "propagate", propagate)
+    mask = np.zeros(SIZE, np.uint8)
+    mask[20:40, 30:60] = 1
+    cv2.imwrite(str(tmp_path / "mask.png"), mask)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            code = main(
+                [str(clip / "clip.mp4"), "--mask", str(tmp_path / "mask.png"), "--model", "sift", "--device", "cpu",
+                 "--no-video", "--out-masks", str(tmp_path / "masks"), "--no-progress", "--batch", "4"]
+            )  # fmt: skip
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err.getvalue()
+    assert seen == [1] * 20 and after == 2
+    assert len(list((tmp_path / "masks").glob("*.png"))) == 20
