@@ -18,8 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _helpers import signal_after_progress
 
 from tracker.synthetic import moving_objects, write_video
 
@@ -344,17 +343,6 @@ def test_inline_points_grid_legend_and_the_lines_said(clips: Path, tmp_path: Pat
 # --------------------------------------------------------------------------- Ctrl-C
 
 
-def _restore_sigint() -> None:
-    """Python only turns SIGINT into KeyboardInterrupt when it is not inherited as ignored (nohup, `&`)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _drain(fd: int, into: list[bytes]) -> None:
-    """Collect a pipe's bytes as they come (tqdm writes its progress with \\r, no newlines)."""
-    while chunk := os.read(fd, 4096):
-        into.append(chunk)
-
-
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize(
     "sig,exit_code,said",
@@ -378,38 +366,7 @@ def test_ctrl_c_and_sigterm_keep_finished_frames(tmp_path: Path, sig, exit_code:
         "t.csv",
         "--no-video",
     ]  # with the progress bar: it tells when frames are done
-    proc = subprocess.Popen(
-        argv,
-        cwd=tmp_path,
-        env=_env(tmp_path / "cache"),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        preexec_fn=_restore_sigint,
-    )
-    chunks: list[bytes] = []
-    reader = threading.Thread(target=_drain, args=(proc.stderr.fileno(), chunks))
-    reader.start()
-    try:
-        deadline, done = time.monotonic() + TIMEOUT, 0
-        while proc.poll() is None and time.monotonic() < deadline:
-            counts = re.findall(rb"(\d+)/%d \[" % frames, b"".join(list(chunks)))
-            done = int(counts[-1]) if counts else 0
-            if done >= 1:
-                break
-            time.sleep(0.02)
-        progress = b"".join(chunks).decode(errors="replace")
-        assert proc.poll() is None, f"finished before the signal; make the clip longer\n{progress}"
-        assert done >= 1, "no frame tracked in time"
-        proc.send_signal(sig)
-        code = proc.wait(TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        reader.join()
-        proc.stderr.close()
-    stderr = b"".join(chunks).decode(errors="replace")
+    code, stderr = signal_after_progress(argv, tmp_path, _env(tmp_path / "cache"), frames, sig, timeout=TIMEOUT)
     assert code == exit_code, f"exit {code}\n{stderr}"
     assert "Traceback" not in stderr, stderr
     assert said in stderr, stderr

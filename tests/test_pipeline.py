@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from _helpers import signal_after_progress
 
 from tracker import PointTracker, create_featurizer, default_match_config
 from tracker.io.formats import read_points
@@ -216,35 +216,7 @@ def test_ctrl_c_with_the_overlay_keeps_finished_tracks_and_video(tmp_path: Path)
     env = dict(os.environ, PYTHONPATH=str(REPO), TRACKER_CACHE=str(tmp_path / "cache"), HF_HUB_OFFLINE="1")
     argv = [sys.executable, "-m", "tracker.apps.cli", "long.mp4", "--points", "points.json", "--model", "sift",
             "--batch", "2", "--out-tracks", "t.json", "--out-video", "o.mp4"]  # fmt: skip
-    proc = subprocess.Popen(
-        argv,
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    chunks: list[bytes] = []
-    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(proc.stderr.fileno(), 4096), b"")))
-    reader.start()
-    try:
-        deadline = time.monotonic() + 180
-        while proc.poll() is None and time.monotonic() < deadline:
-            counts = re.findall(rb"(\d+)/%d \[" % frames, b"".join(list(chunks)))
-            if counts and int(counts[-1]) >= 4:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, b"".join(chunks).decode(errors="replace")
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        reader.join()
-        proc.stderr.close()
-    stderr = b"".join(chunks).decode(errors="replace")
+    code, stderr = signal_after_progress(argv, tmp_path, env, frames, signal.SIGINT, after=4)
     assert code == 130 and "Traceback" not in stderr and "track: interrupted" in stderr, stderr
     got = json.loads((tmp_path / "t.json").read_text())
     tracked = got["num_frames_tracked"]
