@@ -239,7 +239,7 @@ def test_dhf_full_variant_mixes_11_timesteps_of_50():
 # --------------------------------------------------------------------------- the real loading path
 
 
-def tiny_sd_folder(folder):
+def tiny_sd_folder(folder, base="sd-2.1", text_width=16):
     """A diffusers SD pipeline folder (UNet, VAE, CLIP text encoder and tokenizer, scheduler), tiny widths."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -252,7 +252,7 @@ def tiny_sd_folder(folder):
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
     text = CLIPTextModel(
         CLIPTextConfig(
-            hidden_size=16,
+            hidden_size=text_width,
             intermediate_size=32,
             num_hidden_layers=1,
             num_attention_heads=2,
@@ -263,9 +263,10 @@ def tiny_sd_folder(folder):
             pad_token_id=vocab["<|endoftext|>"],
         )  # fmt: skip
     )
-    unet_cfg, vae_cfg = D.ARCHITECTURES["sd-2.1"]
+    unet_cfg, vae_cfg = D.ARCHITECTURES[base]
     torch.manual_seed(5)
-    UNet2DConditionModel(**{**unet_cfg, **TINY_UNET}).save_pretrained(folder / "pipe" / "unet")
+    unet_tiny = {**TINY_UNET, "cross_attention_dim": text_width}
+    UNet2DConditionModel(**{**unet_cfg, **unet_tiny}).save_pretrained(folder / "pipe" / "unet")
     AutoencoderKL(**{**vae_cfg, **TINY_VAE}).save_pretrained(folder / "pipe" / "vae")
     tokenizer.save_pretrained(folder / "pipe" / "tokenizer")
     text.save_pretrained(folder / "pipe" / "text_encoder")
@@ -306,6 +307,75 @@ def test_local_diffusers_folder_and_authors_checkpoint_load(tmp_path, monkeypatc
     assert "\n" not in str(err.value) and "stabilityai/stable-diffusion-2-1" in str(err.value)
 
 
+# --------------------------------------------------------------------------- dhf-sd21: the SD-2.1 network
+
+# The config of the authors' SDv2-1 run as their configs/train.yaml spells it (the all-steps block, SDv2-1 model_id);
+# the released file's own config is not available here.
+SDV2_1_CONFIG = {
+    "model_id": "stabilityai/stable-diffusion-2-1-base", "save_timestep": [49, 45, 40, 35, 30, 25, 20, 15, 10, 5, 0],
+    "num_timesteps": 50, "projection_dim": 384, "flip_timesteps": False, "diffusion_mode": "inversion",
+    "output_resolution": 64, "load_resolution": 512, "prompt": "", "negative_prompt": "", "guidance_scale": -1,
+    "batch_size": 2, "lr": 1e-3, "pck_threshold": 0.1,
+}  # fmt: skip
+
+
+def test_dhf_sd21_builds_sd21_base_at_512_with_the_openclip_width():
+    unet = {**TINY_UNET, "cross_attention_dim": 1024}
+    f = create_featurizer("dhf-sd21", (90, 120), weights="random", unet=unet, vae=dict(TINY_VAE))
+    assert f.input_hw == (512, 512) and f.grid_hw == (64, 64) and f.stride == 8  # the authors' load / output size
+    cfg = f.unet.config
+    assert cfg.cross_attention_dim == 1024 and f.prompt.shape == (1, 77, 1024)  # SD-2's OpenCLIP-H text width
+    assert cfg.use_linear_projection and not cfg.upcast_attention  # 2-1-base's unet/config.json; 2-1 upcasts
+    assert D.ARCHITECTURES["sd-2.1-base"][0]["sample_size"] == 64 != D.ARCHITECTURES["sd-2.1"][0]["sample_size"]
+    assert f.config == D.DhfConfig() and f.aggregation.mixing_weights.shape == (8 * 11,)
+
+
+def test_dhf_sd21_default_sources_are_the_sdv2_1_network_and_2_1_base(monkeypatch, tmp_path):
+    asked = []
+
+    def fetch(source, **kw):
+        asked.append(source)
+        path = tmp_path / "agg.pt"
+        torch.save({"config": SDV2_1_CONFIG, "aggregation_network": {"mixing_weights": torch.zeros(1)}}, path)
+        return path
+
+    def pipeline(source, prompt=""):
+        asked.append(source)
+        raise WeightsUnavailable(f"cannot load {source}")
+
+    monkeypatch.setattr(W, "fetch", fetch)
+    monkeypatch.setattr(D, "load_pipeline", pipeline)
+    with pytest.raises(WeightsUnavailable, match="stabilityai/stable-diffusion-2-1-base"):
+        create_featurizer("dhf-sd21", (90, 120), size="64")
+    hub = asked[0]
+    assert (hub.hub_id, hub.filename) == ("g-luo/diffusion-hyperfeatures", "weights/aggregation_network_sdv2-1.pt")
+    assert asked[1] == "stabilityai/stable-diffusion-2-1-base"  # the small file first, then the pipeline
+
+
+def test_dhf_sd21_loads_an_sdv2_1_checkpoint_strictly_and_refuses_the_other_base(tmp_path):
+    source, _, _ = tiny_sd_folder(tmp_path / "sd", base="sd-2.1-base", text_width=24)
+    dims = [16, 16, 16, 16, 8, 8, 8, 8]  # tiny widths (8, 8, 16, 16), reversed up the decoder, 2 resnets each
+    state = authors_layout(dims, 11, 384, seed=2)
+    torch.save({"config": SDV2_1_CONFIG, "aggregation_network": state, "step": 5000}, tmp_path / "sdv2-1.pt")
+    f = create_featurizer("dhf-sd21", (90, 120), size="64", weights=f"{source},{tmp_path}/sdv2-1.pt")
+    assert f.unet.config.cross_attention_dim == 24 and not f.unet.config.upcast_attention
+    assert f.config == D.DhfConfig(num_timesteps=50, save_timestep=tuple(SDV2_1_CONFIG["save_timestep"]))
+    loaded = f.aggregation.state_dict()
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], v) for k, v in state.items())
+    out = f(FRAMES[:1])  # the 50-step inversion on the tiny SD-2.1-base UNet
+    assert out.shape == (1, 384, 8, 8) and torch.isfinite(out).all()
+    with pytest.raises(TrackerError, match=r"trained on stabilityai/stable-diffusion-2-1-base .*use --model dhf-sd21"):
+        create_featurizer("dhf", (90, 120), size="64", weights=f"{source},{tmp_path}/sdv2-1.pt")
+    sd15 = {**SDV2_1_CONFIG, "model_id": "runwayml/stable-diffusion-v1-5"}
+    torch.save({"config": sd15, "aggregation_network": state}, tmp_path / "sd15.pt")
+    with pytest.raises(TrackerError, match="use --model dhf or dhf-one-step") as err:
+        create_featurizer("dhf-sd21", (90, 120), size="64", weights=f"{source},{tmp_path}/sd15.pt")
+    assert "\n" not in str(err.value)
+    with pytest.raises(TrackerError, match="does not fit"):  # a one-step network: 8 mixing weights, not 88
+        torch.save({"config": SDV2_1_CONFIG, "aggregation_network": authors_layout(dims, 1)}, tmp_path / "one.pt")
+        create_featurizer("dhf-sd21", (90, 120), size="64", weights=f"{source},{tmp_path}/one.pt")
+
+
 # --------------------------------------------------------------------------- end to end through `track`
 
 
@@ -327,7 +397,7 @@ def _check_tracks(path, model, grid):
     assert meta["model"] == model and meta["grid_size"] == grid
 
 
-@pytest.mark.parametrize("model", ["dift", "dhf-one-step", "dhf"])
+@pytest.mark.parametrize("model", ["dift", "dhf-one-step", "dhf", "dhf-sd21"])
 def test_diffusion_models_end_to_end_through_track(model, clip, tmp_path, monkeypatch, capsys):
     from tracker.apps import cli
 

@@ -6,9 +6,10 @@
   48x48 grid at the authors' 768x768). This is repeated for an ensemble of 8 noise draws (latent sample and added
   noise) and the maps are averaged. The draws are fixed (a seeded generator), so the same frame gives the same
   features; the authors draw fresh noise per call.
-- ``dhf`` / ``dhf-one-step`` (Luo et al., NeurIPS 2023; github diffusion-hyperfeatures/diffusion_hyperfeatures
-  ``archs/``): the SD-1.5 latent (a sample) is DDIM-inverted with the empty prompt and no guidance (50 steps, or
-  1 for one-step); at each saved step index (``{49, 45, 40, ..., 5, 0}``, or ``{0}``) the residual branch of every
+- ``dhf`` / ``dhf-one-step`` / ``dhf-sd21`` (Luo et al., NeurIPS 2023; github
+  diffusion-hyperfeatures/diffusion_hyperfeatures ``archs/``): the SD-1.5 latent (SD-2.1-base's for ``dhf-sd21``,
+  a sample) is DDIM-inverted with the empty prompt and no guidance (50 steps, or 1 for one-step; a checkpoint's
+  config decides); at each saved step index (``{49, 45, 40, ..., 5, 0}``, or ``{0}``) the residual branch of every
   up-block resnet (``conv2``'s output, before the skip is added: 12 maps for SD, 1280 x6, 640 x3, 320 x3 channels)
   is resized bilinearly to the latent grid (64x64 at 512) and fed to the released aggregation network: per layer a
   detectron2 bottleneck block (GroupNorm 32) to 384 channels, shared over timesteps, mixed with
@@ -43,7 +44,9 @@ from tracker.errors import TrackerError, WeightsUnavailable
 from tracker.featurizers import Featurizer, to_input_size
 
 # The architecture fields of the released configs (diffusers names); SD-2.1 = stabilityai/stable-diffusion-2-1
-# (768 px, v-prediction), SD-1.5 = stable-diffusion-v1-5/stable-diffusion-v1-5. The VAE is the same for both.
+# (768 px, v-prediction), SD-2.1-base = stabilityai/stable-diffusion-2-1-base (512 px, epsilon-prediction: the same
+# UNet layout, sample size 64, attention not upcast), SD-1.5 = stable-diffusion-v1-5/stable-diffusion-v1-5. The VAE
+# is the same for all.
 _SD_VAE = dict(
     block_out_channels=(128, 256, 512, 512),
     down_block_types=("DownEncoderBlock2D",) * 4,
@@ -55,21 +58,20 @@ _SD_VAE = dict(
 )
 _SD_DOWN = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
 _SD_UP = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
+_SD21_UNET = dict(
+    sample_size=96,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=_SD_DOWN,
+    up_block_types=_SD_UP,
+    layers_per_block=2,
+    attention_head_dim=(5, 10, 20, 20),
+    cross_attention_dim=1024,
+    use_linear_projection=True,
+    upcast_attention=True,
+)
 ARCHITECTURES: dict[str, tuple[dict, dict]] = {
-    "sd-2.1": (
-        dict(
-            sample_size=96,
-            block_out_channels=(320, 640, 1280, 1280),
-            down_block_types=_SD_DOWN,
-            up_block_types=_SD_UP,
-            layers_per_block=2,
-            attention_head_dim=(5, 10, 20, 20),
-            cross_attention_dim=1024,
-            use_linear_projection=True,
-            upcast_attention=True,
-        ),
-        _SD_VAE,
-    ),
+    "sd-2.1": (_SD21_UNET, _SD_VAE),
+    "sd-2.1-base": ({**_SD21_UNET, "sample_size": 64, "upcast_attention": False}, _SD_VAE),
     "sd-1.5": (
         dict(
             sample_size=64,
@@ -105,9 +107,23 @@ class DhfConfig:
     seed: int = 0
 
 
-DHF_VARIANTS = {"dhf": DhfConfig(), "dhf-one-step": DhfConfig(num_timesteps=1, save_timestep=(0,))}
-BASE_OF = {"dift": "sd-2.1", "dhf": "sd-1.5", "dhf-one-step": "sd-1.5"}
-DEFAULT_SIZES = {"dift": "768", "dhf": "512", "dhf-one-step": "512"}  # the authors' input sizes
+# ``dhf-sd21``: the authors' aggregation_network_sdv2-1.pt, trained on SD-2.1-base at 512 (their configs/train.yaml
+# names ``stabilityai/stable-diffusion-2-1-base`` as the SDv2-1 model_id); the checkpoint's config gives its steps.
+DHF_VARIANTS = {
+    "dhf": DhfConfig(),
+    "dhf-one-step": DhfConfig(num_timesteps=1, save_timestep=(0,)),
+    "dhf-sd21": DhfConfig(),
+}
+BASE_OF = {"dift": "sd-2.1", "dhf": "sd-1.5", "dhf-one-step": "sd-1.5", "dhf-sd21": "sd-2.1-base"}
+DEFAULT_SIZES = {"dift": "768", "dhf": "512", "dhf-one-step": "512", "dhf-sd21": "512"}  # the authors' input sizes
+# The ``model_id`` a DHF checkpoint's config may name -> the base it was trained on (runwayml's id is the one the
+# authors' train.yaml has; their init_models maps it to the mirror).
+TRAINED_ON = {
+    "runwayml/stable-diffusion-v1-5": "sd-1.5",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd-1.5",
+    "stabilityai/stable-diffusion-2-1-base": "sd-2.1-base",
+    "stabilityai/stable-diffusion-2-1": "sd-2.1",
+}
 
 
 def _import(module: str):
@@ -490,7 +506,9 @@ def load_pipeline(source: str, prompt: str = "") -> tuple[nn.Module, nn.Module, 
 def read_aggregation(path: Path, variant: str) -> tuple[dict[str, Tensor], DhfConfig]:
     """An aggregation-network checkpoint: the authors' ``{"config", "aggregation_network", ...}`` file (their
     ``save_model``; read with ``weights_only=True``) or a bare state dict; the config's ``save_timestep``,
-    ``num_timesteps``, ``projection_dim`` and ``flip_timesteps`` override the variant's defaults."""
+    ``num_timesteps``, ``projection_dim`` and ``flip_timesteps`` override the variant's defaults, and a
+    ``model_id`` of another Stable Diffusion than the variant's is refused in one line (SD-1.5 and SD-2.1 have
+    the same up-block widths, so the strict load alone would not notice)."""
     path = Path(path)
     if not path.is_file():
         raise TrackerError(f"weights file not found: {path}")
@@ -502,6 +520,14 @@ def read_aggregation(path: Path, variant: str) -> tuple[dict[str, Tensor], DhfCo
     if isinstance(ckpt, dict) and isinstance(ckpt.get("aggregation_network"), dict):
         meta = ckpt.get("config") or {}
         ckpt = ckpt["aggregation_network"]
+        trained = TRAINED_ON.get(str(meta.get("model_id", "")))
+        if trained is not None and trained != BASE_OF[variant]:
+            fits = [n for n, b in BASE_OF.items() if b == trained and n != "dift"]
+            use = f"use --model {' or '.join(fits)}" if fits else "no DHF model here runs that UNet"
+            raise TrackerError(
+                f"{path.name} was trained on {meta['model_id']} ({trained}), but {variant} runs {BASE_OF[variant]}: "
+                f"{use}"
+            )
         save = list(meta.get("save_timestep", config.save_timestep))
         if meta.get("flip_timesteps", False):
             save = save[::-1]
@@ -536,7 +562,7 @@ def create_diffusion_featurizer(
     device: str | torch.device = "cpu",
     **overrides,
 ) -> Featurizer:
-    """Build ``dift``, ``dhf`` or ``dhf-one-step`` at ``input_hw`` (see the module docstring for ``weights``).
+    """Build ``dift``, ``dhf``, ``dhf-one-step`` or ``dhf-sd21`` at ``input_hw`` (the module docstring: ``weights``).
 
     Raises:
         TrackerError / WeightsUnavailable: one line (missing extra, weights not found or not fitting, bad size).

@@ -195,13 +195,16 @@ MODELS: dict[str, ModelSpec] = {
 # text encoder and tokenizer are read from it; the Hugging Face cache), and DHF's released aggregation networks
 # (g-luo/diffusion-hyperfeatures, the files of the authors' download_weights.sh). runwayml/stable-diffusion-v1-5
 # was taken down; stable-diffusion-v1-5/stable-diffusion-v1-5 is the mirror the DHF authors' code itself maps it to.
+# sd-2.1-base (512 px, epsilon) is the SDv2-1 model_id of the DHF authors' configs/train.yaml (dhf-sd21).
 DIFFUSION_PIPELINES = {
     "sd-2.1": "stabilityai/stable-diffusion-2-1",
+    "sd-2.1-base": "stabilityai/stable-diffusion-2-1-base",
     "sd-1.5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
 }
 DHF_AGGREGATION = {
     "dhf": Source("g-luo/diffusion-hyperfeatures", (), "weights/aggregation_network.pt"),
     "dhf-one-step": Source("g-luo/diffusion-hyperfeatures", (), "weights/aggregation_network_one-step.pt"),
+    "dhf-sd21": Source("g-luo/diffusion-hyperfeatures", (), "weights/aggregation_network_sdv2-1.pt"),
 }
 
 
