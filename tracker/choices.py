@@ -7,12 +7,8 @@ their meaning is documented; :mod:`tracker.weights` holds each ViT model's sourc
 
 VIT_MODELS = ("distilldift", "distilldift-ws", "distilldift-s", "dinov2-b", "dinov2-s")
 DINOV3_MODELS = ("dinov3-s", "dinov3-b")  # patch 16, through timm (tracker.dinov3)
-DIFFUSION_MODELS = (
-    "dift",
-    "dhf",
-    "dhf-one-step",
-    "dhf-sd21",
-)  # Stable Diffusion UNet features (tracker.diffusion_features)
+# Stable Diffusion UNet features (tracker.diffusion_features)
+DIFFUSION_MODELS = ("dift", "dhf", "dhf-one-step", "dhf-sd21")
 POINT_ONLY_MODELS = ("hedlin",)  # no feature grid: `track --points` only (tracker.hedlin_tracker)
 MODEL_NAMES = ("auto", *VIT_MODELS, *DINOV3_MODELS, *DIFFUSION_MODELS, "sift", *POINT_ONLY_MODELS)  # ``--model``
 POINT_REFINE_MODES = ("lk", "none")  # ``track --refine``: tracker.tracking.REFINE_MODES; the first is the default
