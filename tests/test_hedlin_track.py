@@ -141,3 +141,10 @@ def test_building_the_tracker_logs_nothing_and_keeps_diffusers_verbosity(tiny):
         logger.removeHandler(handler)
     assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []
     assert dlog.get_verbosity() == before
+
+
+def test_the_backend_names_the_precision_as_given(tiny, clip, tmp_path, capsys):
+    out = tmp_path / "t.json"
+    assert _track(clip, out, "--points", str(clip / "points.json"), "--precision", "bf16") == 0
+    assert "torch bf16" in capsys.readouterr().err
+    assert json.loads(out.read_text())["backend"] == "torch bf16"

@@ -261,5 +261,6 @@ def tracker_for_cli(args, frame_hw: tuple[int, int], device: str) -> tuple[str, 
         device=device,
         precision=args.precision,
     )
-    dtype = str(next(tracker.matcher.unet.parameters()).dtype).removeprefix("torch.").replace("float", "fp")
+    names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}  # --precision's names
+    dtype = names[next(tracker.matcher.unet.parameters()).dtype]
     return "hedlin", tracker, f"torch {dtype}", tracker.config
