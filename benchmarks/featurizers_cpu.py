@@ -38,6 +38,7 @@ ARCHITECTURE = {
     "dift": "SD-2.1 VAE encoder + UNet to up_blocks[1], ensemble 8",
     "dhf": "SD-1.5 VAE encoder + UNet x 50 (DDIM inversion) + aggregation x 11",
     "dhf-one-step": "SD-1.5 VAE encoder + UNet x 1 + aggregation",
+    "dhf-sd21": "SD-2.1-base VAE encoder + UNet x 50 (DDIM inversion) + aggregation x 11",
     "sift": "OpenCV SIFT descriptors (no weights)",
     "hedlin": "SD-1.4/1.5 VAE encoder + UNet (860 M) per crop",
 }
