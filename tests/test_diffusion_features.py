@@ -431,7 +431,7 @@ def test_missing_extra_and_missing_aggregation_file_are_one_line(monkeypatch, tm
     with pytest.raises(TrackerError, match="at most one diffusers folder"):
         create_featurizer("dift", (90, 120), size="64", weights=f"{tmp_path},{tmp_path / 'a.pt'}")
     monkeypatch.setattr(D, "_hub_reachable", lambda timeout=5.0: pytest.fail("a missing folder is not a hub id"))
-    for missing in (str(tmp_path / "no_such_folder"), "./sd21", "sd21"):  # not "org/name": a folder, not found
+    for missing in (str(tmp_path / "no_such_folder"), "./sd21", "sd21", "missing/"):  # not "org/name": a folder
         with pytest.raises(TrackerError, match="--weights: folder not found: "):
             create_featurizer("dift", (90, 120), size="64", weights=missing)
     assert not D._looks_local("stabilityai/stable-diffusion-2-1")

@@ -582,7 +582,8 @@ def create_diffusion_featurizer(
         if len(folders) > 1 or len(agg_files) > 1 or (name == "dift" and agg_files):
             what = "one diffusers folder" + (" and one aggregation network .pt" if name != "dift" else "")
             raise TrackerError(f"--weights for {name}: at most {what}")
-        if folders and _looks_local(folders[0]) and not Path(folders[0]).expanduser().exists():
+        local = folders and (_looks_local(folders[0]) or folders[0].endswith("/"))  # "name/": a folder, not org/name
+        if local and not Path(folders[0]).expanduser().exists():
             raise TrackerError(f"--weights: folder not found: {folders[0]} (a diffusers pipeline folder)")
         if name != "dift":  # the small file first: no multi-GB pipeline load before a missing file is reported
             path = Path(agg_files[0]) if agg_files else W.fetch(W.DHF_AGGREGATION[name])
