@@ -35,7 +35,25 @@ from tracker.io.ring import Batches, BatchRing
 _POLL_S = 0.05  # how often a blocked thread looks at the stop flag
 
 
-class Prefetcher:
+class _DecodeThread:
+    """What :class:`Prefetcher` and :class:`BatchPrefetcher` share: a producer thread (``_thread``, stopped by
+    ``_stop``) filling ``_queue`` from ``source`` through ``_iterator``."""
+
+    def close(self) -> None:
+        """Stop and join the producer, drop what it decoded ahead, close the source; idempotent."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        if self._iterator is not None and hasattr(self._iterator, "close"):
+            self._iterator.close()  # a suspended generator: its cleanup runs here, in this thread
+        self._iterator = None
+        if hasattr(self.source, "close"):
+            self.source.close()
+
+
+class Prefetcher(_DecodeThread):
     """Iterates ``source`` with its items produced ahead by a daemon thread (at most ``depth`` waiting).
 
     The producer starts on the first ``iter()``. When ``source`` raises, the items produced before come out first,
@@ -97,19 +115,6 @@ class Prefetcher:
             except queue.Full:
                 continue
         return False
-
-    def close(self) -> None:
-        """Stop and join the producer, drop what it decoded ahead, close the source; idempotent."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        if self._iterator is not None and hasattr(self._iterator, "close"):
-            self._iterator.close()  # a suspended generator: its cleanup runs here, in this thread
-        self._iterator = None
-        if hasattr(self.source, "close"):
-            self.source.close()
 
 
 class Sink:
@@ -206,7 +211,7 @@ class _Stopped(Exception):
     """Raised in the producer when :meth:`BatchPrefetcher.close` asked it to stop while it waited for a slot."""
 
 
-class BatchPrefetcher(Batches):
+class BatchPrefetcher(_DecodeThread, Batches):
     """Iterates ``source``'s frames as ``[n, H, W, 3]`` batches decoded ahead by a daemon thread straight into a
     ring of ``slots`` reused ``[batch_size, H, W, 3]`` buffers (``n == batch_size`` but for the last batch).
 
@@ -325,16 +330,3 @@ class BatchPrefetcher(Batches):
         tail = self.ring.flush()
         if tail is not None:
             self._queue.put(("batch", slot, tail))
-
-    def close(self) -> None:
-        """Stop and join the producer, drop what it decoded ahead, close the source; idempotent."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        if self._iterator is not None and hasattr(self._iterator, "close"):
-            self._iterator.close()  # a suspended generator: its cleanup runs here, in this thread
-        self._iterator = None
-        if hasattr(self.source, "close"):
-            self.source.close()
