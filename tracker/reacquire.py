@@ -26,11 +26,14 @@ badja``): synthetic benchmark (seeds 0, 1) AJ 0.427 (0.399), <delta_avg 0.562 (0
 re-acquired within 3 frames 0.147 (0.147); on its coarse 14 px grid AJ 0.286 (0.276), mean error of the visible
 points 1.61 cells (1.71); BADJA mean PCK@0.2 0.507 (0.504); a disc turning behind a bar
 (tests/test_reacquire.py, ``sigma`` 0.15) 23 of 28 reappearances re-acquired within 3 frames (0), hidden points
-judged visible 7-10% (9-12%). ``sigma`` (BADJA / synthetic AJ, without :func:`drifted`, patches taken at the loss):
+judged visible 7-11% (9-12%). ``sigma`` (BADJA / synthetic AJ, without :func:`drifted`, patches taken at the loss):
 0.05 0.507 / 0.428, 0.06 0.507 / 0.429, 0.08 0.496 / 0.432, 0.1 0.465 / 0.428, 0.12 0.437 / -: articulated animals
-want a small neighbourhood. Appearances taken at the loss itself were found on the occluder (the disc behind a
-bar: hidden points judged visible 35% against 12%); ``drift`` 0.02, 0.03 and 0.05 measured the same; templates
-2 and 2.5 x the window lowered the synthetic AJ (0.418, 0.414: they straddle the object's edge).
+want a small neighbourhood. One round instead of two, or ``every`` 3, scored the same on both benchmarks (AJ
+0.431 / 0.507) but brought back 16 and 9 of the disc's 28 points (23 and 23 with both). Appearances taken at the
+loss itself were found on the occluder (the disc: hidden points judged visible 35% against 12%); ``drift`` 0.02,
+0.03 and 0.05 measured the same; templates 2 and 2.5 x the window lowered the synthetic AJ (0.418, 0.414: they
+straddle the object's edge). Cost at 720p with 256 points (sift): about 6.5 ms a frame, 15% of ``track``'s
+frames/s (23.8 -> 20.4 in one alternated run).
 
 The memory is flat in video length: per point two patches and where/when they were taken, and a ring of every
 point's positions over the last ``history`` frames. Everything is in the pixels of the local track's working
@@ -65,7 +68,8 @@ class ReacquireConfig:
             correlation wins.
         neighbours: the similarity is fitted to the (at most) this many neighbours of largest weight.
         patience, every: a point lost for at least ``patience`` frames is looked for on every ``every``-th frame
-            only (the cost stays bounded when many points are gone for long).
+            only, and the followed points are checked for drift (:func:`drifted`) on those frames only (the cost
+            stays bounded when many points are gone for long).
         template: template side, a multiple of the local track's NCC window.
         refresh: frames between a point's appearance refreshes (:class:`Sightings`).
         drift: a followed point farther than this share of the frame's long side from where its query frame's
@@ -263,11 +267,11 @@ def predict(
     Returns:
         ``(xy [L, 2], m [L, 2, 2], good [L] bool)``: good where the support and the scale change are plausible.
     """
+    near = _nearest(np.nan_to_num(weight, nan=0.0), config.neighbours)  # the strongest only: cheaper, as local
+    src, dst = (np.take_along_axis(a, near[..., None], 1) for a in (src, dst))
+    weight = np.take_along_axis(weight, near, 1)
     valid = np.isfinite(src).all(-1) & np.isfinite(dst).all(-1) & (weight > 1e-6)
     weight = np.where(valid, weight, 0.0)
-    near = _nearest(weight, config.neighbours)  # the strongest neighbours only: cheaper, and as local
-    src, dst = (np.take_along_axis(a, near[..., None], 1) for a in (src, dst))
-    weight, valid = (np.take_along_axis(a, near, 1) for a in (weight, valid))
     src = np.where(valid[..., None], src, 0.0)
     dst = np.where(valid[..., None], dst, 0.0)
     fit, b, support = fit_similarity(src, dst, weight, config.robust_px)
@@ -510,7 +514,7 @@ def reacquire_lost(
     query_xy, query_frame, query_gray = queries
     xy = np.array(xy, np.float32)
     seen = followed.copy()
-    if config.drift is not None and followed.sum() >= 3:  # followed, but not where its object went
+    if config.drift is not None and followed.sum() >= 3 and t % config.every == 0:  # followed, not with its object
         off = np.flatnonzero(followed)[
             drifted(ids[followed], xy[followed], query_xy, query_frame, max(gray.shape), config)
         ]
