@@ -39,6 +39,11 @@ class _DecodeThread:
     """What :class:`Prefetcher` and :class:`BatchPrefetcher` share: a producer thread (``_thread``, stopped by
     ``_stop``) filling ``_queue`` from ``source`` through ``_iterator``."""
 
+    def __getattr__(self, name: str) -> Any:  # info, warnings, path ... of the source
+        if name in ("info", "warnings", "path"):
+            return getattr(self.source, name)
+        raise AttributeError(name)
+
     def close(self) -> None:
         """Stop and join the producer, drop what it decoded ahead, close the source; idempotent."""
         self._stop.set()
@@ -77,11 +82,6 @@ class Prefetcher(_DecodeThread):
         self._thread = threading.Thread(target=self._produce, name=name, daemon=True)
         self._iterator: Iterator | None = None
         self._started = False
-
-    def __getattr__(self, name: str) -> Any:  # info, warnings, path ... of the source
-        if name in ("info", "warnings", "path"):
-            return getattr(self.source, name)
-        raise AttributeError(name)
 
     def __iter__(self) -> Iterator:
         if self._started:
@@ -260,11 +260,6 @@ class BatchPrefetcher(_DecodeThread, Batches):
         self._thread = threading.Thread(target=self._produce, name=name, daemon=True)
         self._iterator: Iterator | None = None
         self._started = False
-
-    def __getattr__(self, name: str) -> Any:  # info, warnings, path ... of the source
-        if name in ("info", "warnings", "path"):
-            return getattr(self.source, name)
-        raise AttributeError(name)
 
     def __iter__(self) -> Iterator[Tensor]:
         if self._started:
