@@ -180,6 +180,8 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    if args.batch < 1:
+        p.error("--batch must be at least 1")
     data = Path(args.data)
     badja, davis = data / "badja", data / "davis2016"
     if not (badja / "dog.json").is_file() or not (badja / "horsejump-high.json").is_file() or not davis.is_dir():
@@ -212,6 +214,7 @@ def main() -> int:
         if args.out:
             from tracker.io.atomic import atomic_write
 
+            Path(args.out).mkdir(parents=True, exist_ok=True)
             stem = Path(args.out) / f"badja_reference_{model}"
             atomic_write(stem.with_suffix(".json"), json.dumps(report, indent=1).encode())
             atomic_write(stem.with_suffix(".md"), md.encode())

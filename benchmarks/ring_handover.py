@@ -61,10 +61,13 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--out", default=None, help="folder for ring_handover.json")
     args = p.parse_args()
+    if args.batch < 1 or args.reps < 1 or any(ms < 0 for ms in args.step_ms):
+        p.error("--batch and --reps must be at least 1, --step-ms not negative")
     if not Path(args.video).exists():
         print(f"ring_handover: skipped: no video at {args.video}", file=sys.stderr)
         return 0
-    info = open_video(args.video).info
+    with open_video(args.video) as video:
+        info = video.info
     result = {"video": args.video, "size": [info.width, info.height], "frames": info.num_frames, "batch": args.batch}
     result["runs"] = []
     for step_ms in args.step_ms:
