@@ -530,8 +530,6 @@ def _announce(args: argparse.Namespace, backend: str) -> None:
 def dense_command(args: argparse.Namespace, mode: str) -> int:
     """Masks (``--mask`` / ``--davis-root``), ``--colormap`` or ``--edit`` carried through a video."""
 
-    import torch
-
     from tracker.eval.evaluation import davis_sequence, given_masks
     from tracker.io.drawing import draw_masks, shade_rejected
     from tracker.io.formats import fit_mask, read_mask, write_mask
@@ -640,15 +638,7 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
             drawn = render(frames.pop(corr.frame_index), overlay_image, corr)
             writer.write(shade_rejected(drawn, corr.valid) if mode == "--colormap" else drawn)
 
-    # as the points: on a CPU torch leaves the decode thread a core (dog, sift, 2 cores: 2 torch threads 155-171 s,
-    # 1 thread 30 s; the same masks)
-    threads = torch.get_num_threads()
-    if device == "cpu":
-        torch.set_num_threads(max(1, threads - 1))
-    try:
-        done, status, error, elapsed = _drive(results, handle, batches, writer, args.no_progress)
-    finally:
-        torch.set_num_threads(threads)
+    done, status, error, elapsed = _drive(results, handle, batches, writer, args.no_progress)
     _warn(video.warnings[len(warned) :])
     written = [f"{out_masks}/ ({done} PNGs)"] if out_masks is not None and done else []
     return _finish(
