@@ -155,10 +155,6 @@ class Sightings:
         }
         return Sightings(**grown, ring=np.concatenate([self.ring, fresh.ring], axis=1), ring_frame=self.ring_frame)
 
-    def slot(self, frame: int) -> int | None:
-        k = frame % len(self.ring_frame)
-        return k if self.ring_frame[k] == frame else None
-
 
 def record(s: Sightings, t: int, gray: np.ndarray, seen: np.ndarray, xy: np.ndarray, refresh: int) -> Sightings:
     """Record frame ``t`` (``gray``, its working grey frame): points ``seen [N]`` are at ``xy [N, 2]``. Those whose
@@ -167,9 +163,9 @@ def record(s: Sightings, t: int, gray: np.ndarray, seen: np.ndarray, xy: np.ndar
     k = t % len(s.ring_frame)
     ring[k] = np.where(seen[:, None], xy, np.nan)
     ring_frame[k] = t
-    prev = s.slot(t - 1)
+    prev = _slots(s, np.array([t - 1]))[0]
     velocity = np.full_like(xy, np.nan)
-    if prev is not None:
+    if prev >= 0:
         velocity[seen] = xy[seen] - s.ring[prev][seen]
     due = np.flatnonzero(seen & ((s.fresh_frame < 0) | (t - s.fresh_frame >= refresh)))
     if len(due) == 0:
@@ -439,15 +435,6 @@ def _warped_templates(patch: np.ndarray, m: np.ndarray, side: int) -> np.ndarray
         borderMode=cv2.BORDER_REPLICATE,
     )
     return out.reshape(k, side, side)
-
-
-def forget(s: Sightings, ids: np.ndarray) -> Sightings:
-    """The same with points ``ids`` never seen (e.g. restarted on a new query)."""
-    if len(ids) == 0:
-        return s
-    frame = s.frame.copy()
-    frame[ids] = -1
-    return replace(s, frame=frame)
 
 
 def drifted(
