@@ -33,6 +33,7 @@ from torch import Tensor
 from tracker.errors import TrackerError
 from tracker.featurizers import Featurizer
 from tracker.geometry import GridGeometry, frames_to_tensor
+from tracker.io.ring import batches_of
 from tracker.matching import MatchConfig, sample_descriptors, similarity, window_soft_argmax
 from tracker.tracking import NOT_STARTED, PointTracker, Queries, TrackResult, TrackState
 
@@ -305,43 +306,22 @@ class ReferenceSearch:
         if batch_size < 1:
             raise TrackerError("batch size must be at least 1")
         state: TrackState | None = None
-        pending: list[np.ndarray] = []
-        source = iter(frames)
-        while True:
-            try:
-                frame = next(source)
-            except StopIteration:
-                break
-            except Exception:  # a failing source: what was read is tracked, then the failure goes up
-                if pending:
-                    yield from self._run_batch(state, pending)[0]
-                raise
+        for batch in batches_of(frames, batch_size, self.tracker.featurizer.device):  # as PointTracker.track
             if state is None:
-                state = self.tracker.empty_state(*frame.shape[:2])
-            pending.append(frame)
-            if len(pending) == batch_size:
-                results, state = self._run_batch(state, pending)
-                pending = []
-                yield from results
-        if pending:
-            yield from self._run_batch(state, pending)[0]
+                state = self.tracker.empty_state(*batch.shape[1:3])
+            results, state = self._run_batch(state, batch)
+            yield from results
 
-    def _run_batch(self, state: TrackState, frames: list[np.ndarray]) -> tuple[list[TrackResult], TrackState]:
+    def _run_batch(self, state: TrackState, frames: Tensor) -> tuple[list[TrackResult], TrackState]:
         tracker = self.tracker
-        grids = tracker.featurizer(frames_to_tensor(frames))
+        grids = tracker.featurizer(frames)
         t0 = state.next_frame
         for i, grid in enumerate(grids):
             if self._searching(t0 + i):
                 new = self.search(t0 + i, grid, state.geometry)
                 if len(new):
                     state = tracker.add_queries(state, new)
-        if tracker.refine == "none":
-            out, state = tracker.advance_batch(state, grids)
-        else:
-            out = []
-            for grid, frame in zip(grids, frames, strict=True):
-                state = tracker.advance(state, grid, frame)
-                out.append(state.latest)
+        out, state = tracker.advance_frames(state, grids, frames)
         return [self._full(r) for r in out], state
 
     def _full(self, result: TrackResult) -> TrackResult:

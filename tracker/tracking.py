@@ -303,7 +303,11 @@ class PointTracker:
 
     def _run_batch(self, state: TrackState, frames: Tensor) -> tuple[list[TrackResult], TrackState]:
         """The next ``[B, H, W, 3]`` frames (a ring slot, on the host) through the featurizer and the tracker."""
-        grids = self.featurizer(frames)
+        return self.advance_frames(state, self.featurizer(frames), frames)
+
+    def advance_frames(self, state: TrackState, grids: Tensor, frames: Tensor) -> tuple[list[TrackResult], TrackState]:
+        """The next ``B`` frames given their ``[B, C, h, w]`` grids and ``[B, H, W, 3]`` host pixels: one
+        :meth:`advance_batch` for ``refine=none``, else :meth:`advance` frame by frame."""
         if self.refine == "none":
             return self.advance_batch(state, grids)
         # refine=lk stays per frame: each frame's search prior is predicted from the previous frame's refined
@@ -415,6 +419,7 @@ class PointTracker:
             xy=None,
             velocity=None,
             lost=None,
+            sightings=None,
         )
 
     def advance(self, state: TrackState, features: Tensor, frame: np.ndarray | Tensor | None = None) -> TrackState:

@@ -371,7 +371,7 @@ def track_command(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     if device == "cpu":
         torch.set_num_threads(max(1, threads - 1))
-    batched = search is None and isinstance(tracker, PointTracker)
+    batched = isinstance(tracker, PointTracker)  # hedlin takes frames one at a time
     if batched:  # decoded straight into the ring's [B, H, W, 3] slots in the producer thread, tracked as they come
         frames = _tee(video, writer is not None)
         source = BatchPrefetcher(frames, args.batch, device=featurizer.device)
@@ -387,7 +387,7 @@ def track_command(args: argparse.Namespace) -> int:
             sink.submit(frames.pop(result.frame_index), result)  # raises the drawing thread's failure
 
     results = (
-        search.track(frames, args.batch)
+        search.track(source, args.batch)
         if search is not None
         else tracker.track(source if batched else frames, queries, batch_size=args.batch, state=state)
     )
