@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -158,6 +160,12 @@ class SiftFeaturizer(Featurizer):
     ``stride = padding = 4``, the project's grid convention. (OpenCV's SIFT ``compute`` on a dense keypoint
     grid gave the same kind of descriptor at 40x kornia's cost.)
 
+    On the CPU (uint8 frames) a batch goes through frame by frame, and the luma table a strip of rows at a time:
+    every buffer stays a few MB or less, in cache and on the heap (a whole 720p batch's grey copy and descriptor
+    maps are 26-30 MB each, above :mod:`tracker.allocator`'s 16 MiB threshold: mapped afresh and faulted in page by
+    page every batch). Same floats as the whole batch at once; on 720p batches of 8 (one thread) 16.3 -> 9.3 ms a
+    frame (``benchmarks/results/cpu-2core/track_fps_sift_profile.md``).
+
     Args:
         input_hw: ``(height, width)`` the frame is resized to; multiples of ``stride``.
     """
@@ -165,6 +173,7 @@ class SiftFeaturizer(Featurizer):
     stride = 4
     eps = 1e-10  # kornia's guard in the gradient magnitude and RootSIFT
     clip = 0.2
+    strip_rows = 32  # rows of a frame through the luma table at a time (720p: 480 KB of floats, in cache)
 
     def __init__(self, input_hw: tuple[int, int]):
         super().__init__()
@@ -174,23 +183,33 @@ class SiftFeaturizer(Featurizer):
         self.register_buffer("luma", luma.view(1, 3, 1, 1), persistent=False)
         # uint8 -> weighted channel table: cv2.LUT + a channel sum give the same floats as the torch product sum
         self._luma_lut = (torch.arange(256.0)[:, None] * luma).numpy().reshape(256, 1, 3)
+        self._ones = np.ones((1, 3), np.float32)
         self._tables: dict = {}
 
     @property
     def device(self) -> torch.device:
         return self.luma.device
 
+    def _on_host(self, frames: Tensor) -> bool:
+        """The OpenCV path: uint8 frames on the CPU, featurizer on the CPU."""
+        return self.device.type == "cpu" and frames.device.type == "cpu" and frames.dtype == torch.uint8
+
+    def _gray_into(self, frame: np.ndarray, out: np.ndarray, strip: np.ndarray) -> None:
+        """``[H, W, 3]`` uint8 RGB -> ``out`` ``[H, W]`` float32 luma, ``len(strip)`` rows at a time through the
+        ``[rows, W, 3]`` float32 ``strip`` (the table's per-channel floats, then their sum; OpenCV frees the GIL)."""
+        rows = len(strip)
+        for r in range(0, len(frame), rows):
+            n = min(rows, len(frame) - r)
+            cv2.transform(cv2.LUT(frame[r : r + n], self._luma_lut, dst=strip[:n]), self._ones, dst=out[r : r + n])
+
     def _gray(self, frames: Tensor) -> Tensor:
         """``[B, H, W, 3]`` uint8 RGB -> ``[B, 1, H, W]`` float32 luma in 0..1 on the featurizer's device."""
-        if self.device.type == "cpu" and frames.device.type == "cpu" and frames.dtype == torch.uint8:
-            import cv2
-            import numpy as np
-
+        if self._on_host(frames):  # a fifth of the torch expression's time
             pixels = frames.contiguous().numpy()
             gray = np.empty(pixels.shape[:3], np.float32)
-            ones = np.ones((1, 3), np.float32)
-            for i, frame in enumerate(pixels):  # a fifth of the torch expression's time; OpenCV frees the GIL
-                gray[i] = cv2.transform(cv2.LUT(frame, self._luma_lut), ones)
+            strip = np.empty((min(self.strip_rows, pixels.shape[1]), pixels.shape[2], 3), np.float32)
+            for i, frame in enumerate(pixels):
+                self._gray_into(frame, gray[i], strip)
             return torch.from_numpy(gray)[:, None]
         if frames.device.type == "cpu" and self.device.type == "cuda":
             frames = frames.pin_memory()
@@ -210,8 +229,9 @@ class SiftFeaturizer(Featurizer):
             self._tables[key] = (h, w, cell.flatten().int().to(self.device), weight.to(self.device))
         return self._tables[key]
 
-    def describe(self, gray: Tensor) -> Tensor:
-        """``[B, 1, H, W]`` float grey -> ``[B, 128, h, w]`` unit RootSIFT descriptors (kornia's values)."""
+    def describe(self, gray: Tensor, out: Tensor | None = None) -> Tensor:
+        """``[B, 1, H, W]`` float grey -> ``[B, 128, h, w]`` unit RootSIFT descriptors (kornia's values), written
+        into ``out`` when given (contiguous, that shape)."""
         b, _, height, width = gray.shape
         h, w, cell, weight = self._layout(height, width)
         eps = self.eps
@@ -243,16 +263,40 @@ class SiftFeaturizer(Featurizer):
         total = clipped.sum(1, keepdim=True)
         l1 = total.clamp_min(1e-12)
         square = total / l1 + 128 * eps
-        return torch.addcmul(eps / square, clipped, 1.0 / (l1 * square)).sqrt_()
+        return torch.addcmul(eps / square, clipped, 1.0 / (l1 * square), out=out).sqrt_()
 
     @torch.inference_mode()
     def forward(self, frames: Tensor) -> Tensor:
+        if self._on_host(frames):
+            return self._forward_host(frames)
         gray = self._gray(frames)
         if tuple(gray.shape[-2:]) != self.input_hw:
             gray = F.interpolate(gray, size=self.input_hw, mode="bilinear", align_corners=False, antialias=True)
         desc = self.describe(gray)
         assert desc.shape[-2:] == self.grid_hw, (desc.shape, self.grid_hw)
         return desc
+
+    def _forward_host(self, frames: Tensor) -> Tensor:
+        """:meth:`forward` of uint8 CPU frames, frame by frame (the same floats; see the class docstring)."""
+        pixels = frames.contiguous().numpy()
+        b, height, width, _ = pixels.shape
+        h, w = self.grid_hw
+        out = torch.empty(b, 128, h, w)
+        gray = np.empty((height, width), np.float32)  # reused by every frame of the batch
+        strip = np.empty((min(self.strip_rows, height), width, 3), np.float32)
+        x = torch.from_numpy(gray)[None, None]
+        for i, frame in enumerate(pixels):
+            self._gray_into(frame, gray, strip)
+            if (height, width) != self.input_hw:
+                x = F.interpolate(
+                    torch.from_numpy(gray)[None, None],
+                    size=self.input_hw,
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=True,
+                )
+            self.describe(x, out=out[i : i + 1])
+        return out
 
 
 # --------------------------------------------------------------------------- construction
