@@ -260,6 +260,43 @@ def test_propagate_and_fields_of_prefetched_batches_are_bit_identical(clip):
         assert np.array_equal(a.map_xy, b.map_xy) and np.array_equal(a.valid, b.valid)
 
 
+def test_a_prefetcher_with_a_featurizer_hands_over_its_grids_made_in_the_decode_thread(clip):
+    import threading
+
+    featurizer = create_featurizer("sift", SIZE)
+    threads = []
+
+    def featurize(batch: torch.Tensor) -> torch.Tensor:
+        threads.append(threading.current_thread().name)
+        return featurizer(batch)
+
+    for batch in (3, 4):
+        prefetched = BatchPrefetcher(Frames(clip.frames), batch, featurizer=featurize)
+        pairs = [(frames.clone(), grids) for frames, grids in prefetched.featurized()]
+        assert [len(f) for f, _ in pairs] == [batch] * (11 // batch) + [11 % batch]
+        assert torch.equal(torch.cat([f for f, _ in pairs]), torch.from_numpy(np.stack(clip.frames)))
+        assert all(torch.equal(grids, featurizer(frames)) for frames, grids in pairs)
+        assert set(threads) == {"decode"}
+        prefetched.close()
+    # plain iteration: the batches alone; without a featurizer the pairs carry None
+    assert all(isinstance(b, torch.Tensor) for b in BatchPrefetcher(clip.frames, 4, featurizer=featurize))
+    assert [g for _, g in BatchPrefetcher(clip.frames, 4).featurized()] == [None] * 3
+
+    calls = []
+
+    def failing(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(len(batch))
+        if len(calls) == 3:
+            raise RuntimeError("featurizer failed")
+        return featurizer(batch)
+
+    got = []
+    with pytest.raises(RuntimeError, match="featurizer failed"):  # after the batches before it, in this thread
+        for frames, _ in BatchPrefetcher(clip.frames, 3, featurizer=failing).featurized():
+            got.append(len(frames))
+    assert got == [3, 3]
+
+
 def test_a_failing_source_delivers_the_finished_batches_then_raises(clip):
     frames = _frames(20)
     prefetched = BatchPrefetcher(Frames(frames, fail_at=7), 3)

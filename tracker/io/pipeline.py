@@ -223,6 +223,11 @@ class BatchPrefetcher(_DecodeThread, Batches):
     and, when the consumer asks for the next batch, an event is recorded on its current stream (after the
     featurizer's non-blocking copy from the slot); the producer waits for that event before writing the slot.
 
+    With ``featurizer`` the producer also runs each full batch through it, after the batch's last frame is
+    decoded, and :meth:`featurized` hands out ``(batch, grids)`` pairs: on a CPU the featurizer then runs on the
+    decode thread's core, beside the consumer's work on the previous batch (``PointTracker.track`` takes such a
+    prefetcher's grids when the featurizer is its own). Plain iteration hands out the batches alone.
+
     The producer starts on the first ``iter()``. When ``source`` fails half way, the batches read before come
     out first (the frames of the unfinished batch as a last short one), then the same exception. ``close()``
     stops the producer (it finishes the frame it is reading), joins it, then closes ``source`` when it has a
@@ -236,6 +241,8 @@ class BatchPrefetcher(_DecodeThread, Batches):
             one, but never gets a whole batch ahead).
         device: the device the batches go to (the featurizer's): a CUDA device pins the buffers.
         name: the thread's name.
+        featurizer: optional ``[n, H, W, 3] -> [n, C, h, w]`` callable run on each batch in the producer thread
+            (a CPU featurizer: on CUDA the consumer's stream would not order its work).
 
     Raises:
         ValueError: ``batch_size < 1`` or ``slots < 2``.
@@ -248,8 +255,10 @@ class BatchPrefetcher(_DecodeThread, Batches):
         slots: int = 3,
         device: torch.device | str | None = None,
         name: str = "decode",
+        featurizer: Callable[[Tensor], Tensor] | None = None,
     ):
         self.ring = BatchRing(batch_size, slots=slots, device=device, on_slot=self._claim)
+        self.featurizer = featurizer
         self.source = source
         self.batch_size = batch_size
         self.slots = slots
@@ -262,6 +271,12 @@ class BatchPrefetcher(_DecodeThread, Batches):
         self._started = False
 
     def __iter__(self) -> Iterator[Tensor]:
+        for batch, _ in self.featurized():
+            yield batch
+
+    def featurized(self) -> Iterator[tuple[Tensor, Tensor | None]]:
+        """``(batch, grids)`` pairs: ``grids`` the ``featurizer``'s output for the batch (None without one). The
+        batch follows the reuse rule above; the grids are the consumer's to keep."""
         if self._started:
             raise RuntimeError("a BatchPrefetcher can be iterated once")
         self._started = True
@@ -311,17 +326,23 @@ class BatchPrefetcher(_DecodeThread, Batches):
                 slot = ring.slot
                 batch = ring.add(frame)
                 if batch is not None:
-                    self._queue.put(("batch", slot, batch))
+                    self._queue.put(("batch", slot, self._with_grids(batch)))
             self._flush()
             self._queue.put(("end", None, None))
         except _Stopped:
             return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
-            self._flush()
+            try:
+                self._flush()
+            except BaseException:  # noqa: BLE001 - the featurizer failed on the last frames too: the first is raised
+                pass
             self._queue.put(("error", None, exc))
+
+    def _with_grids(self, batch: Tensor) -> tuple[Tensor, Tensor | None]:
+        return batch, None if self.featurizer is None else self.featurizer(batch)
 
     def _flush(self) -> None:
         slot = self.ring.slot
         tail = self.ring.flush()
         if tail is not None:
-            self._queue.put(("batch", slot, tail))
+            self._queue.put(("batch", slot, self._with_grids(tail)))
