@@ -148,3 +148,19 @@ def test_the_backend_names_the_precision_as_given(tiny, clip, tmp_path, capsys):
     assert _track(clip, out, "--points", str(clip / "points.json"), "--precision", "bf16") == 0
     assert "torch bf16" in capsys.readouterr().err
     assert json.loads(out.read_text())["backend"] == "torch bf16"
+
+
+def test_weights_that_are_not_a_diffusers_folder_say_what_hedlin_takes(clip, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(HT, "_load_unet_vae", lambda *a: pytest.fail("tried to load"))
+    (tmp_path / "empty").mkdir()
+    takes = "hedlin's --weights takes one diffusers folder with unet/ and vae/ (Stable Diffusion v1-4's) or 'random'"
+    for weights, message in (
+        (
+            str(clip / "points.json"),
+            f"--weights {clip / 'points.json'} is a file; {takes} (query points go in --points)",
+        ),
+        (str(tmp_path / "empty"), f"--weights {tmp_path / 'empty'} has no unet/ or vae/; {takes}"),
+        ("a,b", f"--weights a,b: {takes}"),
+    ):
+        assert _track(clip, tmp_path / "t.json", "--points", str(clip / "points.json"), "--weights", weights) == 2
+        assert capsys.readouterr().err == f"track: error: {message}\n"

@@ -84,7 +84,50 @@ def _load_unet_vae(source: str):
     return unet, vae
 
 
-def _input_side(size: str | None, keep_aspect: bool) -> int:
+def weights_source(weights: str | None) -> str | None:
+    """``--weights`` for hedlin -> the diffusers folder or hub id to load (``None`` for ``random``; the authors'
+    ``CompVis/stable-diffusion-v1-4`` when not given). Checked without loading anything or probing the hub.
+
+    Raises:
+        TrackerError: one line saying what hedlin's ``--weights`` takes: a missing local folder, a file (a points
+            file, a ``.pt``), a folder without ``unet/`` and ``vae/``, or more than one path.
+    """
+    from tracker import diffusion_features as D
+
+    if weights == "random":
+        return None
+    parts = [p.strip() for p in (weights or "").split(",") if p.strip()]
+    takes = "hedlin's --weights takes one diffusers folder with unet/ and vae/ (Stable Diffusion v1-4's) or 'random'"
+    if len(parts) > 1:
+        raise TrackerError(f"--weights {weights}: {takes}")
+    if not parts:
+        return PIPELINE
+    given = parts[0]
+    path = Path(given).expanduser()
+    local = D._looks_local(given) or given.endswith("/")  # "name/": a folder, not org/name
+    if local and not path.exists():
+        raise TrackerError(f"--weights: folder not found: {given} (a diffusers folder with unet/, vae/)")
+    if path.is_file():
+        points = " (query points go in --points)" if path.suffix.lower() in (".json", ".csv", ".npz") else ""
+        raise TrackerError(f"--weights {given} is a file; {takes}{points}")
+    if path.is_dir():
+        missing = [part for part in ("unet", "vae") if not (path / part).is_dir()]
+        if missing:
+            raise TrackerError(f"--weights {given} has no {' or '.join(f'{m}/' for m in missing)}; {takes}")
+    return given
+
+
+def pipeline_cached(source: str = PIPELINE) -> bool:
+    """Whether the hub pipeline ``source``'s UNet and VAE configs are in the Hugging Face cache (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    return all(isinstance(try_to_load_from_cache(source, f"{part}/config.json"), str) for part in ("unet", "vae"))
+
+
+def input_side(size: str | None, keep_aspect: bool) -> int:
+    """The square input side ``--size`` asks for (default 512): a multiple of 64; ``--keep-aspect`` refused."""
     if keep_aspect:
         raise TrackerError("hedlin: --keep-aspect does not apply (the paper's input is square)")
     text = (size or str(DEFAULT_SIZE)).lower()
@@ -96,6 +139,19 @@ def _input_side(size: str | None, keep_aspect: bool) -> int:
     if side != other or side < 64 or side % 64:
         raise TrackerError(f"hedlin: --size must be square and a multiple of 64 (default {DEFAULT_SIZE}), got {size}")
     return side
+
+
+def check_queries(queries: Queries, frame_hw: tuple[int, int]) -> None:
+    """Refuse points outside the ``(H, W)`` frame or on a negative frame index, in one line; needs no model, so
+    ``track`` checks the points before it builds one (building SD's UNet takes tens of seconds)."""
+    h, w = frame_hw
+    x, y = queries.xy[:, 0], queries.xy[:, 1]
+    outside = (x < -0.5) | (y < -0.5) | (x > w - 0.5) | (y > h - 0.5) | ~torch.isfinite(queries.xy).all(1)
+    if outside.any():
+        i = int(outside.nonzero()[0])
+        raise TrackerError(f"point ({float(x[i]):g}, {float(y[i]):g}) is outside the {w}x{h} frame")
+    if (queries.frame < 0).any():
+        raise TrackerError("a point's frame index is negative")
 
 
 class HedlinTracker:
@@ -127,15 +183,8 @@ class HedlinTracker:
         return HedlinState((height, width), Queries.create(np.zeros((0, 2))))
 
     def add_queries(self, state: HedlinState, queries: Queries) -> HedlinState:
-        """Validate ``queries`` (inside the frame, frame index >= 0) and add them to ``state``."""
-        h, w = state.frame_hw
-        x, y = queries.xy[:, 0], queries.xy[:, 1]
-        outside = (x < -0.5) | (y < -0.5) | (x > w - 0.5) | (y > h - 0.5) | ~torch.isfinite(queries.xy).all(1)
-        if outside.any():
-            i = int(outside.nonzero()[0])
-            raise TrackerError(f"point ({float(x[i]):g}, {float(y[i]):g}) is outside the {w}x{h} frame")
-        if (queries.frame < 0).any():
-            raise TrackerError("a point's frame index is negative")
+        """Validate ``queries`` (:func:`check_queries`) and add them to ``state``."""
+        check_queries(queries, state.frame_hw)
         return HedlinState(state.frame_hw, state.queries.concat(queries))
 
     def _to_input(self, xy: Tensor, frame_hw: tuple[int, int]) -> Tensor:
@@ -214,23 +263,18 @@ def create_hedlin_tracker(
     from tracker import diffusion_features as D
     from tracker import weights as W
 
-    side = _input_side(size, keep_aspect)
+    side = input_side(size, keep_aspect)
     D._import("diffusers")  # the `train` extra: one line before anything is built
     device = torch.device(device)
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if precision is not None and precision not in dtypes:
         raise TrackerError(f"--precision must be one of {', '.join(dtypes)}, got {precision}")
     dtype = dtypes[precision] if precision else (torch.float16 if device.type == "cuda" else torch.float32)
-    if weights == "random":
+    source = weights_source(weights)
+    if source is None:
         unet, vae, _ = D.build_random("sd-1.5")
     else:
-        parts = [p.strip() for p in (weights or "").split(",") if p.strip()]
-        if len(parts) > 1:
-            raise TrackerError("--weights for hedlin: one diffusers folder (unet/, vae/) or 'random'")
-        local = parts and (D._looks_local(parts[0]) or parts[0].endswith("/"))  # "name/": a folder, not org/name
-        if local and not Path(parts[0]).expanduser().exists():
-            raise TrackerError(f"--weights: folder not found: {parts[0]} (a diffusers folder with unet/, vae/)")
-        unet, vae = _load_unet_vae(parts[0] if parts else PIPELINE)
+        unet, vae = _load_unet_vae(source)
     dlog = D._import("diffusers").utils.logging
     level = dlog.get_verbosity()
     dlog.set_verbosity_error()  # diffusers logs "cast with torch_dtype in from_pretrained instead" on every .to(dtype)

@@ -334,8 +334,9 @@ def track_command(args: argparse.Namespace) -> int:
     if last_query >= info.num_frames:
         raise TrackerError(f"a point is on frame {last_query}, but {args.video} has {info.num_frames} frames")
     if args.model == "hedlin":  # not a dense featurizer: its own point tracker, the same results per frame
-        from tracker.hedlin_tracker import tracker_for_cli
+        from tracker.hedlin_tracker import check_queries, tracker_for_cli
 
+        check_queries(queries, (info.height, info.width))  # a bad point is one line before SD's UNet is built
         model, featurizer, backend, config = tracker_for_cli(args, (info.height, info.width), device)
         tracker = featurizer
     else:
