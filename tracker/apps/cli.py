@@ -801,6 +801,15 @@ def build_eval_parser() -> argparse.ArgumentParser:
     y.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="clips to generate (default: 0 1)")
     y.add_argument("--frames", type=int, default=48, help="frames per clip (default: 48)")
     y.add_argument("--no-coarse", action="store_true", help="leave out the 14 px coarse-grid (pooled sift) runs")
+    for s in (b, t, y):
+        s.add_argument(
+            "--max-points",
+            type=int,
+            metavar="N",
+            help="--model hedlin only: track at most N points per sequence, evenly spread over the query list, "
+            "the same N for the OpenCV baseline (hedlin optimises prompts per point: minutes to hours each; "
+            "default: every point)",
+        )
     for s in (d, b, t, y):
         s.add_argument("--model", default="sift", help=f"one of {', '.join(MODEL_NAMES)} (default: sift)")
         s.add_argument("--weights", help="'random' or local weights file(s)")
@@ -827,8 +836,6 @@ def build_eval_parser() -> argparse.ArgumentParser:
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    import json
-
     from tracker.eval import evaluation as E
     from tracker.featurizers import create_featurizer, resolve_model
 
@@ -836,11 +843,17 @@ def eval_command(args: argparse.Namespace) -> int:
     model, warning = resolve_model(args.model, args.weights)
     if warning:
         print(f"track: warning: {warning}", file=sys.stderr)
+    if model == "hedlin":
+        _check_hedlin_eval(args)
+    elif getattr(args, "max_points", None) is not None:
+        raise TrackerError("--max-points applies to --model hedlin only (the other models track every point)")
     match, prop = _settings(args, model)
     if args.batch < 1:
         raise TrackerError("--batch must be at least 1")
     out = Path(args.out)
     _check_out_folder(out)  # created only when the report is written: a failing run leaves no empty folder
+    if model == "hedlin":
+        return _write_eval_report(args, out, model, *_eval_hedlin(args, device))
     featurizers: dict = {}
 
     def make_featurizer(frame_hw):
@@ -869,16 +882,26 @@ def eval_command(args: argparse.Namespace) -> int:
             report = E.eval_synthetic(make_featurizer, match, args.batch, seeds, args.frames, coarse_cell=coarse)
         else:
             report = E.eval_tapvid(args.pkl, make_featurizer, match, args.batch)
-    report["model"] = model
-    report["weights"] = args.weights or ("none" if model == "sift" else "table")
-    report["settings"] = {
+    settings = {
         "size": args.size or "default",
         "keep_aspect": args.keep_aspect,
         "device": device,
         "match": vars(match),
         "propagation": vars(prop),
     }
-    report["seconds"] = round(time.perf_counter() - start, 1)
+    return _write_eval_report(args, out, model, report, settings, time.perf_counter() - start)
+
+
+def _write_eval_report(args, out: Path, model: str, report: dict, settings: dict, seconds: float) -> int:
+    """Write ``<out>/<benchmark>_<model>.json``, ``.md`` and ``.png`` and print the table."""
+    import json
+
+    from tracker.eval import evaluation as E
+
+    report["model"] = model
+    report["weights"] = args.weights or ("none" if model == "sift" else "table")
+    report["settings"] = settings
+    report["seconds"] = round(seconds, 1)
     stem = out / f"{args.benchmark}_{model}"
     from tracker.io.atomic import atomic_write
 
@@ -901,6 +924,75 @@ def eval_command(args: argparse.Namespace) -> int:
     written = f"{stem}.json and {stem}.md" if plot_warning else f"{stem}.json, {stem}.md and {stem}.png"
     print(f"track: wrote {written} ({report['seconds']} s)", file=sys.stderr)
     return 0
+
+
+def _check_hedlin_eval(args: argparse.Namespace) -> None:
+    """``track eval --model hedlin``: points benchmarks only, and none of our matcher's options (one line each)."""
+    if args.benchmark == "davis":
+        raise TrackerError(
+            "track eval davis needs masks, and hedlin tracks points only; use badja, tapvid or synthetic with hedlin"
+        )
+    given = [f"--{k.replace('_', '-')}" for k in _MATCH_OPTIONS if getattr(args, k, None) is not None]
+    if given:
+        raise TrackerError(f"{', '.join(given)}: our matcher's settings, not hedlin's (it runs the paper's)")
+    if args.max_points is not None and args.max_points < 1:
+        raise TrackerError(f"--max-points must be at least 1, got {args.max_points}")
+    from tracker.hedlin_tracker import input_side, weights_source
+
+    input_side(args.size, args.keep_aspect)  # --size, --keep-aspect and --weights: one line before any data is read
+    weights_source(args.weights)
+
+
+_MATCH_OPTIONS = (
+    "pool",
+    "context",
+    "topk",
+    "radius",
+    "prop_temperature",
+    "window_radius",
+    "temperature",
+    "min_score",
+    "fb_tolerance",
+    "search_radius",
+    "update",
+)
+
+
+def _eval_hedlin(args: argparse.Namespace, device: str) -> tuple[dict, dict, float]:
+    """Run a points benchmark with hedlin's own point tracker (:mod:`tracker.hedlin_tracker`) in place of ours:
+    ``(report, settings, seconds)``. One tracker serves every sequence (its input is a fixed square)."""
+    from dataclasses import asdict
+
+    from tracker.eval import evaluation as E
+    from tracker.hedlin_tracker import create_hedlin_tracker
+
+    built: list = []
+
+    def make_tracker(frame_hw):
+        if not built:
+            built.append(
+                create_hedlin_tracker(
+                    frame_hw, size=args.size, keep_aspect=args.keep_aspect, weights=args.weights, device=device
+                )
+            )
+        return built[0]
+
+    start = time.perf_counter()
+    limit = args.max_points
+    if args.benchmark == "badja":
+        report = E.eval_badja_own(args.root, args.davis_root, make_tracker, "hedlin", limit)
+    elif args.benchmark == "synthetic":
+        report = E.eval_synthetic_own(make_tracker, "hedlin", tuple(args.seeds), args.frames, max_points=limit)
+    else:
+        report = E.eval_tapvid_own(args.pkl, make_tracker, "hedlin", limit)
+    tracker = built[0] if built else None
+    settings = {
+        "size": args.size or "default (512)",
+        "device": device,
+        "hedlin": asdict(tracker.config) if tracker else None,
+        "max_points": limit,
+    }
+    return report, settings, time.perf_counter() - start
 
 
 def _check_out_folder(out: Path) -> None:
