@@ -312,6 +312,63 @@ def _stages(clock: StageClock, step: float, rest: str) -> dict[str, float]:
     return stages
 
 
+# --------------------------------------------------------------------------- a tracker with a cost per point (hedlin)
+
+
+@dataclass(frozen=True)
+class PerPointTiming:
+    """A per-point tracker (``--model hedlin``: each point is its own UNet passes) on the first frames of a video.
+
+    Attributes:
+        points: query points, all on frame 0.
+        query_seconds: frame 0: decode, each point's optimisation and its first attention map.
+        frame_seconds: each later frame's seconds: decode and one attention map per point.
+    """
+
+    points: int
+    query_seconds: float
+    frame_seconds: tuple[float, ...]
+
+    @property
+    def frames(self) -> int:
+        return 1 + len(self.frame_seconds)
+
+    @property
+    def match_seconds_per_point(self) -> float:
+        """One point's attention map on one frame (the mean over the later frames)."""
+        return float(np.mean(self.frame_seconds)) / self.points
+
+    @property
+    def optimise_seconds_per_point(self) -> float:
+        """One point's optimisation: the query frame's time beyond a later frame's."""
+        return max(self.query_seconds - float(np.mean(self.frame_seconds)), 0.0) / self.points
+
+
+def run_per_point(tracker, video_path: str, n_points: int, frames: int) -> PerPointTiming:
+    """Track ``n_points`` random points (on frame 0) through the first ``frames`` frames (at least 2) of the
+    video with ``tracker`` (a :class:`tracker.hedlin_tracker.HedlinTracker`), each frame timed on its own: the
+    time goes to the UNet passes of each point, so the serial loop is the measurement (no threads to overlap, no
+    stages beside the passes worth splitting)."""
+    from tracker.io.video import open_video
+
+    if frames < 2:
+        raise ValueError("a per-point run needs the query frame and at least one more")
+    seconds = []
+    with open_video(video_path) as video:
+        info = video.info
+        queries = random_queries(n_points, info.height, info.width)
+        results = tracker.track(itertools.islice(video, frames), queries)
+        while True:
+            start = time.perf_counter()
+            result = next(results, None)
+            if result is None:
+                break
+            seconds.append(time.perf_counter() - start)
+    if len(seconds) < 2:
+        raise ValueError(f"{video_path} has fewer than 2 frames")
+    return PerPointTiming(n_points, seconds[0], tuple(seconds[1:]))
+
+
 # --------------------------------------------------------------------------- the naive baseline
 
 

@@ -591,6 +591,129 @@ def _weights_label(weights: str | None, model: str) -> str:
     return weights or "table (cached)"
 
 
+# --------------------------------------------------------------------------- hedlin end to end
+
+HEDLIN_POINTS = (1,)  # hedlin's default --points: each point is minutes (GPU) to hours (CPU) of UNet passes
+HEDLIN_FRAMES = 3  # its default --frames: the query frame (optimisation) and two matched frames
+
+
+def run_hedlin(config: BenchConfig, device: torch.device, log: Log) -> dict:
+    """``track bench --model hedlin``'s end-to-end part: hedlin's own point tracker
+    (:class:`tracker.hedlin_tracker.HedlinTracker`) on the first ``config.frames`` frames of the clip, once per
+    ``config.points`` count, each frame timed (:func:`tracker.bench.e2e.run_per_point`).
+
+    It is not :func:`run_end_to_end`: hedlin has no feature grid, so there is no batched featurizer, no matching
+    step, no naive baseline and no mask mode; its time is UNet passes per point (optimising each point's
+    embeddings on its query frame, then ``restarts x crops`` attention passes per point per frame), so it is timed
+    as frames/s for a given number of points. The run uses probe settings of one restart, one crop and one
+    optimisation step (the paper's layers, timesteps, crop size and input); the paper's settings
+    (:data:`tracker.hedlin_tracker.CONFIG`) cost the same passes that many times over, so their seconds are the
+    probe's scaled by the pass counts (linear: every pass is one VAE encode and one UNet call on an ``S x S``
+    crop). The embeddings are optimised into a temporary cache (a cached point would not be timed).
+    """
+    from tracker import hedlin_tracker as HT
+    from tracker.bench.e2e import run_per_point
+    from tracker.hedlin import weights_digest
+    from tracker.io.video import open_video
+
+    paper = HT.CONFIG
+    probe = replace(paper, restarts=1, crops=1, steps=1)
+    with open_video(config.video) as video:
+        info = video.info
+    precision = config.precisions[0]
+    log(f"end to end: building hedlin ({config.weights or HT.PIPELINE}, {config.size}x{config.size}, {precision}) ...")
+    with tempfile.TemporaryDirectory(prefix="bench-hedlin-") as cache:
+        tracker = HT.create_hedlin_tracker(
+            (info.height, info.width),
+            size=str(config.size),
+            weights=config.weights,
+            device=device,
+            precision=precision,
+            cache=Path(cache),
+            config=probe,
+        )
+        weights_digest(tracker.matcher)  # the embedding cache's key hashes the weights once per run: not timed
+        if device.type == "cuda":  # kernels tuned before the timed runs; a CPU has none to tune
+            run_per_point(tracker, config.video, 1, 2)
+        runs = []
+        for n in config.points:
+            log(f"end to end: hedlin, {n} point(s) on {config.frames} frames ...")
+            timing = run_per_point(tracker, config.video, n, config.frames)
+            runs.append(_hedlin_record(timing, probe, paper))
+            log(f"  {_hedlin_run_line(runs[-1])}")
+    tracker = None
+    _free(device)
+    return {
+        "video": str(config.video),
+        "frame_size": [info.width, info.height],
+        "model": "hedlin",
+        "weights": _weights_label(config.weights, "hedlin"),
+        "input_size": [config.size, config.size],
+        "precision": precision,
+        "probe_settings": asdict(probe),
+        "paper_settings": asdict(paper),
+        "why": "hedlin tracks each point with its own UNet passes (no feature grid): no batched featurizer, no "
+        "naive baseline and no mask run; its frames/s is for a given number of points",
+        "runs": runs,
+        "line": _hedlin_line(runs, config.size, paper),
+    }
+
+
+def _hedlin_record(timing, probe, paper) -> dict:
+    match = timing.match_seconds_per_point
+    optimise = timing.optimise_seconds_per_point
+    match_paper = match * (paper.restarts * paper.crops) / (probe.restarts * probe.crops)
+    optimise_paper = optimise * (paper.restarts * paper.steps) / (probe.restarts * probe.steps)
+    return {
+        "points": timing.points,
+        "frames": timing.frames,
+        "query_frame_seconds": timing.query_seconds,
+        "frame_seconds": list(timing.frame_seconds),
+        "probe": {
+            "fps": len(timing.frame_seconds) / sum(timing.frame_seconds),
+            "match_seconds_per_point_frame": match,
+            "optimise_seconds_per_point": optimise,
+        },
+        "paper": {
+            "fps": 1 / (timing.points * match_paper) if match_paper > 0 else None,
+            "match_seconds_per_point_frame": match_paper,
+            "optimise_seconds_per_point": optimise_paper,
+            "how": f"the probe's seconds x {paper.restarts * paper.crops} attention passes per point per frame "
+            f"({paper.restarts} restarts x {paper.crops} crops) and x {paper.restarts * paper.steps} optimisation "
+            f"steps per point ({paper.restarts} x {paper.steps}), once per point (cached after)",
+        },
+    }
+
+
+def _seconds(value: float) -> str:
+    if value >= 3600:
+        return f"{value / 3600:.1f} h"
+    if value >= 60:
+        return f"{value / 60:.1f} min"
+    return f"{value:.3g} s"
+
+
+def _hedlin_run_line(r: dict) -> str:
+    probe, paper = r["probe"], r["paper"]
+    if not paper["fps"]:
+        return f"{r['points']} point(s): too fast to time"
+    return (
+        f"{r['points']} point(s): {paper['fps']:.3g} frames/s, {_seconds(paper['match_seconds_per_point_frame'])} "
+        f"per point per frame, {_seconds(paper['optimise_seconds_per_point'])} per point to optimise once "
+        f"(probe {probe['fps']:.3g} frames/s)"
+    )
+
+
+def _hedlin_line(runs: list[dict], size: int, paper) -> str:
+    """The one line ``track bench --model hedlin`` prints about its end-to-end part."""
+    return (
+        f"hedlin end to end, its own per-point tracker (no feature grid: no batched featurizer, naive baseline or "
+        f"mask run) on {runs[0]['frames']} frames of the clip at {size}x{size}, the paper's settings scaled from a "
+        f"1-restart 1-crop 1-step probe by their UNet passes ({paper.restarts}x{paper.crops} per point per frame, "
+        f"{paper.restarts}x{paper.steps} per point once): " + "; ".join(_hedlin_run_line(r) for r in runs)
+    )
+
+
 # --------------------------------------------------------------------------- the generated clip
 
 
@@ -665,6 +788,11 @@ def run_bench(config: BenchConfig, log: Log = lambda line: None, command: str = 
                 log(f"end to end: generating a {clip_frames(config)}-frame clip ({clip_label()}) ...")
                 clip = generate_clip(Path(tmp) / "generated_clip.mp4", clip_frames(config))
                 config = replace(config, video=str(clip))
+        if "e2e" in config.sections and config.model == "hedlin":  # its own per-point loop (run_hedlin)
+            report["end_to_end_hedlin"] = run_hedlin(config, device, log)
+            if generated:
+                report["end_to_end_hedlin"]["video"] = clip_label()
+        elif "e2e" in config.sections:
             report["end_to_end"] = run_end_to_end(config, factory, records, nvml, log)
             from tracker.bench.measure import measure_readers
 
@@ -739,6 +867,8 @@ def _notes(report: dict) -> list[str]:
             f"frames ({DEFAULT_VIDEO.name} was absent and no --video was given): textured shapes moving on a "
             "textured background, encoded as mp4v; pass --video FILE to measure on a real video"
         )
+    if "end_to_end_hedlin" in report:
+        notes.append(report["end_to_end_hedlin"]["line"])
     if report["settings"]["weights"] == "random" or report["settings"]["model"] == "sift":
         notes.append("random weights of the real architecture: speed only (speed does not depend on weight values)")
     if report["settings"]["tiny"]:
@@ -872,17 +1002,26 @@ def config_from_args(args) -> BenchConfig:
 
     sizes = _ints(args.sizes, "--sizes") if args.sizes else ((224,) if quick else (224, 434, 518))
     batches = _ints(args.batches, "--batches") if args.batches else ((1, 8, 32) if cuda and not quick else (1, 8))
-    size = args.size or (224 if quick else 434)
-    if model != "sift" and size % 14:
+    hedlin = model == "hedlin"
+    size = args.size or (512 if hedlin else 224 if quick else 434)
+    if hedlin:
+        _check_hedlin_options(args, size)
+    elif model != "sift" and size % 14:
         raise TrackerError(f"--size {size}: ViT input sides must be multiples of 14")
     for s in sizes:
         if s % 14:
             raise TrackerError(f"--sizes {s}: ViT input sides must be multiples of 14")
     points = _ints(args.points, "--points") if args.points else ((256,) if quick else (16, 256, 1024))
+    if hedlin and not args.points:
+        points = HEDLIN_POINTS
     batch = args.batch or 8
     if batch < 1:
         raise TrackerError("--batch must be at least 1")
     frames = args.frames if args.frames is not None else (8 if quick else (None if cuda else 16))
+    if hedlin and args.frames is None:
+        frames = HEDLIN_FRAMES
+    if hedlin and frames < 2:
+        raise TrackerError("--frames for hedlin must be at least 2 (the query frame, where it optimises, and more)")
     naive_frames = args.naive_frames if args.naive_frames is not None else (1 if quick else (32 if cuda else 3))
     if (frames is not None and frames < 1) or naive_frames < 1:
         raise TrackerError("--frames and --naive-frames must be at least 1")
@@ -908,6 +1047,8 @@ def config_from_args(args) -> BenchConfig:
     if warmup < 0 or iters < 1 or max_seconds <= 0:
         raise TrackerError("--warmup must be >= 0, --iters >= 1 and --max-seconds > 0")
     weights = args.weights
+    if hedlin and "e2e" in sections:
+        weights = _hedlin_weights(args.weights, quick)
     if model in VIT_MODELS and not args.weights and "e2e" in sections:
         spec = W.get_spec(model)
         missing = [kind for kind, path in W.weights_status(spec).items() if path is None]
@@ -943,6 +1084,33 @@ def config_from_args(args) -> BenchConfig:
         sections=sections,
         tiny=args.tiny,
         unavailable=unavailable,
+    )
+
+
+def _check_hedlin_options(args, size: int) -> None:
+    """``--model hedlin``: its square input side, and the end-to-end options that do not apply (one line each)."""
+    from tracker.hedlin_tracker import input_side
+
+    input_side(str(size), False)
+    if args.mask:
+        raise TrackerError("--mask does not apply to hedlin: it tracks points only (no mask run)")
+    if args.e2e_backend not in ("best", "torch") and not args.e2e_backend.startswith("torch:"):
+        raise TrackerError("--e2e-backend: hedlin runs on the torch backend only")
+
+
+def _hedlin_weights(weights: str | None, quick: bool) -> str | None:
+    """hedlin's ``--weights`` checked before anything runs; without it the authors' SD-1.4 from the Hugging Face
+    cache (``--quick`` falls back to ``random`` when it is not cached, as for the ViTs)."""
+    from tracker import hedlin_tracker as HT
+
+    source = HT.weights_source(weights)
+    if weights or HT.pipeline_cached():
+        return weights
+    if quick:
+        return "random"
+    raise TrackerError(
+        f"hedlin's Stable Diffusion UNet/VAE ({source}) are not in the Hugging Face cache; speed does not depend on "
+        f"weight values, so `--weights random` measures it honestly (and is recorded), or `hf download {source}`"
     )
 
 
@@ -988,7 +1156,7 @@ def expected_seconds(config: BenchConfig, frame_hw: tuple[int, int] = (720, 1280
                         iters, _ = _batch_iters(config, b)
                         warm = config.warmup * b * g / rate
                         seconds += min(warm + iters * b * g / rate, warm + config.max_seconds)
-    if "e2e" in config.sections:
+    if "e2e" in config.sections and config.model != "hedlin":  # hedlin's UNet passes are not in this model
         g, channels = gflop(config.model, config.size)
         frames = config.frames or GENERATED_FRAMES
         ours = g / rate + E2E_FRAME_S
@@ -1041,6 +1209,8 @@ def main(argv: list[str]) -> int:
         print(f"track bench: {clip_line(config)}", file=sys.stderr, flush=True)
     if args.quick:
         random = " (random weights: --model's are not cached)" if config.weights != args.weights else ""
+        if config.model == "hedlin" and "e2e" in config.sections:
+            random += ", plus hedlin's end-to-end part (not estimated: minutes of UNet passes on a CPU)"
         print(
             f"track bench --quick: expect about {expected_seconds(config, _frame_hw(config)):.0f} s{random}; an "
             "estimate from the work planned and a shared 2-core CPU's fp32 speed, longer when others use the cores",
@@ -1055,6 +1225,8 @@ def main(argv: list[str]) -> int:
     report = run_bench(config, log, command=" ".join(["track", "bench", *argv]))
     for line in summary_lines(report):
         print(line)
+    if "end_to_end_hedlin" in report:  # not in the summary's end-to-end runs: its own loop (run_hedlin)
+        print(f"  {report['end_to_end_hedlin']['line']}")
     if paths is not None:
         json_path, md_path, png_path = paths
         atomic_write(json_path, (json.dumps(report, indent=1, default=_jsonable) + "\n").encode())
