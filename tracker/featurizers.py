@@ -381,7 +381,10 @@ def create_featurizer(
     from tracker.geometry import SizeSpec
 
     if name == "hedlin":  # no feature grid (tracker.hedlin_tracker)
-        raise TrackerError("hedlin is not a dense featurizer: it runs only as `track VIDEO --model hedlin --points P`")
+        raise TrackerError(
+            "hedlin is not a dense featurizer: it runs as `track VIDEO --model hedlin --points P`, in "
+            "`track eval badja|tapvid|synthetic` and in `track bench` (its own point tracker)"
+        )
     if name == "sift":
         if weights:
             raise TrackerError("--weights does not apply to sift (it has no weights)")
