@@ -125,3 +125,32 @@ def test_local_search_equals_the_first_algorithm(monkeypatch, path, search_radiu
     assert (found.uv - ref_uv).abs().max() <= 1e-5 and (found.score - ref_score).abs().max() <= 1e-5
     assert torch.allclose(found.score[:8], torch.ones(8), atol=1e-5)
     assert ((found.uv[:8] - cells).abs() < 0.5).all()
+
+
+@pytest.mark.parametrize("n", [65, 64, 2])
+def test_banded_local_search_gives_the_whole_grid_products_floats(monkeypatch, n):
+    # the banded product (rows of the grid the windows reach) against the whole-grid product, bit for bit: with a
+    # point alone in its band, and (n = 65 with chunks of 64) one alone in the whole product's last chunk
+    monkeypatch.setattr(matching, "_FULL_GRID_CHUNK", 64 * 60 * 107)
+    torch.manual_seed(4)
+    features = torch.nn.functional.normalize(torch.rand(128, 60, 107) ** 4, dim=0)
+    descriptors = torch.nn.functional.normalize(torch.rand(n, 128) ** 4, dim=1)
+    prior = torch.rand(n, 2) * torch.tensor([108.0, 40.0]) - 0.5
+    prior[-1] = torch.tensor([30.0, 58.0])  # the only point in the last band
+    config = MatchConfig(window_radius=2, search_radius=3)
+    calls = []
+    monkeypatch.setattr(matching, "_banded_similarity", _spy(matching._banded_similarity, calls))
+    banded = match(descriptors, features, config, prior_uv=prior)
+    assert len(calls) == 1
+    monkeypatch.setattr(matching, "_BAND_ROWS", 60)  # no band fits: the whole grid
+    whole = match(descriptors, features, config, prior_uv=prior)
+    assert len(calls) == 1
+    assert torch.equal(banded.uv, whole.uv) and torch.equal(banded.score, whole.score)
+
+
+def _spy(fn, calls):
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+
+    return wrapper
