@@ -32,7 +32,8 @@ from tracker.eval.evaluation import davis_sequence, given_masks
 from tracker.eval.metrics import jaccard_and_f
 from tracker.io.formats import fit_mask, read_mask
 from tracker.io.video import open_video
-from tracker.propagation import REFINE_MODES, MaskPropagator, default_propagation_config
+from tracker.optical_flow import REFINE_MODES
+from tracker.propagation import MaskPropagator, default_propagation_config
 from tracker.synthetic import moving_objects
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared/data/davis2016"

@@ -4,22 +4,15 @@ import numpy as np
 import pytest
 
 from tracker import MatchConfig, create_featurizer, default_match_config
+from tracker.correspondence import CorrespondenceField, composite_edit, coordinate_colormap, render_colormap
 from tracker.eval.evaluation import davis_sequence, given_masks
 from tracker.eval.metrics import region_jaccard
 from tracker.geometry import frames_to_tensor
 from tracker.io.drawing import draw_masks
 from tracker.io.formats import read_mask, write_mask
 from tracker.io.video import open_video
-from tracker.propagation import (
-    CorrespondenceField,
-    MaskPropagator,
-    PropagationConfig,
-    composite_edit,
-    coordinate_colormap,
-    default_propagation_config,
-    prepare_reference,
-    render_colormap,
-)
+from tracker.label_propagation import prepare_reference
+from tracker.propagation import MaskPropagator, PropagationConfig, default_propagation_config
 from tracker.synthetic import moving_objects
 
 
@@ -133,7 +126,7 @@ def test_tiled_local_propagation_equals_brute_force(h, w, radius):
     import torch
     import torch.nn.functional as F
 
-    from tracker.propagation import propagate_labels
+    from tracker.label_propagation import propagate_labels
 
     torch.manual_seed(0)
     features = F.normalize(torch.randn(16, h, w), dim=0)
@@ -154,7 +147,7 @@ def test_tiled_local_propagation_equals_brute_force(h, w, radius):
     assert all(p.windows is not None for p in prepared)
     assert torch.allclose(propagate_labels(features, prepared, config), expected, atol=1e-6)
     # only some tiles propagated: those equal the full result, the others take the fill
-    from tracker.propagation import TILE, tiles_of
+    from tracker.label_propagation import TILE, tiles_of
 
     cells = np.zeros((h, w), bool)
     cells[h // 2, w // 2] = True
@@ -172,7 +165,7 @@ def test_tiled_local_propagation_equals_brute_force(h, w, radius):
 
 
 def test_refine_modes_and_their_validation():
-    from tracker.propagation import REFINE_MODES
+    from tracker.optical_flow import REFINE_MODES
 
     assert REFINE_MODES[0] == "flow" and "none" in REFINE_MODES
     assert PropagationConfig().refine == REFINE_MODES[0]

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from tracker import PointTracker, Queries, create_featurizer, default_match_config, propagation
+from tracker import PointTracker, Queries, correspondence, create_featurizer, default_match_config
+from tracker.correspondence import CorrespondenceField
 from tracker.geometry import frames_to_tensor
 from tracker.io.pipeline import BatchPrefetcher
 from tracker.io.ring import BatchRing
-from tracker.propagation import CorrespondenceField, MaskPropagator, default_propagation_config
+from tracker.propagation import MaskPropagator, default_propagation_config
 from tracker.synthetic import moving_objects
 
 SIZE = (96, 128)
@@ -192,7 +193,7 @@ def test_propagate_and_fields_are_bit_identical_to_the_stacked_batches(clip, mon
         frames = list(frames)
         return (frames_to_tensor(frames[i : i + size]) for i in range(0, len(frames), size))
 
-    monkeypatch.setattr(propagation, "_chunked", stacked)
+    monkeypatch.setattr(correspondence, "batches_of", stacked)
     want = list(field.fields(clip.frames[:7], batch_size=3))
     assert [c.frame_index for c in got] == list(range(7))
     for a, b in zip(want, got, strict=True):
