@@ -11,7 +11,7 @@ from test_hedlin_track import CHEAP, TINY_UNET, TINY_VAE
 from tracker import diffusion_features as D
 from tracker import hedlin_tracker as HT
 from tracker.apps.cli import main
-from tracker.eval import evaluation as E
+from tracker.eval import own_tracker as own
 from tracker.synthetic import moving_objects, write_video
 
 pytest.importorskip("diffusers")
@@ -56,8 +56,8 @@ def test_eval_synthetic_runs_hedlins_own_tracker_beside_lucas_kanade(tiny, tmp_p
 
 def test_the_baseline_runs_on_the_same_few_points():
     """--max-points picks the same evenly spread points for every method; all of them without it."""
-    assert E.spread(10, None).tolist() == list(range(10)) and E.spread(4, 9).tolist() == [0, 1, 2, 3]
-    assert E.spread(10, 3).tolist() == [0, 4, 9] and E.spread(10, 1).tolist() == [0]
+    assert own.spread(10, None).tolist() == list(range(10)) and own.spread(4, 9).tolist() == [0, 1, 2, 3]
+    assert own.spread(10, 3).tolist() == [0, 4, 9] and own.spread(10, 1).tolist() == [0]
 
 
 def test_eval_davis_with_hedlin_is_one_line_before_any_model(no_model, tmp_path, capsys):

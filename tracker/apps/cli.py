@@ -963,7 +963,7 @@ def _eval_hedlin(args: argparse.Namespace, device: str) -> tuple[dict, dict, flo
     ``(report, settings, seconds)``. One tracker serves every sequence (its input is a fixed square)."""
     from dataclasses import asdict
 
-    from tracker.eval import evaluation as E
+    from tracker.eval import own_tracker as own
     from tracker.hedlin_tracker import create_hedlin_tracker
 
     built: list = []
@@ -980,11 +980,11 @@ def _eval_hedlin(args: argparse.Namespace, device: str) -> tuple[dict, dict, flo
     start = time.perf_counter()
     limit = args.max_points
     if args.benchmark == "badja":
-        report = E.eval_badja_own(args.root, args.davis_root, make_tracker, "hedlin", limit)
+        report = own.eval_badja_own(args.root, args.davis_root, make_tracker, "hedlin", limit)
     elif args.benchmark == "synthetic":
-        report = E.eval_synthetic_own(make_tracker, "hedlin", tuple(args.seeds), args.frames, max_points=limit)
+        report = own.eval_synthetic_own(make_tracker, "hedlin", tuple(args.seeds), args.frames, max_points=limit)
     else:
-        report = E.eval_tapvid_own(args.pkl, make_tracker, "hedlin", limit)
+        report = own.eval_tapvid_own(args.pkl, make_tracker, "hedlin", limit)
     tracker = built[0] if built else None
     settings = {
         "size": args.size or "default (512)",
