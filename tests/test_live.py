@@ -18,18 +18,9 @@ import pytest
 
 from tracker import PointTracker, Queries, TrackerError, create_featurizer, default_match_config
 from tracker.apps.cli import main as track_main
-from tracker.apps.live import (
-    Click,
-    Key,
-    LatestFrame,
-    LiveSession,
-    MouseGesture,
-    Paint,
-    every_frame,
-    has_gui,
-    paint_region,
-    read_script,
-)
+from tracker.apps.live import has_gui
+from tracker.apps.live_session import Click, Key, LiveSession, MouseGesture, Paint, paint_region, read_script
+from tracker.apps.live_sources import LatestFrame, every_frame
 from tracker.io.formats import read_tracks
 from tracker.propagation import default_propagation_config
 from tracker.synthetic import moving_objects, write_video
