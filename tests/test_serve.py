@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tracker.apps.serve import ID, ServeConfig, create_app, sniff_container
+from tracker.apps.serve import ID, create_app
+from tracker.apps.serve_inputs import sniff_container
+from tracker.apps.serve_service import ServeConfig
 from tracker.io.formats import read_tracks
 from tracker.synthetic import moving_objects, write_video
 
@@ -109,7 +111,7 @@ def test_bad_uploads_are_refused_clearly_and_the_server_keeps_serving(client, fi
 
 def test_non_ascii_text_cut_mid_character_still_reads_as_text():
     """The 512 bytes sniffed may end inside a UTF-8 character: a French or Japanese text file is still text."""
-    from tracker.apps.serve import describe_content
+    from tracker.apps.serve_inputs import describe_content
 
     assert describe_content(("é" * 300).encode()[:511]) == "text"
     assert describe_content(("日本語" * 100).encode()[:512]) == "text"
@@ -193,7 +195,7 @@ def test_points_on_later_frames_overlay_video_frames_and_visibility_summary(clie
 
 
 def test_visibility_summary_names_the_points_lost_and_when():
-    from tracker.apps.serve import visibility_summary
+    from tracker.apps.serve_service import visibility_summary
 
     visible = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 1], [1, 1, 1]], bool)  # [T=4, N=3]
     summary = visibility_summary(visible, np.array([0, 1, 2]))
@@ -271,7 +273,7 @@ def test_foreign_host_names_are_refused_dns_rebinding(client):
 def test_host_names_served_when_bound_to_another_address(tmp_path):
     from fastapi.testclient import TestClient
 
-    from tracker.apps.serve import HostPolicy
+    from tracker.apps.serve_guard import HostPolicy
 
     config = ServeConfig(
         model="sift", host="192.168.1.5", allowed_hosts=("tracker.lan", "[fd00::5]:8443"), workdir=tmp_path
@@ -340,7 +342,7 @@ def test_points_body_over_the_cap_is_refused_before_parsing(client, files):
     r = client.post(url, content=big, headers={"Content-Type": "application/json"})
     assert r.status_code == 413, r.text  # not parsed, so not "100000 points; at most 256"
 
-    from tracker.apps.serve import points_body_limit
+    from tracker.apps.serve_inputs import points_body_limit
 
     limit = points_body_limit(client.app.state.service.config.max_points)
     assert 20_000 < limit < 400_000 and one_line_error(r) == f"the points body is over {limit} bytes"
