@@ -22,13 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# re-exported for tracker/apps/cli.py's dense_command until its import names tracker.correspondence
-from tracker.correspondence import (  # noqa: F401
-    CorrespondenceField,
-    composite_edit,
-    coordinate_colormap,
-    render_colormap,
-)
 from tracker.errors import TrackerError
 from tracker.featurizers import Featurizer
 from tracker.geometry import GridGeometry, frames_to_tensor

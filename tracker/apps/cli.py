@@ -531,18 +531,13 @@ def _announce(args: argparse.Namespace, backend: str) -> None:
 def dense_command(args: argparse.Namespace, mode: str) -> int:
     """Masks (``--mask`` / ``--davis-root``), ``--colormap`` or ``--edit`` carried through a video."""
 
+    from tracker.correspondence import CorrespondenceField, composite_edit, coordinate_colormap, render_colormap
     from tracker.eval.evaluation import davis_sequence, given_masks
     from tracker.io.drawing import draw_masks, shade_rejected
     from tracker.io.formats import fit_mask, read_mask, write_mask
     from tracker.io.pipeline import BatchPrefetcher
     from tracker.io.video import AtomicVideoWriter, open_video
-    from tracker.propagation import (
-        CorrespondenceField,
-        MaskPropagator,
-        composite_edit,
-        coordinate_colormap,
-        render_colormap,
-    )
+    from tracker.propagation import MaskPropagator
 
     device = _pick_device(args.device)
     if mode == "--davis-root":
