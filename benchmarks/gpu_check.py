@@ -341,7 +341,8 @@ def readers_section(ctx: dict) -> dict:
 
 
 def e2e_section(ctx: dict) -> dict:
-    from tracker.bench.runner import BenchConfig, run_bench
+    from tracker.bench.config import BenchConfig
+    from tracker.bench.runner import run_bench
 
     dry = ctx["dry_run"]
     cuda = ctx["device"].type == "cuda"
@@ -633,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _clip(given: str | None, tmp: Path, dry: bool) -> tuple[Path, bool]:
     """The clip for the readers and the end-to-end section: given, the shared 720p dog clip, or generated."""
-    from tracker.bench.runner import DEFAULT_VIDEO
+    from tracker.bench.config import DEFAULT_VIDEO
 
     if given:
         return Path(given), True
