@@ -159,3 +159,11 @@ def _free(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
+
+
+def _weights_label(weights: str | None, model: str) -> str:
+    if model == "sift":
+        return "none (sift has no weights)"
+    if weights == "random":
+        return "random (real architecture, random weights: speed only)"
+    return weights or "table (cached)"
