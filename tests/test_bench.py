@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from tracker.apps.cli import main
-from tracker.bench import runner
+from tracker.bench import command, runner
 from tracker.bench.e2e import NaivePointTracker
 from tracker.bench.measure import Timing, peak_tflops, time_calls, vit_flops
 from tracker.synthetic import moving_objects, write_video
@@ -218,17 +219,17 @@ def test_overlapped_run_is_tracks_loop_and_writes_the_overlay(tiny_video, monkey
 
 
 def test_quick_is_vit_s_and_its_estimate_follows_the_work(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "DEFAULT_VIDEO", tmp_path / "absent.mp4")
-    parse = runner.build_parser().parse_args
-    quick = runner.config_from_args(parse(["--quick", "--device", "cpu"]))
+    monkeypatch.setattr(command, "DEFAULT_VIDEO", tmp_path / "absent.mp4")
+    parse = command.build_parser().parse_args
+    quick = command.config_from_args(parse(["--quick", "--device", "cpu"]))
     assert quick.model == "dinov2-s" and quick.size == 224 and quick.points == (256,)
     assert quick.weights in (None, "random")  # random only when dinov2-s is not cached
-    full = runner.config_from_args(parse(["--device", "cpu", "--weights", "random"]))
+    full = command.config_from_args(parse(["--device", "cpu", "--weights", "random"]))
     assert full.model == "distilldift" and full.size == 434
-    estimate = runner.expected_seconds(quick)
-    assert runner.FIXED_S < estimate < runner.expected_seconds(full)
-    assert runner.expected_seconds(runner.replace(quick, frames=64)) > estimate  # more frames, longer
-    assert runner.expected_seconds(runner.replace(quick, sections=("model",))) < estimate
+    estimate = command.expected_seconds(quick)
+    assert command.FIXED_S < estimate < command.expected_seconds(full)
+    assert command.expected_seconds(replace(quick, frames=64)) > estimate  # more frames, longer
+    assert command.expected_seconds(replace(quick, sections=("model",))) < estimate
 
 
 def _spy(fn, calls: list, name: str):
@@ -252,7 +253,7 @@ def _spy(fn, calls: list, name: str):
     ],
 )
 def test_bad_options_give_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "DEFAULT_VIDEO", tmp_path / "absent.mp4")  # as in a user's clone: no ../shared
+    monkeypatch.setattr(command, "DEFAULT_VIDEO", tmp_path / "absent.mp4")  # as in a user's clone: no ../shared
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("track: error:") and message in err
@@ -261,7 +262,8 @@ def test_bad_options_give_one_line_and_exit_2(argv, message, capsys, tmp_path, m
 def test_bench_without_a_video_runs_on_a_generated_clip(tmp_path, monkeypatch, capsys):
     """A user's clone has no ../shared: the end-to-end runs use a generated 1280x720 clip, said in one line
     and recorded in the results."""
-    monkeypatch.setattr(runner, "DEFAULT_VIDEO", tmp_path / "absent.mp4")
+    for module in (command, runner):  # the options (command), the clip's line and the notes (runner)
+        monkeypatch.setattr(module, "DEFAULT_VIDEO", tmp_path / "absent.mp4")
     out = tmp_path / "results"
     code = main(
         ["bench", "--tiny", "--only", "e2e", "--weights", "random", "--device", "cpu", "--size", "28",
@@ -281,11 +283,11 @@ def test_bench_without_a_video_runs_on_a_generated_clip(tmp_path, monkeypatch, c
 
 
 def test_bench_prefers_the_default_video_when_it_is_there(tmp_path, tiny_video, monkeypatch):
-    monkeypatch.setattr(runner, "DEFAULT_VIDEO", tiny_video)
-    args = runner.build_parser().parse_args(["--weights", "random", "--device", "cpu"])
-    assert runner.config_from_args(args).video == str(tiny_video)
-    monkeypatch.setattr(runner, "DEFAULT_VIDEO", tmp_path / "absent.mp4")
-    assert runner.config_from_args(args).video is None  # run_bench generates the clip
+    monkeypatch.setattr(command, "DEFAULT_VIDEO", tiny_video)
+    args = command.build_parser().parse_args(["--weights", "random", "--device", "cpu"])
+    assert command.config_from_args(args).video == str(tiny_video)
+    monkeypatch.setattr(command, "DEFAULT_VIDEO", tmp_path / "absent.mp4")
+    assert command.config_from_args(args).video is None  # run_bench generates the clip
 
 
 def _gpu_check_module():
