@@ -116,3 +116,24 @@ def test_points_far_outside_the_frame_are_left_out_quietly():
             out = overlay.draw(background(), result(t, xy, [t == 0, True, False, True]))
     assert near(out[120, 160], point_colours(4)[3], 2)  # the point inside is still drawn
     assert (out[:, 200:] == GREY).all()  # and nothing of the others reaches the frame
+
+
+def test_splat_blends_like_the_per_pixel_formula_later_points_on_top():
+    from tracker.io.drawing import _Canvas, _disc
+
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    xy = np.array([[10.2, 12.0], [11.0, 12.4], [58.6, 1.0], [-1.0, 39.0], [30.0, 20.0]], np.float32)  # overlapping
+    colours = rng.integers(0, 256, (5, 3), dtype=np.uint8)
+    offsets = _disc(3.0)
+    for alpha in (np.array([0.3, 0.8, 1.0, 0.5, 0.0], np.float32), np.ones(5, np.float32)):
+        canvas = _Canvas(frame, pad=10)
+        canvas.splat(xy, offsets, colours, alpha)
+        want = frame.astype(np.int64)
+        before = want.copy()  # every stencil blends with the frame as it was before this splat
+        for (x, y), colour, a in zip(np.rint(xy).astype(int), colours, np.rint(alpha * 256).astype(int), strict=True):
+            for dx, dy in offsets:
+                if 0 <= y + dy < 40 and 0 <= x + dx < 60:
+                    old = before[y + dy, x + dx]
+                    want[y + dy, x + dx] = (old * (256 - a) + colour.astype(np.int64) * a) >> 8
+        assert np.array_equal(canvas.frame(), want.astype(np.uint8))
