@@ -26,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -35,6 +36,9 @@ from tracker.featurizers import Featurizer, ViTFeaturizer
 from tracker.geometry import frames_to_tensor
 from tracker.matching import MatchConfig
 from tracker.tracking import PointTracker, Queries, TrackResult
+
+if TYPE_CHECKING:
+    from tracker.io.video import AtomicVideoWriter, VideoInfo
 
 POINT_STAGES = ("decode", "upload", "preprocess", "featurizer", "matching", "drawing", "encoding")
 MASK_STAGES = ("decode", "upload", "preprocess", "featurizer", "propagation")
@@ -177,6 +181,45 @@ def _writer(out_dir: Path | None, fps: float, size: tuple[int, int]):
     return AtomicVideoWriter(out_dir / "overlay.mp4", fps, size)
 
 
+class _PointRun(NamedTuple):
+    """What both point runs set up (:func:`_point_run`)."""
+
+    info: VideoInfo
+    source: TimedFrames  # the video's frames through the tee, the clock's decode stage, frames kept to draw
+    tracker: PointTracker
+    queries: Queries  # n_points random points (random_queries: seeded, the same in every run)
+    writer: AtomicVideoWriter | None  # the overlay mp4 in a temporary folder, with write only
+
+
+@contextlib.contextmanager
+def _point_run(
+    featurizer: Featurizer,
+    config: MatchConfig,
+    video_path: str,
+    n_points: int,
+    frames: int | None,
+    clock: StageClock,
+    write: bool,
+) -> Iterator[_PointRun]:
+    """The setup :func:`run_points` and :func:`run_points_overlapped` share: the video opened and read through a
+    :class:`TimedFrames` tee of its first ``frames`` frames (keeping them for drawing with ``write``), a
+    :class:`~tracker.tracking.PointTracker`, ``n_points`` random queries and with ``write`` the overlay's writer
+    in a temporary folder; inside ``track``'s torch threads (:func:`track_threads`)."""
+    from tracker.io.video import open_video
+
+    with (
+        open_video(video_path) as video,
+        tempfile.TemporaryDirectory(prefix="bench-") as tmp,
+        track_threads(featurizer),
+    ):
+        info = video.info
+        source = TimedFrames(video, frames, clock, keep=write)
+        tracker = PointTracker(featurizer, config)
+        queries = random_queries(n_points, info.height, info.width)
+        writer = _writer(Path(tmp) if write else None, info.fps, (info.width, info.height))
+        yield _PointRun(info, source, tracker, queries, writer)
+
+
 def run_points(
     featurizer: Featurizer,
     config: MatchConfig,
@@ -191,19 +234,10 @@ def run_points(
     (with ``track``'s torch threads); with ``write`` also draw the overlay and encode it to an mp4 (in a
     temporary folder). It apportions the time; frames/s come from :func:`run_points_overlapped`."""
     from tracker.io.drawing import TrackOverlay
-    from tracker.io.video import open_video
 
-    with (
-        open_video(video_path) as video,
-        tempfile.TemporaryDirectory(prefix="bench-") as tmp,
-        track_threads(featurizer),
-    ):
-        info = video.info
-        source = TimedFrames(video, frames, clock, keep=write)
-        tracker = PointTracker(featurizer, config)
-        queries = random_queries(n_points, info.height, info.width)
+    with _point_run(featurizer, config, video_path, n_points, frames, clock, write) as run:
+        _, source, tracker, queries, writer = run
         overlay = TrackOverlay() if write else None
-        writer = _writer(Path(tmp) if write else None, info.fps, (info.width, info.height))
         step = 0.0
         with instrumented(featurizer, clock):
             start = time.perf_counter()
@@ -236,22 +270,13 @@ def run_points_overlapped(
     leaves the I/O threads a core). No stages (see :func:`run_points`)."""
     from tracker.io.drawing import TrackOverlay
     from tracker.io.pipeline import BatchPrefetcher, Sink
-    from tracker.io.video import open_video
 
     off = StageClock(torch.device("cpu"), sync=False, enabled=False)
-    with (
-        open_video(video_path) as video,
-        tempfile.TemporaryDirectory(prefix="bench-") as tmp,
-        track_threads(featurizer),
-    ):
-        info = video.info
+    with _point_run(featurizer, config, video_path, n_points, frames, off, write) as run:
+        info, source, tracker, queries, writer = run
         # as track: the decode thread reads through the tee (which keeps the frames not drawn yet) into the slots
-        source = TimedFrames(video, frames, off, keep=write)
-        batches = BatchPrefetcher(source, batch, device=featurizer.device)
-        tracker = PointTracker(featurizer, config)
-        queries = random_queries(n_points, info.height, info.width)
+        batches = BatchPrefetcher(source, batch, device=featurizer.device)  # its thread starts on the first iter()
         overlay = TrackOverlay(num_frames=info.num_frames) if write else None
-        writer = _writer(Path(tmp) if write else None, info.fps, (info.width, info.height))
         sink = None if writer is None else Sink(lambda f, r: writer.write(overlay.draw(f, r)), 2 * batch)
         try:
             with torch.inference_mode():
