@@ -47,7 +47,7 @@ def _sigterm_as_interrupt():
 # Subcommands living in their own modules: each has ``main(argv) -> int`` and raises TrackerError on bad input
 # (reported here as one line, exit 2). Their parsers use :class:`Parser`.
 SUBCOMMANDS = {
-    "bench": "tracker.bench.runner",
+    "bench": "tracker.bench.command",
     "live": "tracker.apps.live",
     "serve": "tracker.apps.serve",
     "distill": "tracker.distill.cli",

@@ -440,10 +440,3 @@ def _notes(report: dict) -> list[str]:
     if report["settings"]["tiny"]:
         notes.append("--tiny: tiny widths of the real architecture (embed 48, depth 2, 2 heads): a smoke test")
     return notes
-
-
-def main(argv: list[str]) -> int:
-    """``track bench``: :func:`tracker.bench.command.main` (``tracker.apps.cli.SUBCOMMANDS`` names this module)."""
-    from tracker.bench.command import main
-
-    return main(argv)
