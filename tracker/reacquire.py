@@ -217,6 +217,17 @@ def fit_similarity(
     return m, b, w.sum(1)
 
 
+def _subpixel(score: np.ndarray, y: int, x: int) -> tuple[float, float]:
+    def peak(lo: float, mid: float, hi: float) -> float:
+        den = lo - 2 * mid + hi
+        return 0.0 if den >= 0 else float(np.clip(0.5 * (lo - hi) / den, -0.5, 0.5))
+
+    h, w = score.shape
+    dx = peak(score[y, x - 1], score[y, x], score[y, x + 1]) if 0 < x < w - 1 else 0.0
+    dy = peak(score[y - 1, x], score[y, x], score[y + 1, x]) if 0 < y < h - 1 else 0.0
+    return dx, dy
+
+
 def template_side(side: int, config: ReacquireConfig) -> int:
     """The template side (odd pixels) for the local track's NCC window ``side``."""
     return max(5, 2 * round(config.template * side / 2) + 1)
@@ -290,44 +301,13 @@ def search(
     regions = patches(gray, xy[inside], tside + 2 * radius)
     templates = _warped_templates(patch[inside], m[inside], tside)
     textured = templates.reshape(len(inside), -1).std(1) >= 2.0  # a flat template has nothing to find
-    rows = inside[textured]
-    if len(rows) == 0:
-        return xy, peak
-    scores = np.stack(
-        [
-            cv2.matchTemplate(region, template, cv2.TM_CCOEFF_NORMED)
-            for region, template in zip(regions[textured], templates[textured], strict=True)
-        ]
-    )
-    offset, best = _peaks(scores)
-    xy[rows] += (offset - radius).astype(np.float32)
-    peak[rows] = best
+    for region, template, r in zip(regions[textured], templates[textured], inside[textured], strict=True):
+        score = cv2.matchTemplate(region, template, cv2.TM_CCOEFF_NORMED)
+        _, best, _, (px, py) = cv2.minMaxLoc(score)
+        dx, dy = _subpixel(score, py, px)
+        xy[r] += np.array([px + dx - radius, py + dy - radius], np.float32)
+        peak[r] = best
     return xy, peak
-
-
-def _peaks(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each map's first maximum (row-major, as ``cv2.minMaxLoc``) refined by a parabola through it and its two
-    neighbours along each axis (at most half a pixel; none on the border): ``(xy [K, 2] float64, value [K])``
-    for maps ``scores [K, S, S]`` float32."""
-    k, side = len(scores), scores.shape[1]
-    at = scores.reshape(k, -1).argmax(1)
-    py, px = np.divmod(at, side)
-    idx = np.arange(k)
-    best = scores[idx, py, px]
-
-    def refine(lo, mid, hi, ok):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            den = lo - 2 * mid + hi
-            step = np.clip(0.5 * (lo - hi) / den, -0.5, 0.5)
-        return np.where(ok & (den < 0), step, np.float32(0))
-
-    inner_x = (px > 0) & (px < side - 1)
-    inner_y = (py > 0) & (py < side - 1)
-    xl, xr = np.clip(px - 1, 0, side - 1), np.clip(px + 1, 0, side - 1)
-    yu, yd = np.clip(py - 1, 0, side - 1), np.clip(py + 1, 0, side - 1)
-    dx = refine(scores[idx, py, xl], best, scores[idx, py, xr], inner_x)
-    dy = refine(scores[idx, yu, px], best, scores[idx, yd, px], inner_y)
-    return np.stack([px + dx, py + dy], 1), best
 
 
 def reacquire(
