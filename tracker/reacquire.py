@@ -510,15 +510,8 @@ def reacquire_lost(
     if config.every > 1:  # a point lost for long is looked for every few frames
         lost = lost & ((lost_for < config.patience) | ((t + ids) % config.every == 0))
     predicted = np.zeros(len(ids), bool)
-    found_xy = None  # where the points found in the previous round are
-    reach = 3 * config.sigma * max(gray.shape)
     for _ in range(config.rounds):
         rows = np.flatnonzero(lost & ~seen)
-        if found_xy is not None and len(rows):
-            # a later round only for the points with a newly found one within 3 sigma: the others' neighbour
-            # weights and so their predictions are those of the round before (weights beyond 3 sigma are < 1.2%)
-            near = np.square(xy[rows, None] - found_xy[None]).sum(-1).min(1) <= reach**2
-            rows = rows[near]
         if len(rows) == 0 or seen.sum() < 2:
             break
         best_xy = np.full((len(rows), 2), np.nan, np.float32)
@@ -540,5 +533,4 @@ def reacquire_lost(
         seen[rows[found]] = True
         if not found.any():
             break
-        found_xy = xy[rows[found]]
     return xy, predicted, lost & seen & ~followed, followed & ~seen
