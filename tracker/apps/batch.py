@@ -1,6 +1,6 @@
 """``track batch``: track a folder, glob or manifest of videos, on this machine or on a Ray cluster.
 
-Each video goes through the very code ``track`` runs (:func:`tracker.apps.cli.track_command` /
+Each video goes through the very code ``track`` runs (:func:`tracker.apps.track_video.track_command` /
 ``dense_command``, see :mod:`tracker.apps.batch_workers`), in workers that build their featurizer once. The
 driver here finds the videos and their points or masks, skips those already done with the same inputs and
 settings (a digest of both), hands the rest to an engine (a local process pool or Ray actors) and writes
@@ -156,7 +156,7 @@ def default_workers(gpus: int) -> int:
 
 
 def _prepare_out(out: Path) -> Path:
-    from tracker.apps.cli import check_writable
+    from tracker.apps.track_video import check_writable
 
     if out.exists() and not out.is_dir():
         raise TrackerError(f"--out {out} is a file, not a folder")

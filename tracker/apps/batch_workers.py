@@ -1,6 +1,6 @@
 """``track batch``'s workers and engines: one video at a time through ``track``'s own code.
 
-:class:`VideoWorker` tracks one video to its outputs by running :func:`tracker.apps.cli.track_command` (masks:
+:class:`VideoWorker` tracks one video to its outputs by running :func:`tracker.apps.track_video.track_command` (masks:
 ``dense_command``) on the options ``track`` would get, so a batch writes exactly what ``track`` writes; its
 featurizers are built once per worker (per model and frame size) and reused for every video. Each worker reads
 its video itself: only paths and small result records travel between the driver and the workers.
@@ -61,7 +61,7 @@ class VideoWorker:
 
     def run(self, job: Job) -> dict:
         """Track ``job``'s video to its outputs; never raises (a failure is the record's one-line error)."""
-        from tracker.apps import cli
+        from tracker.apps import cli, track_video
 
         record = failed_record(job, "")
         record.update(worker=self.name, attempts=1)
@@ -79,7 +79,7 @@ class VideoWorker:
                 for folder in {os.path.dirname(p) for p in job.outputs().values()}:
                     os.makedirs(folder, exist_ok=True)
                 with contextlib.redirect_stderr(err):
-                    code = cli.track_command(args)
+                    code = track_video.track_command(args)
                 record["status"] = {0: "ok", cli.EXIT_INTERRUPTED: "interrupted"}.get(code, "failed")
                 record["error"] = None if code == 0 else f"exit code {code}"
             except TrackerError as exc:

@@ -236,7 +236,7 @@ def _check_output(path: Path, option: str, suffixes: tuple[str, ...]) -> Path:
     if path.suffix.lower() not in suffixes:
         names = " or ".join(filter(None, [", ".join(suffixes[:-1]), suffixes[-1]]))
         raise TrackerError(f"{option} must end in {names}, got {path.name}")
-    from tracker.apps.cli import check_writable
+    from tracker.apps.track_video import check_writable
 
     check_writable(path, option)
     return path

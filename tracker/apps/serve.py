@@ -103,7 +103,7 @@ def create_app(config: ServeConfig):
 
     @app.get("/api/info")
     async def info():
-        from tracker.apps.cli import FALLBACK
+        from tracker.apps.track_video import FALLBACK
         from tracker.io.drawing import palette_hex
 
         return {
