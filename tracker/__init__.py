@@ -32,9 +32,9 @@ _SOURCES = {
     "open_video": "tracker.io.video",
     "MatchConfig": "tracker.matching",
     "PointTracker": "tracker.tracking",
-    "Queries": "tracker.tracking",
-    "TrackResult": "tracker.tracking",
-    "TrackState": "tracker.tracking",
+    "Queries": "tracker.track_types",
+    "TrackResult": "tracker.track_types",
+    "TrackState": "tracker.track_types",
 }
 
 __all__ = [
@@ -89,4 +89,5 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the eager imports
     from tracker.geometry import GridGeometry, SizeSpec
     from tracker.io.video import VideoInfo, open_video
     from tracker.matching import MatchConfig
-    from tracker.tracking import PointTracker, Queries, TrackResult, TrackState
+    from tracker.track_types import Queries, TrackResult, TrackState
+    from tracker.tracking import PointTracker
