@@ -17,7 +17,7 @@ from tracker.bench.e2e import NaivePointTracker
 from tracker.bench.measure import Timing, peak_tflops, time_calls, vit_flops
 from tracker.synthetic import moving_objects, write_video
 from tracker.tracking import Queries
-from tracker.weights import create_vit
+from tracker.weight_loading import create_vit
 
 TINY = dict(embed_dim=48, depth=2, num_heads=2)
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from tracker import create_featurizer
 from tracker import diffusion_features as D
+from tracker import weight_loading as WL
 from tracker import weights as W
 from tracker.errors import TrackerError, WeightsUnavailable
 from tracker.io.formats import read_tracks
@@ -51,7 +52,7 @@ def test_dinov3_geometry_and_shape_at_two_sizes(size, grid):
 
 
 def test_dinov3_meta_and_timm_files_load_strictly_to_the_same_model(tmp_path):
-    ref = W.create_vit("vit_small_patch16_dinov3", (64, 64), **TINY_VIT)
+    ref = WL.create_vit("vit_small_patch16_dinov3", (64, 64), **TINY_VIT)
     timm_state = ref.state_dict()
     torch.save(timm_state, tmp_path / "timm.pth")
     # Meta's layout: storage_tokens, ls{1,2}.gamma, fused qkv bias (k part zero) with its mask, mask_token

@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from tracker import create_featurizer
+from tracker import weight_loading as WL
 from tracker import weights as W
 from tracker.apps.cli import main as track_main
 from tracker.distill import adapter as A
@@ -355,8 +356,8 @@ def test_student_is_frozen_except_lora_on_q_and_v_and_starts_as_its_base():
     assert len(trainable) == 2 * 2 * 2  # 2 blocks x (q, v) x (A, B)
     assert all(".attn.qkv.q.lora_" in n or ".attn.qkv.v.lora_" in n for n in trainable)
     assert student.model.blocks[0].attn.qkv.q.lora_A["default"].weight.shape == (8, 32)
-    base = W.create_vit(ARCH, HW, **TINY)
-    W.load_base_into(base, student.base_state)
+    base = WL.create_vit(ARCH, HW, **TINY)
+    WL.load_base_into(base, student.base_state)
     x = frames()
     from tracker.featurizers import ViTFeaturizer
 
@@ -391,7 +392,7 @@ def test_adapter_round_trips_and_merged_weights_give_the_peft_features(tmp_path,
     A.save_adapter(path, factors, {"note": "test"})
     loaded, card = A.read_adapter(path)
     assert card == {"note": "test"} and A.factors_equal(factors, loaded)
-    assert W.read_metadata(path)[W.KIND_METADATA] == "lora"
+    assert WL.read_metadata(path)[WL.KIND_METADATA] == "lora"
     fresh = tiny_student(spec=S.LoraSpec(alpha=alpha))
     randomise_lora(fresh, seed=11)
     assert not torch.allclose(student_features(fresh, x), peft_features, atol=1e-3)
@@ -421,7 +422,7 @@ def test_published_checkpoint_converts_to_the_same_adapter_format(tmp_path, caps
     card = json.loads((tmp_path / "us.json").read_text())
     assert card["format"] == "distilldift-lora" and card["converted_from"]["file"] == "distilldift_us.ckpt"
     factors, _ = A.read_adapter(tmp_path / "us.safetensors")
-    published = W.parse_distilldift(lora_state(), depth=2).lora
+    published = WL.parse_distilldift(lora_state(), depth=2).lora
     assert A.factors_equal(factors, published)
     # in the tracker, the converted adapter and the published checkpoint give the same model
     base = tmp_path / "dinov2_vitb14_reg4_pretrain.pth"
@@ -587,7 +588,7 @@ def test_the_real_defaults_are_the_papers_and_validate():
 
 
 def test_memory_estimate_of_the_real_student_and_the_check(monkeypatch):
-    model = W.create_vit(ARCH, (434, 434))
+    model = WL.create_vit(ARCH, (434, 434))
     one = TR.training_bytes(model, (434, 434), batch=1, act_bytes=2)
     assert 0.5 * TR.GIB < one < 4 * TR.GIB  # ViT-B/14 at 434: 2 images of 966 tokens through 12 blocks
     assert TR.training_bytes(model, (434, 434), batch=8, act_bytes=2) > 7 * one

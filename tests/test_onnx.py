@@ -119,7 +119,7 @@ def test_export_and_track_through_the_command_line(tmp_path):
     from tracker.apps.cli import main
     from tracker.io.formats import read_tracks
     from tracker.synthetic import write_video
-    from tracker.weights import create_vit
+    from tracker.weight_loading import create_vit
 
     torch.manual_seed(1)
     model = create_vit("vit_small_patch14_reg4_dinov2", (56, 56))

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from tracker import weight_loading as WL
 from tracker import weights as W
 from tracker.errors import TrackerError, WeightsUnavailable
 from tracker.featurizers import ViTFeaturizer, create_featurizer, resolve_model
@@ -18,7 +19,7 @@ HW = (56, 70)  # a 4x5 grid
 
 def tiny_vit(seed: int = 0, hw=HW) -> nn.Module:
     torch.manual_seed(seed)
-    model = W.create_vit("vit_base_patch14_reg4_dinov2", hw, **TINY)
+    model = WL.create_vit("vit_base_patch14_reg4_dinov2", hw, **TINY)
     with torch.no_grad():  # random non-trivial LayerScale, so the layers matter
         for block in model.blocks:
             block.ls1.gamma.uniform_(0.5, 1.0)
@@ -90,8 +91,8 @@ class OnTheFlyLoRA(nn.Module):
 def test_merge_equals_formula_q_and_v_changed_k_untouched():
     model = tiny_vit()
     before = {i: b.attn.qkv.weight.detach().clone() for i, b in enumerate(model.blocks)}
-    ckpt = W.parse_distilldift(lora_state(), depth=2)
-    W.merge_lora_qv(model, ckpt.lora)
+    ckpt = WL.parse_distilldift(lora_state(), depth=2)
+    WL.merge_lora_qv(model, ckpt.lora)
     c = 32
     for i, block in enumerate(model.blocks):
         a_q, b_q, a_v, b_v = ckpt.lora[i]
@@ -104,12 +105,12 @@ def test_merge_equals_formula_q_and_v_changed_k_untouched():
 
 def test_merged_model_gives_the_same_features_as_lora_on_the_fly():
     base = tiny_vit()
-    ckpt = W.parse_distilldift(lora_state(), depth=2)
+    ckpt = WL.parse_distilldift(lora_state(), depth=2)
     on_the_fly = copy.deepcopy(base)
     for i, block in enumerate(on_the_fly.blocks):
         block.attn.qkv = OnTheFlyLoRA(block.attn.qkv, *ckpt.lora[i])
     merged = copy.deepcopy(base)
-    W.merge_lora_qv(merged, ckpt.lora)
+    WL.merge_lora_qv(merged, ckpt.lora)
     frames = torch.randint(0, 256, (2, 100, 130, 3), dtype=torch.uint8)
     f_merged = ViTFeaturizer(merged, "t", HW)(frames)
     f_fly = ViTFeaturizer(on_the_fly, "t", HW)(frames)
@@ -123,33 +124,33 @@ def test_merged_model_gives_the_same_features_as_lora_on_the_fly():
 def test_meta_format_loads_strictly_into_timm():
     model = tiny_vit(hw=(84, 84))  # 6x6 grid, same as the checkpoint: no resampling
     state = meta_state()
-    W.load_base_into(model, state)
+    WL.load_base_into(model, state)
     assert torch.equal(model.reg_token, state["register_tokens"])
     assert torch.allclose(model.cls_token, state["cls_token"] + state["pos_embed"][:, 0])
     assert torch.equal(model.pos_embed, state["pos_embed"][:, 1:])
     assert torch.equal(model.blocks[1].ls2.gamma, state["blocks.1.ls2.gamma"])
     # resampled once when built at another size (4x5 grid)
     small = tiny_vit(hw=HW)
-    W.load_base_into(small, state)
+    WL.load_base_into(small, state)
     assert small.pos_embed.shape == (1, 20, 32)
     with pytest.raises(TrackerError, match="Unexpected|unexpected"):
-        W.load_base_into(tiny_vit(hw=(84, 84)), {**state, "blocks.0.attn.extra": torch.zeros(1)})
+        WL.load_base_into(tiny_vit(hw=(84, 84)), {**state, "blocks.0.attn.extra": torch.zeros(1)})
     missing = dict(state)
     del missing["blocks.1.mlp.fc2.bias"]
     with pytest.raises(TrackerError, match="Missing|missing"):
-        W.load_base_into(tiny_vit(hw=(84, 84)), missing)
+        WL.load_base_into(tiny_vit(hw=(84, 84)), missing)
 
 
 def test_distilldift_checkpoint_strict_parsing():
     with pytest.raises(TrackerError, match="all 2 blocks"):
         partial = lora_state()
         del partial["model.blocks.1.attn.qkv.linear_b_v.weight"]
-        W.parse_distilldift(partial, depth=2)
+        WL.parse_distilldift(partial, depth=2)
     with pytest.raises(TrackerError, match="unexpected key"):
-        W.parse_distilldift({**lora_state(), "optimizer.lr": torch.zeros(1)}, depth=2)
+        WL.parse_distilldift({**lora_state(), "optimizer.lr": torch.zeros(1)}, depth=2)
     # a whole-student checkpoint carries the backbone (Meta format, base qkv wrapped at attn.qkv.qkv)
     full = lora_state() | {"model." + k.replace(".attn.qkv.", ".attn.qkv.qkv."): v for k, v in meta_state().items()}
-    parsed = W.parse_distilldift(full, depth=2)
+    parsed = WL.parse_distilldift(full, depth=2)
     assert parsed.base is not None and "blocks.0.attn.qkv.weight" in parsed.base
 
 
@@ -158,21 +159,21 @@ def test_load_model_from_local_files_in_real_formats(tmp_path):
     base_path, lora_path = tmp_path / "dinov2_vitb14_reg4_pretrain.pth", tmp_path / "distilldift_us.ckpt"
     torch.save(meta_state(), base_path)
     torch.save(lora_state(), lora_path)
-    model = W.load_model(spec, HW, f"{base_path},{lora_path}", **TINY)
+    model = WL.load_model(spec, HW, f"{base_path},{lora_path}", **TINY)
     reference = tiny_vit(hw=HW)
-    W.load_base_into(reference, meta_state())
+    WL.load_base_into(reference, meta_state())
     c = 32
     assert torch.equal(model.blocks[0].attn.qkv.weight[c : 2 * c], reference.blocks[0].attn.qkv.weight[c : 2 * c])
     assert not torch.equal(model.blocks[0].attn.qkv.weight[:c], reference.blocks[0].attn.qkv.weight[:c])
     # a timm-format safetensors base loads too, and a LoRA for a plain DINOv2 model is refused
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, tmp_path / "model.safetensors")
-    plain = W.load_model(W.get_spec("dinov2-b"), HW, str(tmp_path / "model.safetensors"), **TINY)
+    plain = WL.load_model(W.get_spec("dinov2-b"), HW, str(tmp_path / "model.safetensors"), **TINY)
     assert torch.equal(plain.blocks[1].mlp.fc1.weight, reference.blocks[1].mlp.fc1.weight)
     with pytest.raises(TrackerError, match="takes no LoRA"):
-        W.load_model(W.get_spec("dinov2-b"), HW, str(lora_path), **TINY)
+        WL.load_model(W.get_spec("dinov2-b"), HW, str(lora_path), **TINY)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(TrackerError, match="cannot read"):
-        W.load_model(spec, HW, str(tmp_path / "junk.pth"), **TINY)
+        WL.load_model(spec, HW, str(tmp_path / "junk.pth"), **TINY)
 
 
 def test_cached_files_are_used_without_network(tmp_path, monkeypatch):
@@ -232,28 +233,28 @@ def test_merged_weights_load_alone_and_get_no_lora_from_the_table(tmp_path, monk
     monkeypatch.setattr(W, "_reachable", lambda url, timeout=5.0: pytest.fail("network touched"))
     spec = W.get_spec("distilldift")
     reference = tiny_vit(hw=HW)
-    W.merge_lora_qv(reference, W.parse_distilldift(lora_state(), depth=2).lora)
+    WL.merge_lora_qv(reference, WL.parse_distilldift(lora_state(), depth=2).lora)
     state = {k: v.contiguous() for k, v in reference.state_dict().items()}
     merged = tmp_path / "merged.safetensors"
-    save_file(state, merged, metadata={W.KIND_METADATA: "merged"})
-    assert W.classify(merged)[0] == "merged"
-    model = W.load_model(spec, HW, str(merged), **TINY)
+    save_file(state, merged, metadata={WL.KIND_METADATA: "merged"})
+    assert WL.classify(merged)[0] == "merged"
+    model = WL.load_model(spec, HW, str(merged), **TINY)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     # the same tensors without the mark are a base, which distilldift completes with its (unavailable) LoRA
     plain = tmp_path / "plain.safetensors"
     save_file(state, plain)
-    assert W.classify(plain)[0] == "base"
+    assert WL.classify(plain)[0] == "base"
     monkeypatch.setattr(W, "_reachable", lambda url, timeout=5.0: False)
     with pytest.raises(WeightsUnavailable):
-        W.load_model(spec, HW, str(plain), **TINY)
+        WL.load_model(spec, HW, str(plain), **TINY)
     lora_path = tmp_path / "distilldift_us.ckpt"
     torch.save(lora_state(), lora_path)
     with pytest.raises(TrackerError, match="already hold their LoRA"):
-        W.load_model(spec, HW, f"{merged},{lora_path}", **TINY)
+        WL.load_model(spec, HW, f"{merged},{lora_path}", **TINY)
     with pytest.raises(TrackerError, match="already hold their LoRA"):
-        W.load_model(spec, HW, f"{plain},{merged}", **TINY)
+        WL.load_model(spec, HW, f"{plain},{merged}", **TINY)
     with pytest.raises(TrackerError, match="two merged weights"):
-        W.load_model(spec, HW, f"{merged},{merged}", **TINY)
+        WL.load_model(spec, HW, f"{merged},{merged}", **TINY)
 
 
 # --------------------------------------------------------------------------- every published layout and source
@@ -301,10 +302,10 @@ def reference_features(layout: str, frames: torch.Tensor, *, head: bool = False)
     """Features of the student built as the authors build it: base, the checkpoint's tensors over it (load
     non-strict), the LoRA computed on the fly beside qkv, the head on the normed patch tokens."""
     model = tiny_vit(hw=HW)
-    W.load_base_into(model, meta_state())
+    WL.load_base_into(model, meta_state())
     trained = meta_state(seed=2)
     if layout in ("whole", "module-whole"):
-        W.load_base_into(model, trained)
+        WL.load_base_into(model, trained)
     elif layout == "partial":
         with torch.no_grad():
             for i, block in enumerate(model.blocks):
@@ -338,12 +339,12 @@ def test_every_checkpoint_layout_loads_to_the_authors_features(tmp_path, monkeyp
     torch.save(meta_state(), base)
     ckpt = student_file(tmp_path, "lora" if layout == "lora" else layout)
     want = reference_features(layout, FRAMES)
-    model = W.load_model(W.get_spec("distilldift-ws"), HW, f"{base},{ckpt}", **TINY)
+    model = WL.load_model(W.get_spec("distilldift-ws"), HW, f"{base},{ckpt}", **TINY)
     got = ViTFeaturizer(model, "t", HW)(FRAMES)
     assert got.shape == (2, C, 4, 5)
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
     if layout.endswith("whole"):  # the whole student needs no base file: the table's base is never fetched
-        alone = W.load_model(W.get_spec("distilldift-ws"), HW, ckpt, **TINY)
+        alone = WL.load_model(W.get_spec("distilldift-ws"), HW, ckpt, **TINY)
         assert torch.allclose(ViTFeaturizer(alone, "t", HW)(FRAMES), want, atol=1e-5)
 
 
@@ -355,17 +356,17 @@ def test_partial_backbone_is_laid_over_the_base_never_strict_loaded(tmp_path, mo
     files.mkdir(parents=True)
     torch.save(meta_state(), files / "dinov2_vitb14_reg4_pretrain.pth")
     ckpt = student_file(tmp_path, "partial")
-    model = W.load_model(W.get_spec("distilldift"), HW, ckpt, **TINY)
+    model = WL.load_model(W.get_spec("distilldift"), HW, ckpt, **TINY)
     assert torch.allclose(ViTFeaturizer(model, "t", HW)(FRAMES), reference_features("partial", FRAMES), atol=1e-5)
     base_only = meta_state()
     assert torch.equal(model.blocks[1].mlp.fc1.weight, base_only["blocks.1.mlp.fc1.weight"])  # from the base
     state = torch.load(ckpt, weights_only=True)
     torch.save({**state, "model.blocks.0.attn.extra": torch.zeros(3)}, tmp_path / "extra.ckpt")
     with pytest.raises(TrackerError, match="'blocks.0.attn.extra' is not part of"):
-        W.load_model(W.get_spec("distilldift"), HW, str(tmp_path / "extra.ckpt"), **TINY)
+        WL.load_model(W.get_spec("distilldift"), HW, str(tmp_path / "extra.ckpt"), **TINY)
     torch.save({**state, "model.blocks.0.attn.qkv.qkv.bias": torch.zeros(5)}, tmp_path / "shape.ckpt")
     with pytest.raises(TrackerError, match=r"has shape \(5,\), not \(96,\)"):
-        W.load_model(W.get_spec("distilldift"), HW, str(tmp_path / "shape.ckpt"), **TINY)
+        WL.load_model(W.get_spec("distilldift"), HW, str(tmp_path / "shape.ckpt"), **TINY)
 
 
 def test_supervised_head_is_applied_and_features_stay_unit(tmp_path, monkeypatch):
@@ -373,7 +374,7 @@ def test_supervised_head_is_applied_and_features_stay_unit(tmp_path, monkeypatch
     stays [B, C, h, w] with unit norm; an incomplete or width-changing head is refused in one line."""
     monkeypatch.setattr(W, "_reachable", lambda url, timeout=5.0: pytest.fail("network touched"))
     ckpt = student_file(tmp_path, "module-whole", head=True)  # as the Ulm share's 357 MB student would be saved
-    model = W.load_model(W.get_spec("distilldift-s"), HW, ckpt, **TINY)
+    model = WL.load_model(W.get_spec("distilldift-s"), HW, ckpt, **TINY)
     got = ViTFeaturizer(model, "t", HW)(FRAMES)
     assert got.shape == (2, C, 4, 5)
     assert torch.allclose(got.norm(dim=1), torch.ones(2, 4, 5), atol=1e-5)
@@ -383,12 +384,12 @@ def test_supervised_head_is_applied_and_features_stay_unit(tmp_path, monkeypatch
     del state["module.head.2.bias"]
     torch.save(state, tmp_path / "half_head.ckpt")
     with pytest.raises(TrackerError, match="head must hold") as info:
-        W.load_model(W.get_spec("distilldift-s"), HW, str(tmp_path / "half_head.ckpt"), **TINY)
+        WL.load_model(W.get_spec("distilldift-s"), HW, str(tmp_path / "half_head.ckpt"), **TINY)
     assert "\n" not in str(info.value)
     narrow = torch.load(student_file(tmp_path, "lora"), weights_only=True) | head_state(out=16)
     torch.save(narrow, tmp_path / "narrow.ckpt")
     with pytest.raises(TrackerError, match="maps 32 to 16 channels"):
-        W.load_model(W.get_spec("distilldift-s"), HW, str(tmp_path / "narrow.ckpt"), **TINY)
+        WL.load_model(W.get_spec("distilldift-s"), HW, str(tmp_path / "narrow.ckpt"), **TINY)
 
 
 def test_student_with_head_exports_to_onnx(tmp_path, monkeypatch):
@@ -397,7 +398,7 @@ def test_student_with_head_exports_to_onnx(tmp_path, monkeypatch):
     from export.onnx import export_onnx
 
     monkeypatch.setattr(W, "_reachable", lambda url, timeout=5.0: pytest.fail("network touched"))
-    model = W.load_model(W.get_spec("distilldift-s"), HW, student_file(tmp_path, "whole", head=True), **TINY)
+    model = WL.load_model(W.get_spec("distilldift-s"), HW, student_file(tmp_path, "whole", head=True), **TINY)
     featurizer = ViTFeaturizer(model, "distilldift-s", HW)
     export_onnx(featurizer, tmp_path / "s.onnx")  # raises when ONNX Runtime disagrees with torch
     import onnxruntime as ort
@@ -472,7 +473,7 @@ def test_converter_reads_every_layout_and_refuses_what_an_adapter_cannot_hold(tm
 
     monkeypatch.setattr(W, "_reachable", lambda url, timeout=5.0: pytest.fail("network touched"))
     factors, _ = A.read_adapter(student_file(tmp_path, "module"))
-    assert A.factors_equal(factors, W.parse_distilldift(lora_state(), depth=2).lora)
+    assert A.factors_equal(factors, WL.parse_distilldift(lora_state(), depth=2).lora)
     base = tmp_path / "dinov2_vitb14_reg4_pretrain.pth"
     torch.save(meta_state(), base)
     partial = student_file(tmp_path, "partial")
@@ -482,9 +483,9 @@ def test_converter_reads_every_layout_and_refuses_what_an_adapter_cannot_hold(tm
     A.convert_checkpoint(
         partial, tmp_path / "p.safetensors", merged=merged, base_weights=str(base), input_size=70, **TINY
     )
-    model = W.load_model(W.get_spec("distilldift"), (70, 70), str(merged), **TINY)  # built at 70
+    model = WL.load_model(W.get_spec("distilldift"), (70, 70), str(merged), **TINY)  # built at 70
     frames = torch.randint(0, 256, (1, 70, 70, 3), dtype=torch.uint8)
-    direct = W.load_model(W.get_spec("distilldift"), (70, 70), f"{base},{partial}", **TINY)
+    direct = WL.load_model(W.get_spec("distilldift"), (70, 70), f"{base},{partial}", **TINY)
     got, want = (ViTFeaturizer(m, "m", (70, 70))(frames) for m in (model, direct))
     assert torch.allclose(got, want, atol=1e-5)
     with pytest.raises(TrackerError, match="supervised student's head") as info:

@@ -61,10 +61,11 @@ def load_dinov3(name: str, input_hw: tuple[int, int], weights: str | None, downl
         WeightsUnavailable: not cached and the download was refused or impossible (one line, what to do).
         TrackerError: a file that is unreadable or does not fit strictly; more than one file.
     """
+    from tracker import weight_loading as WL
     from tracker import weights as W
 
     spec = W.get_spec(name)
-    model = W.create_vit(spec.arch, input_hw, **overrides)
+    model = WL.create_vit(spec.arch, input_hw, **overrides)
     if weights == "random":
         return model.eval()
     files = [part.strip() for part in (weights or "").split(",") if part.strip()]
@@ -83,8 +84,8 @@ def load_dinov3(name: str, input_hw: tuple[int, int], weights: str | None, downl
                 gated = "GatedRepoError" in str(exc)
                 reason = "the hub refused: licence not accepted or not logged in" if gated else str(exc)
                 raise WeightsUnavailable(gated_message(name, spec.base.hub_id, reason)) from None
-    state = W.read_state_dict(path)
+    state = WL.read_state_dict(path)
     if is_meta_dinov3(state):
         state = meta_to_timm(state, model)
-    W.load_base_into(model, state)
+    WL.load_base_into(model, state)
     return model.eval()

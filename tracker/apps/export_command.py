@@ -118,6 +118,7 @@ def _export_tensorrt(args: argparse.Namespace, spec, out: Path) -> int:
 
 
 def weights_command(args: argparse.Namespace) -> int:
+    from tracker import weight_loading as WL
     from tracker import weights as W
 
     if args.action == "list":
@@ -157,7 +158,7 @@ def weights_command(args: argparse.Namespace) -> int:
                 digest = W.sha256sum(path)
                 if source.sha256 and digest != source.sha256:
                     raise TrackerError(f"{path}: sha256 {digest} differs from the published {source.sha256}")
-            W.load_model(spec, (434, 434), None, download=False)
+            WL.load_model(spec, (434, 434), None, download=False)
             print(f"{name}: ok (loaded strictly)")
         except TrackerError as exc:
             failed += 1

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from tracker import weight_loading as WL
 from tracker import weights as W
 from tracker.distill.student import LoraFactors
 from tracker.errors import TrackerError
@@ -50,7 +51,7 @@ def save_adapter(path: str | Path, factors: LoraFactors, card: dict) -> Path:
     if path.suffix != ".safetensors":
         raise TrackerError(f"adapter file must end in .safetensors, got {path.name}")
     text = json.dumps(card, indent=1, sort_keys=False)
-    metadata = {W.KIND_METADATA: "lora", "card": json.dumps(card)}
+    metadata = {WL.KIND_METADATA: "lora", "card": json.dumps(card)}
     atomic_write(path, save(adapter_state(factors), metadata=metadata))
     atomic_write(card_path(path), (text + "\n").encode())
     return card_path(path)
@@ -72,13 +73,13 @@ def read_adapter(path: str | Path) -> tuple[LoraFactors, dict | None]:
     return {i: tuple(t.float() for t in f) for i, f in parsed.lora.items()}, card
 
 
-def _parse(path: str | Path) -> W.DistillDiftCheckpoint:
+def _parse(path: str | Path) -> WL.DistillDiftCheckpoint:
     """A DistillDIFT checkpoint or adapter in any key layout (``model.``, accelerate's ``module.``, bare)."""
-    state = W.read_state_dict(Path(path))
-    depth = W.lora_depth(state)
+    state = WL.read_state_dict(Path(path))
+    depth = WL.lora_depth(state)
     if not depth:
         raise TrackerError(f"{path} holds no DistillDIFT LoRA factors (model.blocks.N.attn.qkv.linear_a_q.weight ...)")
-    return W.parse_distilldift(state, depth=depth)
+    return WL.parse_distilldift(state, depth=depth)
 
 
 def save_merged(path: str | Path, state: dict[str, Tensor], card: dict) -> None:
@@ -88,7 +89,7 @@ def save_merged(path: str | Path, state: dict[str, Tensor], card: dict) -> None:
     path = Path(path)
     if path.suffix != ".safetensors":
         raise TrackerError(f"merged weights file must end in .safetensors, got {path.name}")
-    metadata = {W.KIND_METADATA: "merged", "card": json.dumps(card)}
+    metadata = {WL.KIND_METADATA: "merged", "card": json.dumps(card)}
     atomic_write(path, save({k: v.contiguous() for k, v in state.items()}, metadata=metadata))
 
 
@@ -151,7 +152,7 @@ def convert_checkpoint(
     save_adapter(out, factors, card)
     if merged is not None:
         weights = ",".join(filter(None, [base_weights, str(checkpoint)]))
-        model = W.load_model(spec, (input_size, input_size), weights, **overrides)
+        model = WL.load_model(spec, (input_size, input_size), weights, **overrides)
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_merged(merged, state, {**card, "input_size": [input_size, input_size]})
     return card

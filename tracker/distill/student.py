@@ -5,7 +5,7 @@ LoRA to the q and v slices of its output only, with its own ``A`` and ``B`` for 
 with standard peft: :class:`SplitQKV` replaces each fused Linear by three Linears ``q, k, v`` holding the same
 rows (its output is the same concatenation, so timm's attention is unchanged), and peft's LoRA targets
 ``attn.qkv.q`` and ``attn.qkv.v``. The factors are the published layout's ``linear_{a,b}_{q,v}``, and merging is
-``W_q += B_q A_q``, ``W_v += B_v A_v`` into the fused weight (:func:`tracker.weights.merge_lora_qv`), which is
+``W_q += B_q A_q``, ``W_v += B_v A_v`` into the fused weight (:func:`tracker.weight_loading.merge_lora_qv`), which is
 how the tracker loads DistillDIFT checkpoints, without peft.
 
 Scaling: peft multiplies ``B A`` by ``lora_alpha / r``; DistillDIFT has no scaling. The default
@@ -151,11 +151,11 @@ def merged_state_dict(
     arch: str, input_hw: tuple[int, int], base_state: dict[str, Tensor], factors: LoraFactors, **overrides
 ) -> dict[str, Tensor]:
     """A plain timm state dict (fused ``attn.qkv``) of the base with the LoRA merged, as the tracker loads it."""
-    from tracker import weights as W
+    from tracker import weight_loading as WL
 
-    model = W.create_vit(arch, input_hw, **overrides)
-    W.load_base_into(model, base_state)
-    W.merge_lora_qv(model, factors)
+    model = WL.create_vit(arch, input_hw, **overrides)
+    WL.load_base_into(model, base_state)
+    WL.merge_lora_qv(model, factors)
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 
 
@@ -236,6 +236,7 @@ def load_base_vit(arch: str, input_hw: tuple[int, int], weights: str | None, see
     so teacher and student share it) and sets every LayerScale to 1: DINOv2 initialises LayerScale at 1e-5,
     which would make a random backbone all but ignore its blocks and its LoRA.
     """
+    from tracker import weight_loading as WL
     from tracker import weights as W
 
     spec = next((s for s in W.MODELS.values() if s.arch == arch and s.lora is None), None)
@@ -244,7 +245,7 @@ def load_base_vit(arch: str, input_hw: tuple[int, int], weights: str | None, see
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            model = W.load_model(spec, input_hw, weights, **overrides)
+            model = WL.load_model(spec, input_hw, weights, **overrides)
         except W.WeightsUnavailable as exc:
             raise W.WeightsUnavailable(
                 f"DINOv2 base weights ({spec.name}) unavailable: {exc}; run `track weights download {spec.name}` on "
