@@ -370,13 +370,14 @@ def create_featurizer(
         frame_hw: ``(height, width)`` of the video.
         size: ``"N"`` (square, or short side with ``keep_aspect``) or ``"WxH"``; None for the model's default.
         keep_aspect: preserve the frame's aspect ratio.
-        weights: None (table sources), ``"random"``, or local file(s); see :func:`tracker.weights.load_model`.
+        weights: None (table sources), ``"random"``, or local file(s); see :func:`tracker.weight_loading.load_model`.
         device: where the featurizer runs.
         **overrides: timm architecture overrides (tiny models in tests).
 
     Raises:
         TrackerError: unknown model, bad size, weights unavailable or not fitting.
     """
+    from tracker import weight_loading as WL
     from tracker import weights as W
     from tracker.geometry import SizeSpec
 
@@ -405,5 +406,5 @@ def create_featurizer(
         return ViTFeaturizer(load_dinov3(name, input_hw, weights, **overrides), name, input_hw).to(device)
     model_spec = W.get_spec(name)
     input_hw = SizeSpec.parse(size or DEFAULT_SIZE["vit"], keep_aspect=keep_aspect).resolve(*frame_hw, multiple=14)
-    model = W.load_model(model_spec, input_hw, weights, **overrides)
+    model = WL.load_model(model_spec, input_hw, weights, **overrides)
     return ViTFeaturizer(model, name, input_hw).to(device)

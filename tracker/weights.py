@@ -7,8 +7,7 @@ featurizers' files. Base DINOv2-with-registers weights come from the Hugging Fac
 from every public location, in order (docs/distilldift.md). Files are cached under ``$TRACKER_CACHE``
 (:func:`cache_dir`); :func:`fetch` downloads what is missing atomically and checks it against its published
 sha256 or git blob id. Imports no torch: reading the files and loading them into a model is
-:mod:`tracker.weight_loading` (its ``create_vit`` and ``load_model`` are still reachable here, imported on first
-use, for the callers not yet pointed there).
+:mod:`tracker.weight_loading`.
 """
 
 from __future__ import annotations
@@ -337,16 +336,3 @@ def how_to_get(spec: ModelSpec) -> str:
         parts.append("or pass --weights PATH")
     parts.append(f"(cache: {cache_dir()})")
     return " ".join(parts)
-
-
-_MOVED = ("create_vit", "load_model")  # to tracker.weight_loading; tracker/featurizers.py and tracker/bench/ call W.*
-
-
-def __getattr__(name: str):
-    """The names that moved to :mod:`tracker.weight_loading` and are still called here, imported on first use
-    (so that importing this module stays free of torch)."""
-    if name in _MOVED:
-        from tracker import weight_loading
-
-        return getattr(weight_loading, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -272,6 +272,7 @@ def expected_seconds(config: BenchConfig, frame_hw: tuple[int, int] = (720, 1280
     fixed costs. An estimate, not a measurement: another load on the cores stretches the run."""
     import torch
 
+    from tracker import weight_loading as WL
     from tracker import weights as W
     from tracker.bench.measure import vit_flops
     from tracker.featurizers import VIT_MODELS
@@ -280,7 +281,7 @@ def expected_seconds(config: BenchConfig, frame_hw: tuple[int, int] = (720, 1280
         if model not in VIT_MODELS:  # sift: its cost is in E2E_FRAME_S
             return 0.0, 128
         with torch.device("meta"):
-            vit = W.create_vit(W.get_spec(model).arch, (size, size), **config.overrides)
+            vit = WL.create_vit(W.get_spec(model).arch, (size, size), **config.overrides)
         return vit_flops(vit, (size, size)).gflop, int(vit.embed_dim)
 
     cuda = config.device.startswith("cuda")

@@ -141,13 +141,14 @@ class Factory:
         """Analytic :class:`~tracker.bench.measure.FlopCount` per frame (architecture built on the meta device)."""
         import torch
 
+        from tracker import weight_loading as WL
         from tracker import weights as W
         from tracker.bench.measure import vit_flops
 
         key = (model, size)
         if key not in self._flops:
             with torch.device("meta"):
-                vit = W.create_vit(W.get_spec(model).arch, (size, size), **self.overrides)
+                vit = WL.create_vit(W.get_spec(model).arch, (size, size), **self.overrides)
             self._flops[key] = vit_flops(vit, (size, size))
         return self._flops[key]
 
