@@ -137,3 +137,17 @@ def test_splat_blends_like_the_per_pixel_formula_later_points_on_top():
                     old = before[y + dy, x + dx]
                     want[y + dy, x + dx] = (old * (256 - a) + colour.astype(np.int64) * a) >> 8
         assert np.array_equal(canvas.frame(), want.astype(np.uint8))
+
+
+def test_the_reused_canvas_leaves_nothing_of_the_frame_before():
+    rng = np.random.default_rng(5)
+    xy = torch.tensor([[10.0, 10.0], [58.0, 38.0], [-2.0, 20.0]])
+    first, second = (rng.integers(0, 256, (40, 60, 3), dtype=np.uint8) for _ in range(2))
+    reused = TrackOverlay()
+    reused.draw(first, TrackResult(0, xy, torch.tensor([True, False, True]), torch.zeros(3)))
+    reused.draw(np.zeros((30, 50, 3), np.uint8), TrackResult(1, xy, torch.tensor([True, True, True]), torch.zeros(3)))
+    result = TrackResult(2, xy + 1, torch.tensor([False, True, True]), torch.zeros(3))
+    got = reused.draw(second, result)
+    fresh = TrackOverlay()
+    fresh.history.extend(list(reused.history)[:-1])
+    assert np.array_equal(got, fresh.draw(second, result))
