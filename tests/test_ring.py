@@ -244,6 +244,39 @@ def test_track_of_prefetched_batches_is_bit_identical_with_no_second_copy(clip, 
         prefetched.close()
 
 
+class Threads(Recording):
+    """A featurizer that records the thread of each call, then runs ``inner``."""
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        import threading
+
+        self.calls.append(threading.current_thread().name)
+        return self.inner(frames)
+
+
+@pytest.mark.parametrize("refine", ["none", "lk"])
+def test_track_takes_the_grids_its_featurizer_made_in_the_decode_thread(clip, refine):
+    rng = np.random.default_rng(7)
+    xy = np.stack([rng.uniform(4, SIZE[1] - 4, 10), rng.uniform(4, SIZE[0] - 4, 10)], 1)
+    queries = Queries.create(xy, [0] * 6 + [5] * 4)
+    featurizer = Threads(create_featurizer("sift", SIZE))
+    tracker = PointTracker(featurizer, default_match_config("sift"), refine=refine)
+    for batch in (1, 3, 8):
+        want = list(tracker.track(clip.frames, queries, batch_size=batch))
+        featurizer.calls.clear()
+        prefetched = BatchPrefetcher(Frames(clip.frames), batch, featurizer=featurizer)
+        got = list(tracker.track(prefetched, queries, batch_size=batch))
+        assert len(got) == 11 and all(_same(a, b) for a, b in zip(want, got, strict=True)), (refine, batch)
+        assert featurizer.calls == ["decode"] * -(-11 // batch)  # once per batch, none in this thread
+        prefetched.close()
+    # a prefetcher with another featurizer: its grids are not this tracker's, it featurizes the batches itself
+    featurizer.calls.clear()
+    other = BatchPrefetcher(Frames(clip.frames), 4, featurizer=create_featurizer("sift", SIZE))
+    got = list(tracker.track(other, queries, batch_size=4))
+    assert all(_same(a, b) for a, b in zip(list(tracker.track(clip.frames, queries, batch_size=4)), got, strict=True))
+    assert featurizer.calls[:3] == ["MainThread"] * 3
+
+
 def test_propagate_and_fields_of_prefetched_batches_are_bit_identical(clip):
     featurizer = create_featurizer("sift", SIZE)
     propagator = MaskPropagator(featurizer, default_propagation_config("sift"))

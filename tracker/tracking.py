@@ -24,6 +24,7 @@ from tracker.coarse_to_fine import coarse_to_fine, fb_ok, reacquire_step, sighti
 from tracker.errors import TrackerError
 from tracker.featurizers import Featurizer
 from tracker.geometry import frames_to_tensor
+from tracker.io.pipeline import BatchPrefetcher
 from tracker.io.ring import Batches, batches_of
 from tracker.matching import (
     MatchConfig,
@@ -140,15 +141,23 @@ class PointTracker:
         (:func:`~tracker.io.ring.ring_batches`, pinned when the featurizer is on CUDA); memory stays flat in video
         length. Pre-batched ``frames`` (a :class:`~tracker.io.ring.Batches`, such as a
         :class:`~tracker.io.pipeline.BatchPrefetcher` filled in a decode thread) are used as they come, with no
-        second copy (``batch_size`` is then theirs). When the source fails half way, the frames read before are
+        second copy (``batch_size`` is then theirs); a prefetcher made with this tracker's featurizer hands over the
+        grids it made in its thread too. When the source fails half way, the frames read before are
         tracked, then the failure is raised.
         """
         if batch_size < 1:
             raise TrackerError("batch size must be at least 1")
-        for batch in batches_of(frames, batch_size, self.featurizer.device):
+        if isinstance(frames, BatchPrefetcher) and frames.featurizer is self.featurizer:
+            pairs = frames.featurized()  # the grids made in the decode thread, beside this thread's last batch
+        else:
+            pairs = ((batch, None) for batch in batches_of(frames, batch_size, self.featurizer.device))
+        for batch, grids in pairs:
             if state is None:
                 state = self.add_queries(self.empty_state(*batch.shape[1:3]), queries)
-            results, state = self._run_batch(state, batch)  # done with the batch before the next is asked for
+            if grids is None:
+                results, state = self._run_batch(state, batch)  # done with the batch before the next is asked for
+            else:
+                results, state = self.advance_frames(state, grids, batch)
             yield from results
 
     # ----------------------------------------------------------------- internals

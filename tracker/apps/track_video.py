@@ -172,7 +172,10 @@ def track_command(args: argparse.Namespace) -> int:
     batched = isinstance(tracker, PointTracker)  # hedlin takes frames one at a time
     if batched:  # decoded straight into the ring's [B, H, W, 3] slots in the producer thread, tracked as they come
         frames = _tee(video, writer is not None)
-        source = BatchPrefetcher(frames, args.batch, device=featurizer.device)
+        # on a CPU the producer also runs the featurizer, beside the tracker's step on the batch before
+        # (benchmarks/results/cpu-2core/track_fps_sift_profile.md); the reference search featurizes its own
+        ahead = featurizer if device == "cpu" and search is None else None
+        source = BatchPrefetcher(frames, args.batch, device=featurizer.device, featurizer=ahead)
     else:
         source = Prefetcher(video, depth=2 * args.batch)
         frames = _tee(source, writer is not None)
