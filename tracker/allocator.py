@@ -20,7 +20,13 @@ each frame. ``track`` on the 720p dog clip with 256 points (sift, 2-core CPU, tw
 frames/s at 64 KiB (system time 10.7 / 8.2 s), 28.1 / 30.6 at 16 MiB (5.0 / 4.2 s). It stays flat at 16 MiB
 (``benchmarks/memory_flat.py``): 320x240, 3,000 frames, x1.013 without and x0.976 with the overlay; 1280x720,
 2,000 frames, x0.978; 160x120 at ``--size 120``, 8,000 frames, x1.004. The ``track``
-command calls it at start; library users with long runs can call it too. It does nothing on other C
+command calls it at start; library users with long runs can call it too. It also sets the trim threshold to the
+same 16 MiB: fixing the mmap threshold leaves that one at its 128 KiB start (the dynamic mode would have raised
+it), and the heap's free top was handed back to the system and faulted in again every frame (720p, 256 points:
+1.42 M -> 0.37 M minor faults, 3.4 -> 0.8 s system time, +10 MB peak; ``track`` 29.5-31.2 -> 33.6-34.2 frames/s
+without the overlay, 24.0-25.3 -> 27.2-28.2 with it, benchmarks/results/cpu-2core/track_fps_sift_profile.md);
+still flat: 1280x720, 1,500 frames, x0.996 without and x1.006 with the overlay; 320x240, 3,000 frames, x1.003 and
+x0.999 (``benchmarks/memory_flat.py``). It does nothing on other C
 libraries (macOS, Windows, musl) and when the user set ``MALLOC_MMAP_THRESHOLD_`` in the environment.
 """
 
@@ -30,7 +36,8 @@ import ctypes
 import os
 import sys
 
-M_MMAP_THRESHOLD = -3  # glibc <malloc.h>
+M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
+M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 16 << 20  # bytes; requests this large or larger get their own mapping
 
 _applied: bool | None = None
@@ -67,4 +74,9 @@ def keep_memory_flat(threshold: int = MMAP_THRESHOLD) -> bool:
         libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
         libc.mallopt.restype = ctypes.c_int
         _applied = bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
+        if _applied and "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+            # fixing the mmap threshold also leaves the trim threshold at its 128 KiB start (the dynamic mode
+            # would have raised it to twice the mmap threshold): the heap's free top was returned to the system
+            # and faulted in again every frame (720p, 256 points: 1.4 M minor faults, 3.4 s system time)
+            libc.mallopt(M_TRIM_THRESHOLD, int(threshold))
     return _applied
