@@ -32,8 +32,9 @@ want a small neighbourhood. One round instead of two, or ``every`` 3, scored the
 0.431 / 0.507) but brought back 16 and 9 of the disc's 28 points (23 and 23 with both). Appearances taken at the
 loss itself were found on the occluder (the disc: hidden points judged visible 35% against 12%); ``drift`` 0.02,
 0.03 and 0.05 measured the same; templates 2 and 2.5 x the window lowered the synthetic AJ (0.418, 0.414: they
-straddle the object's edge). Cost at 720p with 256 points (sift): about 6.5 ms a frame, 15% of ``track``'s
-frames/s (23.8 -> 20.4 in one alternated run).
+straddle the object's edge). Cost at 720p with 256 points (sift): 7.6-8.2 ms of CPU a frame on the main thread
+(benchmarks/results/cpu-2core/track_fps_sift_profile.md: from the query patch 3, from the sightings 2.5, the drift
+check 1.6); ``track`` there runs at 38.7-39.8 frames/s with it.
 
 The memory is flat in video length: per point two patches and where/when they were taken, and a ring of every
 point's positions over the last ``history`` frames. Everything is in the pixels of the local track's working
