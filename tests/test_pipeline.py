@@ -75,6 +75,39 @@ def test_prefetcher_raises_the_source_failure_after_the_items_before_it():
         Prefetcher([], depth=0)
 
 
+def test_both_prefetchers_refuse_a_second_iteration_and_one_after_close():
+    """A closed prefetcher's producer stops at once and never says so: iterating it must fail, not wait for ever."""
+    from tracker.io.pipeline import BatchPrefetcher
+
+    frames = [np.full((8, 8, 3), i, np.uint8) for i in range(5)]
+
+    def first(make):
+        outcome = []
+
+        def run():
+            try:
+                outcome.append(next(iter(make())))
+            except RuntimeError as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "iterating hung"
+        return outcome[0]
+
+    for make in (lambda: Prefetcher(list(frames), depth=2), lambda: BatchPrefetcher(list(frames), 2)):
+        closed = make()
+        closed.close()
+        got = first(lambda closed=closed: closed)
+        assert isinstance(got, RuntimeError) and "closed" in str(got)
+        used = make()
+        assert next(iter(used)) is not None
+        got = first(lambda used=used: used)
+        assert isinstance(got, RuntimeError) and "once" in str(got)
+        used.close()
+
+
 # --------------------------------------------------------------------------- Sink
 
 

@@ -44,6 +44,17 @@ class _DecodeThread:
             return getattr(self.source, name)
         raise AttributeError(name)
 
+    def _begin(self) -> None:
+        """Start the producer on the first iteration; refuse a second one, and one after :meth:`close` (its
+        producer would stop at once and never say so: the consumer would wait for ever)."""
+        kind = type(self).__name__
+        if self._stop.is_set():
+            raise RuntimeError(f"this {kind} is closed")
+        if self._started:
+            raise RuntimeError(f"a {kind} can be iterated once")
+        self._started = True
+        self._thread.start()
+
     def close(self) -> None:
         """Stop and join the producer, drop what it decoded ahead, close the source; idempotent."""
         self._stop.set()
@@ -84,10 +95,7 @@ class Prefetcher(_DecodeThread):
         self._started = False
 
     def __iter__(self) -> Iterator:
-        if self._started:
-            raise RuntimeError("a Prefetcher can be iterated once")
-        self._started = True
-        self._thread.start()
+        self._begin()
         while True:
             kind, payload = self._queue.get()
             if kind == "item":
@@ -277,10 +285,7 @@ class BatchPrefetcher(_DecodeThread, Batches):
     def featurized(self) -> Iterator[tuple[Tensor, Tensor | None]]:
         """``(batch, grids)`` pairs: ``grids`` the ``featurizer``'s output for the batch (None without one). The
         batch follows the reuse rule above; the grids are the consumer's to keep."""
-        if self._started:
-            raise RuntimeError("a BatchPrefetcher can be iterated once")
-        self._started = True
-        self._thread.start()
+        self._begin()
         held: int | None = None
         try:
             while True:
