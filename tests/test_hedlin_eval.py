@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from test_hedlin_track import CHEAP, TINY_UNET, TINY_VAE
+from test_hedlin_track import CHEAP, use_tiny_sd
 
-from tracker import diffusion_features as D
 from tracker import hedlin_tracker as HT
 from tracker.apps.cli import main
 from tracker.eval import own_tracker as own
@@ -19,10 +18,7 @@ pytest.importorskip("diffusers")
 
 @pytest.fixture()
 def tiny(monkeypatch, tmp_path):
-    unet, vae = D.ARCHITECTURES["sd-1.5"]
-    monkeypatch.setitem(D.ARCHITECTURES, "sd-1.5", ({**unet, **TINY_UNET}, {**vae, **TINY_VAE}))
-    monkeypatch.setattr(HT, "CONFIG", CHEAP)
-    monkeypatch.setenv("TRACKER_CACHE", str(tmp_path / "cache"))
+    use_tiny_sd(monkeypatch, tmp_path)
     built = []
     create = HT.create_hedlin_tracker
     monkeypatch.setattr(HT, "create_hedlin_tracker", lambda *a, **k: built.append(k) or create(*a, **k))

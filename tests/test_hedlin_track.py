@@ -26,12 +26,17 @@ TINY_VAE = dict(block_out_channels=(4, 4, 4, 4), layers_per_block=1, norm_num_gr
 CHEAP = HedlinConfig(steps=2, restarts=1, crops=4)  # the paper's layers, timesteps and crops; fewer passes
 
 
-@pytest.fixture()
-def tiny(monkeypatch, tmp_path):
+def use_tiny_sd(monkeypatch, tmp_path) -> None:
+    """SD-1.5's architecture at the tiny widths above, the cheap config, a fresh cache under ``tmp_path``."""
     unet, vae = D.ARCHITECTURES["sd-1.5"]
     monkeypatch.setitem(D.ARCHITECTURES, "sd-1.5", ({**unet, **TINY_UNET}, {**vae, **TINY_VAE}))
     monkeypatch.setattr(HT, "CONFIG", CHEAP)
     monkeypatch.setenv("TRACKER_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture()
+def tiny(monkeypatch, tmp_path):
+    use_tiny_sd(monkeypatch, tmp_path)
     calls = []
     optimise = HedlinMatcher.optimise
     monkeypatch.setattr(HedlinMatcher, "optimise", lambda self, *a: calls.append(a[1]) or optimise(self, *a))

@@ -342,11 +342,11 @@ def _tapvid_scores(query_t, gt_raster, occluded, pred_xy, pred_visible, raster_s
     return tapvid_metrics(queries, occluded, gt_raster, ~pred_visible, (pred_xy + 0.5) * raster_scale)
 
 
-def eval_tapvid(pkl: str | Path, make_featurizer, match_config, batch: int = 8) -> dict:
-    """TAP-Vid-DAVIS first-query protocol (256x256 raster): ours per refinement mode vs OpenCV Lucas-Kanade.
+def load_tapvid(pkl: str | Path) -> dict:
+    """A TAP-Vid pickle as ``{video name: item}`` (a list of items is keyed by position).
 
-    The pickle maps video names to ``{"video": [T, H, W, 3] uint8, "points": [N, T, 2] xy in [0, 1],
-    "occluded": [N, T] bool}``; each point is queried on its first visible frame.
+    Raises:
+        TrackerError: the file cannot be read as a pickle.
     """
     import pickle
 
@@ -355,8 +355,16 @@ def eval_tapvid(pkl: str | Path, make_featurizer, match_config, batch: int = 8) 
             data = pickle.load(f)  # noqa: S301 - the user's own benchmark file
     except (OSError, pickle.UnpicklingError, EOFError) as exc:
         raise TrackerError(f"cannot read TAP-Vid pickle {pkl}: {exc}") from None
-    if isinstance(data, list):
-        data = {str(i): v for i, v in enumerate(data)}
+    return {str(i): v for i, v in enumerate(data)} if isinstance(data, list) else data
+
+
+def eval_tapvid(pkl: str | Path, make_featurizer, match_config, batch: int = 8) -> dict:
+    """TAP-Vid-DAVIS first-query protocol (256x256 raster): ours per refinement mode vs OpenCV Lucas-Kanade.
+
+    The pickle maps video names to ``{"video": [T, H, W, 3] uint8, "points": [N, T, 2] xy in [0, 1],
+    "occluded": [N, T] bool}``; each point is queried on its first visible frame.
+    """
+    data = load_tapvid(pkl)
     modes = point_refine_modes()
     methods = [ours(m) for m in modes] + [LK_BASELINE]
     per_video = {}

@@ -25,6 +25,7 @@ from tracker.eval.evaluation import (
     _track_lk,
     badja_queries,
     load_badja,
+    load_tapvid,
     pck,
 )
 
@@ -99,15 +100,7 @@ def eval_badja_own(root: str | Path, davis_root: str | Path, make_tracker, name:
 def eval_tapvid_own(pkl: str | Path, make_tracker, name: str, max_points=None) -> dict:
     """:func:`eval_tapvid` with a tracker of its own (``name``) in place of ours, on at most ``max_points`` points
     per video."""
-    import pickle
-
-    try:
-        with open(pkl, "rb") as f:
-            data = pickle.load(f)  # noqa: S301 - the user's own benchmark file
-    except (OSError, pickle.UnpicklingError, EOFError) as exc:
-        raise TrackerError(f"cannot read TAP-Vid pickle {pkl}: {exc}") from None
-    if isinstance(data, list):
-        data = {str(i): v for i, v in enumerate(data)}
+    data = load_tapvid(pkl)
     own = own_tracker_method(name)
     methods = [own, LK_BASELINE]
     per_video = {}
