@@ -265,9 +265,9 @@ def run_points_overlapped(
 ) -> RunTiming:
     """Track ``n_points`` random points through the first ``frames`` frames in ``track``'s overlapped loop:
     frames decoded ahead by a :class:`~tracker.io.pipeline.BatchPrefetcher` straight into the ring's
-    ``[batch, H, W, 3]`` slots and tracked batch by batch, with ``write`` the overlay drawn and encoded to an mp4 (in
-    a temporary folder) in a :class:`~tracker.io.pipeline.Sink`, and on a CPU one torch thread fewer (as ``track``
-    leaves the I/O threads a core). No stages (see :func:`run_points`)."""
+    ``[batch, H, W, 3]`` slots (on a CPU featurized there too) and tracked batch by batch, with ``write`` the overlay
+    drawn and encoded to an mp4 (in a temporary folder) in a :class:`~tracker.io.pipeline.Sink`, and on a CPU one
+    torch thread fewer (as ``track`` leaves the I/O threads a core). No stages (see :func:`run_points`)."""
     from tracker.io.drawing import TrackOverlay
     from tracker.io.pipeline import BatchPrefetcher, Sink
 
@@ -275,7 +275,9 @@ def run_points_overlapped(
     with _point_run(featurizer, config, video_path, n_points, frames, off, write) as run:
         info, source, tracker, queries, writer = run
         # as track: the decode thread reads through the tee (which keeps the frames not drawn yet) into the slots
-        batches = BatchPrefetcher(source, batch, device=featurizer.device)  # its thread starts on the first iter()
+        # on a CPU its thread also runs the featurizer (as track does); the thread starts on the first iter()
+        ahead = featurizer if torch.device(featurizer.device).type == "cpu" else None
+        batches = BatchPrefetcher(source, batch, device=featurizer.device, featurizer=ahead)
         overlay = TrackOverlay(num_frames=info.num_frames) if write else None
         sink = None if writer is None else Sink(lambda f, r: writer.write(overlay.draw(f, r)), 2 * batch)
         try:
