@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -341,6 +342,54 @@ def test_inline_points_grid_legend_and_the_lines_said(clips: Path, tmp_path: Pat
 
 
 # --------------------------------------------------------------------------- Ctrl-C
+
+
+_SLOW_FEATURIZER = """
+import sys, time
+from pathlib import Path
+import tracker.featurizers as F
+forward, calls = F.SiftFeaturizer.forward, [0]
+def slow(self, frames):  # from the third batch on, a heavy model: the decode thread is busy for seconds
+    calls[0] += 1
+    if calls[0] >= 3:
+        Path("busy").touch()
+        time.sleep(4)
+    return forward(self, frames)
+F.SiftFeaturizer.forward = slow
+from tracker.apps.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_second_signal_while_the_decode_thread_finishes_its_batch_keeps_finished_frames(tmp_path: Path) -> None:
+    # on a CPU the decode thread runs the featurizer: close() waits for its batch. A second signal during that wait
+    # must not lose the tracks (an interrupted Thread.join marks the running thread stopped and the run aborted)
+    write_video(str(tmp_path / "long.mp4"), moving_objects(num_frames=80, size=SIZE).frames)
+    (tmp_path / "points.json").write_text(json.dumps([[30.0, 25.0]]))
+    (tmp_path / "slow.py").write_text(_SLOW_FEATURIZER)
+    argv = [sys.executable, "slow.py", "long.mp4", "--points", "points.json", "--model", "sift", "--batch", "4"]
+    argv += ["--device", "cpu", "--out-tracks", "t.csv", "--no-video", "--no-progress"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=_env(tmp_path / "cache"), stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):  # the third batch is in the featurizer
+            if (tmp_path / "busy").exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, f"exit {proc.returncode}\n{stderr}"
+    assert "Traceback" not in stderr and "track: terminated" in stderr, stderr
+    with (tmp_path / "t.csv").open(newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    assert 1 <= len(rows) < 80 and [int(r[0]) for r in rows] == list(range(len(rows)))
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")

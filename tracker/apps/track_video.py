@@ -498,7 +498,13 @@ def _drive(results, handle, video, writer, quiet: bool) -> tuple[int, str, Track
         raise
     finally:
         bar.close()
-        video.close()
+        while True:  # a second Ctrl-C / SIGTERM while the decode thread finishes its batch: still close, keep frames
+            try:
+                video.close()
+                break
+            except KeyboardInterrupt as exc:
+                if status == "done":
+                    status = "terminated" if isinstance(exc, Terminated) else "interrupted"
     return done, status, error, time.perf_counter() - start
 
 

@@ -55,10 +55,25 @@ class _DecodeThread:
         self._started = True
         self._thread.start()
 
+    def _run(self) -> None:
+        try:
+            self._produce()
+        finally:
+            self._ended.set()
+
     def close(self) -> None:
-        """Stop and join the producer, drop what it decoded ahead, close the source; idempotent."""
+        """Stop and join the producer, drop what it decoded ahead, close the source; idempotent. A Ctrl-C or
+        SIGTERM while it waits (the producer finishing a featurizer batch) is raised once the producer ended: an
+        interrupted ``Thread.join`` marks a running thread stopped (CPython bpo-45274), and the interpreter would
+        exit under it."""
         self._stop.set()
-        if self._thread.is_alive():
+        pending = None
+        while self._thread.ident is not None and not self._ended.is_set():
+            try:
+                self._ended.wait()
+            except KeyboardInterrupt as exc:
+                pending = exc
+        if self._thread.ident is not None:
             self._thread.join()
         while not self._queue.empty():
             self._queue.get_nowait()
@@ -67,6 +82,8 @@ class _DecodeThread:
         self._iterator = None
         if hasattr(self.source, "close"):
             self.source.close()
+        if pending is not None:
+            raise pending
 
 
 class Prefetcher(_DecodeThread):
@@ -90,7 +107,8 @@ class Prefetcher(_DecodeThread):
         self.depth = depth
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, name=name, daemon=True)
+        self._ended = threading.Event()  # set by the producer when it returns
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._iterator: Iterator | None = None
         self._started = False
 
@@ -274,7 +292,8 @@ class BatchPrefetcher(_DecodeThread, Batches):
         self._events: list[torch.cuda.Event | None] = [None] * slots  # the consumer's device work on each slot
         self._queue: queue.Queue = queue.Queue()  # bounded by the slots: at most slots - 1 batches wait
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, name=name, daemon=True)
+        self._ended = threading.Event()  # set by the producer when it returns
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._iterator: Iterator | None = None
         self._started = False
 
