@@ -66,7 +66,15 @@ def test_featurizer_equals_the_kornia_path(frame_hw, input_hw):
     ours = sift(frames)
     torch.testing.assert_close(ours, reference(frames, input_hw), atol=1e-5, rtol=0)
     assert ours.is_contiguous() and ours.dtype == torch.float32
-    # the luma table gives the torch expression's floats bit for bit, also for a non-contiguous batch
+    # the luma table gives the torch expression's floats bit for bit, also for a non-contiguous batch and a strip
+    # of rows that does not divide the frame's
     luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1) / 255
     strided = frames[:, ::2, ::2]
-    assert torch.equal(sift._gray(strided), (strided.permute(0, 3, 1, 2).float() * luma).sum(1, keepdim=True))
+    expected = (strided.permute(0, 3, 1, 2).float() * luma).sum(1, keepdim=True)
+    pixels = strided.contiguous().numpy()
+    gray = np.empty(pixels.shape[1:3], np.float32)
+    strip = np.empty((5, pixels.shape[2], 3), np.float32)
+    for i, frame in enumerate(pixels):
+        sift._gray_into(frame, gray, strip)
+        assert torch.equal(torch.from_numpy(gray), expected[i, 0])
+    torch.testing.assert_close(sift(strided), reference(strided, input_hw), atol=1e-5, rtol=0)
