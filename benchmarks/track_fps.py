@@ -3,8 +3,11 @@
 
 Variants (``--variants``, comma separated, run in turn ``--repeat`` times):
     ``serial``: the frame loop as it was: decode, track, draw and encode one after the other on the main thread;
-    ``pipeline``: ``track``'s loop: decode ahead in a producer thread, draw and encode behind in a consumer thread
-        (:mod:`tracker.io.pipeline`);
+    ``pipeline``: decode ahead in a producer thread, draw and encode behind in a consumer thread
+        (:mod:`tracker.io.pipeline`), the featurizer on the main thread;
+    ``track``: ``track``'s loop: as ``pipeline``, but the frames decoded straight into batches
+        (:class:`~tracker.io.pipeline.BatchPrefetcher`) and, on a CPU, featurized in the decode thread beside the
+        step on the batch before (the featurizer's time is then off the main thread);
     ``kornia-serial``: ``serial`` with the seed's sift featurizer (kornia's ``DenseSIFTDescriptor`` and the torch
         luma), the "before" of the featurizer rewrite (sift only).
 
@@ -37,11 +40,11 @@ from _common import describe, parser, random_queries, save, timed_items
 from tracker import PointTracker, create_featurizer, default_match_config, open_video
 from tracker.allocator import keep_memory_flat
 from tracker.io.drawing import TrackOverlay
-from tracker.io.pipeline import Prefetcher, Sink
+from tracker.io.pipeline import BatchPrefetcher, Prefetcher, Sink
 from tracker.io.video import AtomicVideoWriter
 from tracker.tracking import REFINE_MODES
 
-VARIANTS = ("kornia-serial", "serial", "pipeline")
+VARIANTS = ("kornia-serial", "serial", "pipeline", "track")
 
 
 def seed_sift_forward(featurizer):
@@ -68,7 +71,7 @@ class Clock:
     """Busy seconds per stage, added from any thread."""
 
     def __init__(self):
-        self.s = {"decode": 0.0, "featurizer": 0.0, "wait": 0.0, "draw_encode": 0.0}
+        self.s = {"decode": 0.0, "featurizer": 0.0, "wait": 0.0, "draw_encode": 0.0, "step": 0.0}
         self.decoded = 0
 
     def timed_iter(self, iterable, key):
@@ -108,15 +111,31 @@ def _run(args, variant: str, queries, out_dir: Path) -> dict:
     featurizer.forward = timed_forward
     total_frames = 8 + args.frames
     decoded = clock.timed_iter(itertools.islice(video, total_frames), "decode")
-    pipelined = variant == "pipeline"
-    source = Prefetcher(decoded, depth=2 * args.batch) if pipelined else decoded
-    frames_in = clock.timed_iter(source, "wait") if pipelined else source
+    pipelined = variant in ("pipeline", "track")
     kept: dict[int, object] = {}
 
-    def tee():
-        for i, frame in enumerate(frames_in):
+    def tee(frames):
+        for i, frame in enumerate(frames):
             kept[i] = frame
             yield frame
+
+    if variant == "track":  # as track: batches filled (and, on a CPU, featurized) in the decode thread
+        ahead = featurizer if args.device == "cpu" else None
+        source = BatchPrefetcher(tee(decoded), args.batch, device=featurizer.device, featurizer=ahead)
+        frames_in = source
+        advance = tracker.advance_frames
+
+        def timed_advance(state, grids, frames):  # the main thread's busy time: the step on each batch
+            start = time.perf_counter()
+            try:
+                return advance(state, grids, frames)
+            finally:
+                clock.s["step"] += time.perf_counter() - start
+
+        tracker.advance_frames = timed_advance
+    else:
+        source = Prefetcher(decoded, depth=2 * args.batch) if pipelined else decoded
+        frames_in = tee(clock.timed_iter(source, "wait") if pipelined else source)
 
     writer = AtomicVideoWriter(out_dir / f"{variant}.mp4", video.info.fps, (w, h)) if args.overlay else None
     overlay = TrackOverlay()
@@ -130,7 +149,7 @@ def _run(args, variant: str, queries, out_dir: Path) -> dict:
     count, start, cpu0 = 0, None, None
     try:
         with torch.inference_mode():
-            for result in tracker.track(tee(), queries, batch_size=args.batch):
+            for result in tracker.track(frames_in, queries, batch_size=args.batch):
                 frame = kept.pop(result.frame_index)
                 if writer is not None:
                     sink.submit(frame, result) if sink is not None else draw(frame, result)
@@ -153,7 +172,11 @@ def _run(args, variant: str, queries, out_dir: Path) -> dict:
     total, cpu = time.perf_counter() - start, time.process_time() - cpu0
     timed = count - 8
     ms = {k: 1000 * v / timed for k, v in clock.s.items()}
-    main_busy = total - clock.s["wait"] if pipelined else total - clock.s["decode"] - clock.s["draw_encode"]
+    if variant == "track":  # the featurizer ran in the decode thread: the step is the main thread's work
+        step_ms = ms["step"]
+    else:
+        main_busy = total - clock.s["wait"] if pipelined else total - clock.s["decode"] - clock.s["draw_encode"]
+        step_ms = 1000 * main_busy / timed - ms["featurizer"]
     return {
         **describe(args, featurizer, (h, w), timed),
         "variant": variant,
@@ -163,9 +186,9 @@ def _run(args, variant: str, queries, out_dir: Path) -> dict:
         "cpu_ms_per_frame": 1000 * cpu / timed,
         "decode_ms_per_frame": 1000 * clock.s["decode"] / max(clock.decoded, 1),
         "featurizer_ms_per_frame": ms["featurizer"],
-        "step_ms_per_frame": 1000 * main_busy / timed - ms["featurizer"],
+        "step_ms_per_frame": step_ms,
         "draw_encode_ms_per_frame": ms["draw_encode"],
-        "main_thread_wait_for_frames_ms": ms["wait"] if pipelined else None,
+        "main_thread_wait_for_frames_ms": ms["wait"] if variant == "pipeline" else None,
     }
 
 
