@@ -131,6 +131,33 @@ def test_a_csv_manifest_gives_names_relative_paths_and_per_video_options(clips, 
     ]
 
 
+def test_a_manifest_naming_its_own_points_runs_beside_lines_that_take_the_points_dir(clips, tmp_path):
+    """Lines with their own ``points`` (and per-line options) and lines without, in one run (this crashed: the
+    lines with points gave no entry to the list of missing queries)."""
+    videos, points = clips / "videos", clips / "points"
+    manifest = tmp_path / "list.jsonl"
+    lines = [
+        {"video": str(videos / "clip0.mp4"), "points": str(points / "clip0.json")},
+        {"video": str(videos / "clip1.mp4")},
+        {"video": str(videos / "clip2.mp4"), "points": str(points / "clip2.json"), "options": {"refine": "none"}},
+    ]
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "out"
+    code = track_main(["batch", str(manifest), "--points-dir", str(points), "--out", str(out), "--quiet", *OPTIONS])
+    assert code == 0
+    records = {r["name"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    assert sorted(records) == ["clip0", "clip1", "clip2"] and all(r["status"] == "ok" for r in records.values())
+    for name in ("clip0", "clip1"):  # as `track` on the clip alone (clip2 ran with refine=none)
+        ours, theirs = (
+            read_tracks(records[name]["outputs"]["tracks"]),
+            read_tracks(clips / "reference" / f"{name}.json"),
+        )
+        for key in FIELDS:
+            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=f"{name} {key}")
+    clip2 = read_tracks(records["clip2"]["outputs"]["tracks"])
+    assert clip2["x"].shape == read_tracks(clips / "reference" / "clip2.json")["x"].shape
+
+
 def test_the_manifest_schema_is_valid_and_takes_the_documented_lines():
     import jsonschema
 

@@ -264,7 +264,8 @@ def attach_queries(entries: list[Entry], args: argparse.Namespace) -> list[str]:
     """
     missing = []
     for entry in entries:
-        if entry.points or entry.mask:
+        if entry.points or entry.mask:  # named in the manifest
+            missing.append("")
             continue
         if args.batch_points:
             entry.points = args.batch_points
