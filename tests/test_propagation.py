@@ -251,3 +251,50 @@ def test_flow_band_skips_confident_tiles_and_keeps_the_masks(two_objects, monkey
     assert len(shares) == 5 and max(shares) < 0.9  # tiles skipped on every frame after the first
     for a, b in zip(masks[None], masks[2], strict=True):
         assert (a != b).mean() < 0.005
+
+
+def test_the_flow_warp_of_many_objects_equals_a_channel_by_channel_remap():
+    """The flow-warped probabilities go through OpenCV's remap four channels at a time (one remap of 150 and more
+    channels crashed the process). Up to four channels: the same bits as one call. Any number: each channel is
+    its own remap to OpenCV's rounding (its multi-channel path interpolates in fixed point; on random values a
+    wrongly sampled pixel is ~0.3 off). 160 channels run."""
+    import cv2
+
+    from tracker.optical_flow import FlowEstimator, FlowState, remap_channels
+
+    clip = moving_objects(num_frames=2, size=(60, 80), seed=3)
+    flow = FlowEstimator(60)
+    grey = [flow.gray(f) for f in clip.frames]
+    map_xy, _ = flow.backward(grey[0], grey[1])
+    rng = np.random.default_rng(0)
+    for channels in (1, 2, 5, 160):
+        probs = rng.random((*grey[0].shape, channels), dtype=np.float32)
+        warped = remap_channels(probs, map_xy)
+        assert warped.shape == probs.shape
+        for c in range(channels):
+            one = cv2.remap(
+                np.ascontiguousarray(probs[..., c]),
+                map_xy[..., 0],
+                map_xy[..., 1],
+                cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REPLICATE,
+            )
+            np.testing.assert_allclose(warped[..., c], one, atol=0.05, err_msg=f"{channels} channels, channel {c}")
+        if channels <= 4:  # one call, as before the split: the same masks bit for bit
+            whole = cv2.remap(probs, map_xy[..., 0], map_xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            np.testing.assert_array_equal(warped, whole.reshape(warped.shape))
+    warp = flow.warp(FlowState(grey[0], probs), grey[1], 160, PropagationConfig(refine="flow"))
+    assert warp.probs.shape == probs.shape and np.isfinite(warp.probs).all()
+
+
+def test_a_mask_of_more_than_100_values_is_refused_in_one_line(tmp_path):
+    import cv2
+
+    from tracker.errors import TrackerError
+    from tracker.io.formats import MAX_OBJECTS
+
+    cv2.imwrite(str(tmp_path / "ok.png"), np.resize(np.arange(MAX_OBJECTS + 1, dtype=np.uint8), (20, 30)))
+    assert len(np.unique(read_mask(tmp_path / "ok.png"))) == MAX_OBJECTS + 1  # 0 and 100 ids
+    cv2.imwrite(str(tmp_path / "grey.png"), np.resize(np.arange(MAX_OBJECTS + 2, dtype=np.uint8), (20, 30)))
+    with pytest.raises(TrackerError, match=r"grey.png has 101 distinct non-zero values, more than 100 objects"):
+        read_mask(tmp_path / "grey.png")

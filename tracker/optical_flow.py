@@ -96,7 +96,7 @@ class FlowEstimator:
         prev = previous.probs
         if prev.shape[2] < channels:  # objects that joined since
             prev = np.concatenate([prev, np.zeros((*prev.shape[:2], channels - prev.shape[2]), np.float32)], 2)
-        warped = cv2.remap(prev, map_xy[..., 0], map_xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        warped = remap_channels(prev, map_xy)
         tolerance = config.flow_tolerance * self.scale
         consistency = np.exp(-((error / tolerance) ** 2)).astype(np.float32)
         return Warp(warped.reshape(*gray.shape, channels), consistency)
@@ -113,6 +113,25 @@ class FlowEstimator:
         feat = cv2.resize(probs.permute(1, 2, 0).float().cpu().numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
         weight = (config.flow_weight * warp.consistency)[..., None]
         return (weight * warp.probs + (1 - weight) * feat.reshape(h, w, k1)).astype(np.float32)
+
+
+def remap_channels(image: np.ndarray, map_xy: np.ndarray) -> np.ndarray:
+    """``[h, w, C]`` float32 sampled bilinearly at ``map_xy`` ``[h', w', 2]`` (border replicated): ``[h', w', C]``.
+
+    Four channels per ``cv2.remap`` call: one call on an image of 150 channels and more crashed the process."""
+    return np.concatenate(
+        [
+            cv2.remap(
+                np.ascontiguousarray(image[..., c : c + 4]),
+                map_xy[..., 0],
+                map_xy[..., 1],
+                cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REPLICATE,
+            ).reshape(*map_xy.shape[:2], -1)
+            for c in range(0, image.shape[2], 4)
+        ],
+        2,
+    )
 
 
 class Warp(NamedTuple):

@@ -399,13 +399,19 @@ def davis_palette() -> np.ndarray:
     return palette
 
 
+MAX_OBJECTS = 100
+"""At most this many objects in one mask: DAVIS-2017 and YouTube-VOS masks hold a few to a dozen; more distinct
+values mean a JPEG, anti-aliased or grey-scale image rather than object ids (and OpenCV's remap of the flow-warped
+label probabilities crashed beyond about 150 channels)."""
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """``[H, W]`` uint8 object ids from a palette PNG (indices) or a binary/grey PNG (non-zero -> 1).
 
     A grey PNG whose non-zero values are not all one value keeps its values as ids.
 
     Raises:
-        TrackerError: missing or unreadable.
+        TrackerError: missing or unreadable, or more than :data:`MAX_OBJECTS` objects.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -417,11 +423,17 @@ def read_mask(path: str | Path) -> np.ndarray:
         raise TrackerError(f"mask not found: {path}") from None
     except (UnidentifiedImageError, OSError):
         raise TrackerError(f"cannot read mask {path}: not an image") from None
-    if mode == "P":
-        return array.astype(np.uint8)
-    if array.ndim == 3:
+    if mode != "P" and array.ndim == 3:
         array = array[..., :3].max(-1)
     values = np.unique(array[array > 0])
+    if len(values) > MAX_OBJECTS:
+        raise TrackerError(
+            f"mask {path} has {len(values)} distinct non-zero values, more than {MAX_OBJECTS} objects: a mask holds "
+            "object ids (0 background; one value for one object, or 1..K), so save it as a PNG without "
+            "anti-aliasing or as a palette PNG, not as a JPEG or a grey-scale image"
+        )
+    if mode == "P":
+        return array.astype(np.uint8)
     return (array > 0).astype(np.uint8) if len(values) <= 1 else array.astype(np.uint8)
 
 
