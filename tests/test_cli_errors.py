@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -66,6 +67,22 @@ def _empty_folder(d: Path) -> None:
 
 def _subfolder(d: Path) -> None:
     (d / "sub").mkdir()
+
+
+def _grey_mask(d: Path) -> None:  # 200 distinct grey values: an anti-aliased or JPEG "mask", not object ids
+    values = np.arange(1, 201, dtype=np.uint8)
+    cv2.imwrite(str(d / "grey.png"), np.resize(values, SIZE))
+
+
+def _mask_in_out_folder(d: Path) -> None:
+    (d / "m").mkdir()
+    cv2.imwrite(str(d / "m" / "00000.png"), _box_mask())
+
+
+def _box_mask() -> np.ndarray:
+    mask = np.zeros(SIZE, np.uint8)
+    mask[10:40, 20:60] = 255
+    return mask
 
 
 def _locked(d: Path) -> None:
@@ -162,6 +179,19 @@ CASES: dict[str, Case] = {
     "inline-point-outside-frame": Case(("500", "outside"), extra=("--points", "30,25;500,10")),
     "grid-zero": Case(("--grid", ">= 1"), extra=("--grid", "0"), points_arg=False),
     "grid-and-points": Case(("exactly one of", "--points, --grid"), extra=("--grid", "3")),
+    # masks
+    "mask-with-200-values": Case(
+        ("grey.png", "200 distinct", "more than 100 objects"),
+        extra=("--mask", "grey.png", "--out-masks", "om", "--no-video"),
+        setup=_grey_mask,
+        points_arg=False,
+    ),
+    "out-masks-holds-the-mask": Case(
+        ("--out-masks m", "--mask file m/00000.png", "overwrite"),
+        extra=("--mask", "m/00000.png", "--out-masks", "m", "--no-video"),
+        setup=_mask_in_out_folder,
+        points_arg=False,
+    ),
 }
 VALID = Case(())  # the positive control: the error cases each change one thing of it
 
@@ -251,6 +281,14 @@ def test_bad_input_is_one_error_line_and_exit_2(name: str, runs: dict[str, Run])
     assert len(lines) == 1, f"stderr must be exactly one line\n{run.describe()}"
 
 
+def test_a_mask_in_the_out_masks_folder_is_left_as_it_was(runs: dict[str, Run]) -> None:
+    """Frame 0's prediction would have been written as m/00000.png over the given mask (a binary PNG)."""
+    run = runs["out-masks-holds-the-mask"]
+    assert run.returncode == 2, run.describe()
+    np.testing.assert_array_equal(cv2.imread(str(run.folder / "m" / "00000.png"), cv2.IMREAD_UNCHANGED), _box_mask())
+    assert sorted(p.name for p in (run.folder / "m").iterdir()) == ["00000.png"]
+
+
 def test_valid_input_tracks(runs: dict[str, Run]) -> None:
     run = runs["valid"]
     assert run.returncode == 0, run.describe()
@@ -282,7 +320,6 @@ def _track(folder: Path, *argv: str) -> subprocess.CompletedProcess:
 def test_inline_points_grid_legend_and_the_lines_said(clips: Path, tmp_path: Path) -> None:
     """Inline points and --grid track; the legend changes the overlay; sift says it is the fallback; the
     end-of-run line names the device once; a mask run says how much of the object it kept."""
-    import cv2
 
     shutil.copy(clips / "clip.mp4", tmp_path / "clip.mp4")
     mask = np.zeros(SIZE, np.uint8)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -371,6 +372,14 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
             "the given masks' folder": masks_dir if mode == "--davis-root" else None,
         },
     )
+    if out_masks is not None:  # the NNNNN.png it writes must not be an input kept in that folder
+        for option, given in (("--mask", args.mask), ("--reference", args.reference), ("--edit", args.edit)):
+            inside = given and re.fullmatch(r"\d{5}\.png", Path(given).name)
+            if inside and os.path.realpath(Path(given).parent) == os.path.realpath(out_masks):
+                raise TrackerError(
+                    f"--out-masks {out_masks} holds the {option} file {given}; writing the masks would overwrite it: "
+                    "choose another folder"
+                )
 
     video = open_video(source, reader=getattr(args, "reader", "auto"))
     _warn(video.warnings)
