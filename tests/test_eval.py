@@ -216,3 +216,12 @@ def test_pooled_and_memo_featurizers():
     assert len(calls) == 1  # the second batch of the same frames came from memory
     memo(frames[:1])
     assert len(calls) == 2 and memo.geometry(64, 64) == base.geometry(64, 64)
+
+
+@pytest.mark.parametrize("seed", ["-1", "x"])
+def test_a_negative_or_non_integer_seed_is_one_line_and_exit_2(seed, tmp_path, capsys):
+    args = ["eval", "synthetic", "--seeds", seed, "--frames", "8", "--model", "sift", "--out", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"track: error: argument --seeds: a seed is a non-negative integer, not '{seed}'"]
+    assert list(tmp_path.iterdir()) == []

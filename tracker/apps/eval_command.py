@@ -13,6 +13,17 @@ from tracker.apps.track_video import _pick_device, _settings, check_writable
 from tracker.errors import TrackerError
 
 
+def _seed(text: str) -> int:
+    """A clip's seed: a non-negative integer (numpy's generators take no other)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a seed is a non-negative integer, not {text!r}")
+    return value
+
+
 def build_eval_parser() -> argparse.ArgumentParser:
     from tracker.choices import MODEL_NAMES
 
@@ -27,7 +38,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tapvid", help="TAP-Vid-DAVIS first-query metrics; baseline: OpenCV Lucas-Kanade")
     t.add_argument("--pkl", required=True, help="tapvid_davis.pkl")
     y = sub.add_parser("synthetic", help="generated TAP-Vid-style occlusion clips (exact truth), 256x256 metrics")
-    y.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="clips to generate (default: 0 1)")
+    y.add_argument("--seeds", type=_seed, nargs="+", default=[0, 1], help="clips to generate (default: 0 1)")
     y.add_argument("--frames", type=int, default=48, help="frames per clip (default: 48)")
     y.add_argument("--no-coarse", action="store_true", help="leave out the 14 px coarse-grid (pooled sift) runs")
     for s in (b, t, y):
