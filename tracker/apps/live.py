@@ -242,6 +242,28 @@ def _check_output(path: Path, option: str, suffixes: tuple[str, ...]) -> Path:
     return path
 
 
+def _refuse_overwriting_inputs(args: argparse.Namespace, options: RunOptions) -> None:
+    """Refuse, in one line and before anything runs, an output (``--save``, ``--record``, ``--snapshot``) that is
+    an input (the video given as ``--camera``, ``--script``, ``--weights``, ``--onnx``, ``--engine``) or another
+    output."""
+    from tracker.apps.track_video import refuse_overwriting
+
+    outputs = {"--save": options.save, "--record": options.record, "--snapshot": options.snapshot}
+    weights = [w for w in (args.weights or "").split(",") if w.strip() and w.strip() != "random"]
+    inputs = {
+        "the --camera video": None if args.camera.isdigit() else args.camera,
+        "the --script events file": args.script,
+        "the --onnx file": args.onnx,
+        "the --engine file": args.engine,
+        **{f"the --weights file {w.strip()}": w.strip() for w in weights},
+    }
+    refuse_overwriting(outputs, inputs)
+    names = list(outputs)
+    for i, option in enumerate(names):  # one output over another: the later write would replace the earlier
+        later = {f"the {other} output": outputs[other] for other in names[i + 1 :]}
+        refuse_overwriting({option: outputs[option]}, later)
+
+
 def main(argv: list[str]) -> int:
     """``track live ...``; returns the exit code (bad input raises TrackerError)."""
     from tracker.apps.parsers import live_parser
@@ -270,6 +292,7 @@ def run_command(args: argparse.Namespace) -> int:
         snapshot=_check_output(Path(args.snapshot), "--snapshot", (".png",)) if args.snapshot else None,
         max_frames=args.max_frames,
     )
+    _refuse_overwriting_inputs(args, options)
     if options.window and not has_gui():
         raise TrackerError(NO_GUI)
     if args.model not in MODEL_NAMES:

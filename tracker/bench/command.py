@@ -340,6 +340,27 @@ def output_paths(target: str) -> tuple[Path, Path, Path]:
     return path, path.with_suffix(".md"), path.with_suffix(".png")
 
 
+def check_outputs(args, config: BenchConfig, paths: tuple[Path, Path, Path]) -> None:
+    """Refuse, in one line and before any work, a result file (the ``--json`` file and the ``.md`` and ``.png``
+    beside it) that is an input (``--video`` or the default video, ``--mask``, ``--weights`` files) or that cannot
+    be written (``/proc``, a read-only folder), as ``track`` refuses its outputs."""
+    from tracker.apps.track_video import check_writable, refuse_overwriting
+
+    json_path, md_path, png_path = paths
+    shown = f"(from --json {args.json})"
+    outputs = {"--json": json_path, f"the report {shown}": md_path, f"the chart {shown}": png_path}
+    weights = [w.strip() for w in (args.weights or "").split(",") if w.strip() and w.strip() != "random"]
+    inputs = {
+        "the --video file": args.video,
+        "the end-to-end video": config.video,
+        "the --mask file": args.mask,
+        **{f"the --weights file {w}": w for w in weights},
+    }
+    refuse_overwriting(outputs, inputs)
+    for option, path in outputs.items():
+        check_writable(path, option)
+
+
 def main(argv: list[str]) -> int:
     from tracker.bench.report import plot_png, summary_lines, to_markdown
     from tracker.io.atomic import atomic_write
@@ -347,6 +368,8 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
     paths = output_paths(args.json) if args.json else None
+    if paths is not None:
+        check_outputs(args, config, paths)
     if "e2e" in config.sections and config.video is None:
         print(f"track bench: {clip_line(config)}", file=sys.stderr, flush=True)
     if args.quick:
