@@ -319,3 +319,21 @@ def test_masks_by_name_are_propagated_as_track_does(clips, tmp_path):
     assert [p.name for p in ours] == [f"{i:05d}.png" for i in range(8)]
     for path in ours:
         np.testing.assert_array_equal(cv2.imread(str(path)), cv2.imread(str(tmp_path / "ref" / path.name)))
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        (("--model", "nope"), "unknown model 'nope'"),
+        (("--device", "tpu"), "--device must be cpu or cuda, got 'tpu'"),
+        (("--size", "abc"), "--size"),
+    ],
+)
+def test_a_bad_shared_track_option_is_refused_once_before_any_video(clips, tmp_path, capsys, option, said):
+    """Every video would fail on it (each marked failed, exit 1, before): one line, exit 2, nothing written."""
+    out = tmp_path / "out"
+    argv = ["batch", str(clips / "videos"), "--points-dir", str(clips / "points"), "--out", str(out), "--quiet"]
+    assert track_main([*argv, "--model", "sift", "--size", "64", *option]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("track: error: ") and said in err[0], err
+    assert not (out / "manifest.jsonl").exists()

@@ -308,6 +308,19 @@ def track_args(argv: list[str], where: str = "") -> argparse.Namespace:
             raise TrackerError(f"{where}{flag} is set per video by track batch (see --points-dir, --mask-dir, --out)")
     if args.batch < 1:
         raise TrackerError(f"{where}--batch must be at least 1")
+    # what every video would fail on, said once before any is tried (as track says it)
+    from tracker.choices import MODEL_NAMES
+    from tracker.geometry import SizeSpec
+
+    if args.model not in MODEL_NAMES:
+        raise TrackerError(f"{where}unknown model {args.model!r}; choose from: {', '.join(MODEL_NAMES)}")
+    if args.device is not None and args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
+        raise TrackerError(f"{where}--device must be cpu or cuda, got {args.device!r}")
+    if args.size is not None:
+        try:
+            SizeSpec.parse(args.size, keep_aspect=args.keep_aspect)
+        except TrackerError as exc:
+            raise TrackerError(f"{where}{exc}") from None
     return args
 
 
