@@ -314,8 +314,12 @@ def track_args(argv: list[str], where: str = "") -> argparse.Namespace:
 
     if args.model not in MODEL_NAMES:
         raise TrackerError(f"{where}unknown model {args.model!r}; choose from: {', '.join(MODEL_NAMES)}")
-    if args.device is not None and args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
-        raise TrackerError(f"{where}--device must be cpu or cuda, got {args.device!r}")
+    from tracker.backends import pick_device
+
+    try:
+        pick_device(args.device)  # track's own check (cuda asked for where there is none, too)
+    except TrackerError as exc:
+        raise TrackerError(f"{where}{exc}") from None
     if args.size is not None:
         try:
             SizeSpec.parse(args.size, keep_aspect=args.keep_aspect)
