@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 from tracker.apps.cli import Parser
-from tracker.apps.track_video import _pick_device, _settings, check_writable
+from tracker.apps.track_video import _pick_device, _settings, check_writable, refuse_overwriting
 from tracker.errors import TrackerError
 
 
@@ -91,6 +92,7 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise TrackerError("--batch must be at least 1")
     out = Path(args.out)
+    _refuse_out_in_inputs(args, out, model)  # before _check_out_folder, which tries a file in the folder
     _check_out_folder(out)  # created only when the report is written: a failing run leaves no empty folder
     if model == "hedlin":
         return _write_eval_report(args, out, model, *_eval_hedlin(args, device))
@@ -233,6 +235,36 @@ def _eval_hedlin(args: argparse.Namespace, device: str) -> tuple[dict, dict, flo
         "max_points": limit,
     }
     return report, settings, time.perf_counter() - start
+
+
+# each benchmark's data roots (option dests) and what is read under each: all of it, or a DAVIS root's two
+# folders (a DAVIS root may hold other things, such as results: only the root itself and those two are data)
+_INPUT_ROOTS = {
+    "davis": (("root", ("JPEGImages", "Annotations")),),
+    "badja": (("root", ("",)), ("davis_root", ("JPEGImages", "Annotations"))),
+}
+
+
+def _refuse_out_in_inputs(args: argparse.Namespace, out: Path, model: str) -> None:
+    """Refuse, in one line, an ``--out`` that is a data root or is inside a folder the benchmark reads (by any
+    name: the real paths are compared), and a report file that is an input file (``--pkl``, ``--weights``)."""
+    real = Path(os.path.realpath(out))
+    for dest, read in _INPUT_ROOTS.get(args.benchmark, ()):
+        option, root = f"--{dest.replace('_', '-')}", getattr(args, dest)
+        inside = [sub for sub in read if Path(os.path.realpath(Path(root, sub))) in (real, *real.parents)]
+        if real == Path(os.path.realpath(root)):
+            where = f"is the {option} data folder {root}"
+        elif inside:
+            sub = inside[0]
+            where = f"is in {f'{Path(root, sub)}, data of ' if sub else ''}the {option} folder {root}"
+        else:
+            continue
+        raise TrackerError(f"--out {out} {where}; the report would be written into the data: choose another folder")
+    stem = out / f"{args.benchmark}_{model}"
+    weights = [w.strip() for w in (args.weights or "").split(",") if w.strip() and w.strip() != "random"]
+    inputs = {"the --pkl file": getattr(args, "pkl", None), **{f"the --weights file {w}": w for w in weights}}
+    for suffix in (".json", ".md", ".png"):
+        refuse_overwriting({f"the report (from --out {out})": stem.with_suffix(suffix)}, inputs)
 
 
 def _check_out_folder(out: Path) -> None:

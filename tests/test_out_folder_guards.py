@@ -1,0 +1,119 @@
+"""Output folders and files that are inputs are refused before any work: ``track eval --out`` in the data it
+reads, ``track batch --out`` in an input frame folder or over an input file, and ``track live``'s default
+``--save`` path only where it could be written. One line on stderr, exit code 2, nothing changed or written."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+TRACK = [sys.executable, "-c", "import sys; from tracker.apps.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` (symbolic links not followed), with the bytes of its files."""
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() and not p.is_symlink() else None
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def track(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*TRACK, *argv], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def refused(argv: list[str], cwd: Path, message: str) -> None:
+    """``track argv`` exits 2 with one ``track: error:`` line holding ``message``; nothing under ``cwd`` changed."""
+    before = tree(cwd)
+    res = track(argv, cwd)
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    assert len(err) == 1 and err[0].startswith("track: error: ") and message in err[0], err
+    assert tree(cwd) == before  # the inputs byte-identical, nothing written beside them
+
+
+def frames_folder(folder: Path, count: int = 3) -> Path:
+    """A few small JPEG frames ``00000.jpg ...`` of a square moving right."""
+    folder.mkdir(parents=True)
+    for i in range(count):
+        frame = np.full((48, 64, 3), 40, np.uint8)
+        frame[14:30, 10 + 3 * i : 26 + 3 * i] = (200, 120, 60)
+        cv2.imwrite(str(folder / f"{i:05d}.jpg"), frame)
+    return folder
+
+
+def first_mask(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mask = np.zeros((48, 64), np.uint8)
+    mask[14:30, 10:26] = 255
+    cv2.imwrite(str(path), mask)
+    return path
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    """``data/davis`` (DAVIS layout, one 3-frame sequence ``seq``, masks of frames 0 and 2) and ``data/badja``
+    (``seq.json``: frames 0 and 2 annotated)."""
+    davis = tmp_path / "data" / "davis"
+    frames_folder(davis / "JPEGImages" / "480p" / "seq")
+    for i in (0, 2):
+        first_mask(davis / "Annotations" / "480p" / "seq" / f"{i:05d}.png")
+    badja = tmp_path / "data" / "badja"
+    badja.mkdir()
+    joints = [[40.0 + j, 50.0 + j] for j in range(37)]  # [row, col] in 1920x1080: inside the 64x48 frames
+    entries = [{"image_path": f"seq/{i:05d}.jpg", "joints": joints, "visibility": [True] * 37} for i in (0, 2)]
+    (badja / "seq.json").write_text(json.dumps(entries))
+    (tmp_path / "link").symlink_to("data/davis/JPEGImages/480p/seq")
+    return tmp_path / "data"
+
+
+EVAL = ["--model", "sift", "--device", "cpu"]
+DAVIS = ["eval", "davis", "--root", "data/davis", *EVAL]
+BADJA = ["eval", "badja", "--root", "data/badja", "--davis-root", "data/davis", *EVAL]
+
+
+@pytest.mark.parametrize(
+    "argv, out, message",
+    [
+        (
+            DAVIS,
+            "data/davis/JPEGImages/480p/seq",
+            "--out data/davis/JPEGImages/480p/seq is in data/davis/JPEGImages, data of the --root folder data/davis; "
+            "the report would be written into the data: choose another folder",
+        ),
+        (DAVIS, "data/davis/Annotations", "is in data/davis/Annotations, data of the --root folder data/davis"),
+        (DAVIS, "link", "--out link is in data/davis/JPEGImages"),  # a symbolic link to the frames folder
+        (DAVIS, "link/new", "--out link/new is in data/davis/JPEGImages"),  # a new folder in it
+        (DAVIS, "data/davis", "--out data/davis is the --root data folder data/davis"),
+        (BADJA, "data/badja", "--out data/badja is the --root data folder data/badja"),
+        (BADJA, "data/badja/results", "--out data/badja/results is in the --root folder data/badja"),
+        (BADJA, "data/davis/Annotations/480p/seq", "is in data/davis/Annotations, data of the --davis-root folder"),
+    ],
+)
+def test_eval_refuses_an_out_folder_in_its_input_data(tmp_path, data, argv, out, message):
+    refused([*argv, "--out", out], tmp_path, message=message)
+
+
+def test_eval_refuses_a_report_file_that_is_the_tapvid_pickle(tmp_path):
+    video = np.repeat(np.random.default_rng(0).integers(0, 255, (1, 32, 32, 3), np.uint8), 3, 0)
+    item = {"video": video, "points": np.full((1, 3, 2), 0.5), "occluded": np.zeros((1, 3), bool)}
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "tapvid_sift.json").write_bytes(pickle.dumps({"v": item}))  # a pickle by a report's name
+    argv = ["eval", "tapvid", "--pkl", "o/tapvid_sift.json", *EVAL, "--out", "o"]
+    refused(argv, tmp_path, message="the report (from --out o) o/tapvid_sift.json is the --pkl file")
+
+
+def test_eval_writes_beside_the_data_of_a_davis_root(tmp_path, data):
+    # a DAVIS root's own folders other than JPEGImages/ and Annotations/ are not data: results may go there
+    before = tree(data / "davis" / "JPEGImages"), tree(data / "davis" / "Annotations"), tree(data / "badja")
+    res = track([*BADJA, "--out", "data/davis/results"], tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (data / "davis" / "results" / "badja_sift.json").is_file()
+    assert (tree(data / "davis" / "JPEGImages"), tree(data / "davis" / "Annotations"), tree(data / "badja")) == before
