@@ -85,6 +85,20 @@ def _box_mask() -> np.ndarray:
     return mask
 
 
+def _box_png(d: Path) -> None:
+    cv2.imwrite(str(d / "box.png"), _box_mask())
+
+
+def _davis_root(d: Path) -> None:  # a DAVIS-layout dataset root with two sequences
+    frame = np.full((*SIZE, 3), 128, np.uint8)
+    for name in ("bear", "dog"):
+        (d / "ds" / "JPEGImages" / "480p" / name).mkdir(parents=True)
+        (d / "ds" / "Annotations" / "480p" / name).mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(d / "ds" / "JPEGImages" / "480p" / name / f"{i:05d}.jpg"), frame)
+        cv2.imwrite(str(d / "ds" / "Annotations" / "480p" / name / "00000.png"), _box_mask())
+
+
 def _locked(d: Path) -> None:
     shutil.copy(d / "clip.mp4", d / "locked.mp4")
     (d / "locked.mp4").chmod(0)
@@ -105,7 +119,7 @@ class Case:
     """
 
     expect: tuple[str, ...]
-    video: str = "clip.mp4"
+    video: str | None = "clip.mp4"
     points: object = field(default_factory=lambda: GOOD_POINTS)
     model: str = "sift"
     extra: tuple[str, ...] = ()
@@ -116,7 +130,7 @@ class Case:
     def argv(self) -> list[str]:
         return [
             *CLI,
-            self.video,
+            *((self.video,) if self.video else ()),
             *(("--points", "points.json") if self.points_arg else ()),
             "--model",
             self.model,
@@ -190,6 +204,38 @@ CASES: dict[str, Case] = {
         ("--out-masks m", "--mask file m/00000.png", "overwrite"),
         extra=("--mask", "m/00000.png", "--out-masks", "m", "--no-video"),
         setup=_mask_in_out_folder,
+        points_arg=False,
+    ),
+    # options the chosen mode would silently ignore, and values no setting can take
+    "no-video-and-out-video": Case(("--out-video", "--no-video"), extra=("--no-video", "--out-video", "o.mp4")),
+    "sequence-without-davis-root": Case(("--sequence", "--davis-root"), extra=("--sequence", "dog")),
+    "out-masks-with-points": Case(("--out-masks", "--points"), extra=("--out-masks", "om")),
+    "out-tracks-with-mask": Case(
+        ("--out-tracks", "--mask"),
+        extra=("--mask", "box.png", "--out-tracks", "t.json"),
+        setup=_box_png,
+        points_arg=False,
+    ),
+    "davis-root-and-video": Case(
+        ("VIDEO", "--davis-root"),
+        extra=("--davis-root", "ds", "--sequence", "dog", "--out-masks", "om", "--no-video"),
+        setup=_davis_root,
+        points_arg=False,
+    ),
+    "davis-root-without-sequence": Case(
+        ("ds holds several sequences", "--sequence", "bear, dog"),
+        video=None,
+        extra=("--davis-root", "ds", "--out-masks", "om", "--no-video"),
+        setup=_davis_root,
+        points_arg=False,
+    ),
+    "min-score-nan": Case(("--min-score", "nan"), extra=("--min-score", "nan")),
+    "min-score-above-1": Case(("--min-score", "[-1, 1]"), extra=("--min-score", "5")),
+    "temperature-nan": Case(("--temperature",), extra=("--temperature", "nan")),
+    "prop-temperature-nan": Case(
+        ("--prop-temperature",),
+        extra=("--mask", "box.png", "--out-masks", "om", "--no-video", "--prop-temperature", "nan"),
+        setup=_box_png,
         points_arg=False,
     ),
 }

@@ -43,13 +43,15 @@ class MatchConfig:
     min_score: float = 0.5
     fb_tolerance: float = 1.5
 
-    def __post_init__(self) -> None:
-        if self.window_radius < 0 or self.temperature <= 0 or self.fb_tolerance <= 0:
-            raise ValueError("--window-radius must be >= 0, --temperature and --fb-tolerance > 0")
-        if self.search_radius is not None and self.search_radius < 1:
+    def __post_init__(self) -> None:  # written as `not (ok)`, so that NaN is refused too
+        if not (self.window_radius >= 0 and 0 < self.temperature < math.inf and 0 < self.fb_tolerance < math.inf):
+            raise ValueError("--window-radius must be >= 0, --temperature and --fb-tolerance finite and > 0")
+        if self.search_radius is not None and not 1 <= self.search_radius < math.inf:
             raise ValueError("--search-radius must be at least 1 (cell)")
         if not 0 <= self.update <= 1:
             raise ValueError("--update must be in [0, 1]")
+        if not -1 <= self.min_score <= 1:
+            raise ValueError(f"--min-score is a cosine similarity, in [-1, 1], not {self.min_score}")
 
 
 def sample_descriptors(features: Tensor, uv: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ use the dense correspondence fields of :mod:`tracker.correspondence`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -75,7 +76,8 @@ class PropagationConfig:
     def __post_init__(self) -> None:
         if self.pool < 1:
             raise ValueError("--pool must be >= 1")
-        if self.context < 0 or self.topk < 1 or self.temperature <= 0 or (self.radius is not None and self.radius <= 0):
+        radius_ok = self.radius is None or 0 < self.radius < math.inf
+        if not (self.context >= 0 and self.topk >= 1 and 0 < self.temperature < math.inf and radius_ok):  # NaN too
             raise ValueError("--context >= 0, --topk >= 1, --prop-temperature > 0 and --radius > 0 required")
         if self.refine not in REFINE_MODES:
             raise ValueError(f"--refine must be one of {', '.join(REFINE_MODES)}, not {self.refine!r}")

@@ -65,6 +65,21 @@ def refuse_overwriting(outputs: dict[str, Path | None], inputs: dict[str, str | 
                 raise TrackerError(f"{option} {out} is {what}; it would be overwritten: choose another name")
 
 
+def _refuse_contradictions(args: argparse.Namespace, mode: str) -> None:
+    """Refuse, in one line, an output or input option that the chosen mode would silently ignore."""
+    points = mode in ("--points", "--grid")
+    rules = (
+        (args.out_video and args.no_video, "give --out-video or --no-video, not both"),
+        (args.sequence and mode != "--davis-root", "--sequence goes with --davis-root"),
+        (args.video and mode == "--davis-root", "give the VIDEO argument or --davis-root, not both"),
+        (args.out_masks and points, f"--out-masks goes with --mask or --davis-root; {mode} writes --out-tracks"),
+        (args.out_tracks and not points, f"--out-tracks goes with --points or --grid; {mode} writes no tracks"),
+    )
+    for broken, message in rules:
+        if broken:
+            raise TrackerError(message)
+
+
 def track_command(args: argparse.Namespace) -> int:
 
     import torch
@@ -91,6 +106,7 @@ def track_command(args: argparse.Namespace) -> int:
     modes = [name for name, value in given.items() if value]
     if len(modes) != 1:
         raise TrackerError(f"give exactly one of {', '.join(given)} (got {', '.join(modes) or 'none'})")
+    _refuse_contradictions(args, modes[0])
     if args.model == "hedlin" and modes[0] != "--points":
         raise TrackerError("hedlin tracks points only; use --points")
     if args.model == "hedlin" and args.reference:

@@ -114,6 +114,17 @@ def davis_sequence(root: str | Path, sequence: str | None) -> tuple[Path, Path]:
     then (no sequence) ``root/{JPEGImages,Annotations}``.
     """
     root = Path(root)
+    if not sequence:  # a dataset root, not one sequence's: say which sequences it holds
+        held = [
+            p.name
+            for base in (root / "JPEGImages" / "480p", root / "JPEGImages")
+            if base.is_dir() and not any(f.suffix.lower() in (".jpg", ".jpeg", ".png") for f in base.iterdir())
+            for p in sorted(base.iterdir())
+            if p.is_dir() and p.name != "480p"
+        ]
+        if held:
+            shown = ", ".join(held[:8]) + (f" ... ({len(held)} in all)" if len(held) > 8 else "")
+            raise TrackerError(f"{root} holds several sequences: name one with --sequence ({shown})")
     candidates = [("480p", sequence), (sequence,)] if sequence else [()]
     for parts in candidates:
         frames, masks = root.joinpath("JPEGImages", *parts), root.joinpath("Annotations", *parts)
