@@ -247,6 +247,20 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, clip, capsys, argv, mes
     assert len(err) == 1 and err[0].startswith("track: error: ") and message in err[0], err
 
 
+@pytest.mark.skipif(Path("/dev/video7").exists(), reason="this machine has a camera 7")
+def test_a_missing_camera_is_our_one_line_without_opencvs_warnings(tmp_path):
+    """OpenCV logs "[ WARN:0@3.2] ... can't open camera by index" to fd 2 (two lines) before our error."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("OPENCV_LOG_LEVEL", None)
+    argv = [sys.executable, "-m", "tracker.apps.cli", "live", "--camera", "7", "--headless", "--model", "sift"]
+    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "track: error: cannot open camera 7 (is one connected, and not used by another program?)"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.skipif(has_gui(), reason="this OpenCV can open windows")
 def test_a_window_without_gui_support_is_a_clear_error(clip, capsys):
     assert track_main(["live", "--camera", str(clip), "--model", "sift"]) == 2

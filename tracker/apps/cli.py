@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 
 from tracker.errors import TrackerError
@@ -188,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     from tracker.allocator import keep_memory_flat
 
     keep_memory_flat()  # glibc: per-batch buffers mmapped, so long runs do not fragment the heap
+    # OpenCV's own "[ WARN:0@3.2] ... can't open camera by index" lines would precede our one-line error; its
+    # errors still show. OPENCV_LOG_LEVEL=WARNING (or INFO) brings them back. Read when cv2 is first imported.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv and argv[0] == "weights":
