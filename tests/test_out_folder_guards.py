@@ -117,3 +117,66 @@ def test_eval_writes_beside_the_data_of_a_davis_root(tmp_path, data):
     assert res.returncode == 0, res.stderr[-2000:]
     assert (data / "davis" / "results" / "badja_sift.json").is_file()
     assert (tree(data / "davis" / "JPEGImages"), tree(data / "davis" / "Annotations"), tree(data / "badja")) == before
+
+
+BATCH = ["--model", "sift", "--device", "cpu", "--workers", "1", "--quiet"]
+
+
+@pytest.fixture
+def frames(tmp_path) -> Path:
+    """``frames/seq`` (3 JPEG frames), the symbolic link ``seq_link`` to it, and ``p.json`` (2 points)."""
+    frames_folder(tmp_path / "frames" / "seq")
+    (tmp_path / "seq_link").symlink_to("frames/seq")
+    (tmp_path / "p.json").write_text(json.dumps({"points": [[18, 22], [40, 30]]}))
+    return tmp_path / "frames"
+
+
+@pytest.mark.parametrize(
+    "inputs, out, message",
+    [
+        ("frames/seq", "frames/seq", "--out frames/seq is the frame folder {frames}/seq of video seq"),
+        ("frames/seq", "frames/seq/results", "--out frames/seq/results is in the frame folder {frames}/seq"),
+        ("frames", "seq_link", "--out seq_link is the frame folder {frames}/seq of video seq"),  # by another name
+        # the folder holding the frame folders: each video's outputs would go into its own frames
+        ("frames", "frames", "--out frames: the tracks of seq frames/seq/tracks.json would be written into the frame"),
+    ],
+)
+def test_batch_refuses_an_out_folder_in_an_input_frame_folder(tmp_path, frames, inputs, out, message):
+    argv = ["batch", inputs, "--points", "p.json", "--out", out, *BATCH]
+    refused(argv, tmp_path, message=message.format(frames=frames))
+
+
+def manifest(path: Path, *lines: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_batch_refuses_an_output_file_that_is_an_input_file(tmp_path, frames):
+    (tmp_path / "res" / "a").mkdir(parents=True)
+    (tmp_path / "res" / "a" / "tracks.json").write_bytes((tmp_path / "p.json").read_bytes())
+    # a video's points file is its own tracks output (the tracks of a run before, as points)
+    manifest(tmp_path / "m.jsonl", {"video": "frames/seq", "name": "a", "points": "res/a/tracks.json"})
+    message = "the tracks of a (from --out res) res/a/tracks.json is the points file of a; it would be overwritten"
+    refused(["batch", "m.jsonl", "--out", "res", *BATCH], tmp_path, message=message)
+    # one video's overlay is another's input video (by another name: a symbolic link)
+    (tmp_path / "res" / "b").mkdir()
+    (tmp_path / "clip.mp4").write_bytes(b"a video")
+    (tmp_path / "res" / "b" / "overlay.mp4").symlink_to("../../clip.mp4")
+    lines = [{"video": "frames/seq", "name": "b", "points": "p.json"}, {"video": "clip.mp4", "points": "p.json"}]
+    manifest(tmp_path / "m2.jsonl", *lines)
+    message = "the overlay of b (from --out res) res/b/overlay.mp4 is the video of clip; it would be overwritten"
+    refused(["batch", "m2.jsonl", "--out", "res", "--overlay", *BATCH], tmp_path, message=message)
+
+
+def test_batch_refuses_a_results_manifest_that_is_the_input_manifest(tmp_path, frames):
+    manifest(tmp_path / "res" / "manifest.jsonl", {"video": "../frames/seq", "points": "../p.json"})
+    message = "the results manifest (from --out res) res/manifest.jsonl is the input manifest"
+    refused(["batch", "res/manifest.jsonl", "--out", "res", *BATCH], tmp_path, message=message)
+
+
+def test_batch_refuses_a_mask_in_the_masks_folder_it_writes(tmp_path, frames):
+    mask = first_mask(tmp_path / "res" / "a" / "masks" / "00000.png")
+    manifest(tmp_path / "m.jsonl", {"video": "frames/seq", "name": "a", "mask": str(mask)})
+    message = f"--out res: the masks of a res/a/masks holds the mask of a {mask}; writing the masks would overwrite it"
+    refused(["batch", "m.jsonl", "--out", "res", *BATCH], tmp_path, message=message)

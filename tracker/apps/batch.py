@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -168,6 +169,87 @@ def _prepare_out(out: Path) -> Path:
     return out / RESULTS
 
 
+def _manifest_of(args: argparse.Namespace) -> Path | None:
+    """The manifest given as the inputs (a .jsonl / .csv path, not a glob), else None."""
+    manifest = Path(args.inputs)
+    if manifest.suffix.lower() in (".jsonl", ".csv") and not any(c in args.inputs for c in "*?["):
+        return manifest
+    return None
+
+
+def refuse_inputs_as_outputs(jobs: list[Job], out: Path, manifest: Path | None) -> None:
+    """Refuse, in one line and before anything is written, an ``--out`` that is or is in an input frame folder,
+    an output that would be written into one (``--out`` the folder holding them), and an output file that is an
+    input file by any name (a video, points file, mask or the manifest; a mask ``NNNNN.png`` in a ``masks/``
+    folder that is written)."""
+    from tracker.apps.track_video import refuse_overwriting
+
+    local = [(job, what, given) for job in jobs for what, given in _inputs_of(job) if not is_url(given)]
+    folders = {os.path.realpath(given): job for job, what, given in local if what == "video" and os.path.isdir(given)}
+    files: dict[object, tuple[str, str]] = {}  # real path, and (device, inode) of those that exist -> input
+    in_masks: dict[str, tuple[str, str]] = {}  # the folder of an NNNNN.png input -> input
+    for job, what, given in local:
+        if os.path.isdir(given):
+            continue
+        named = (f"the {what} of {job.name}", given)
+        files.setdefault(os.path.realpath(given), named)
+        with contextlib.suppress(OSError):
+            st = os.stat(given)
+            files.setdefault((st.st_dev, st.st_ino), named)
+        if re.fullmatch(r"\d{5}\.png", Path(given).name):
+            in_masks.setdefault(os.path.realpath(Path(given).parent), named)
+    if manifest is not None:
+        files.setdefault(os.path.realpath(manifest), ("the input manifest", str(manifest)))
+
+    def frame_folder_holding(path: Path) -> Job | None:
+        real = Path(os.path.realpath(path))
+        return next((folders[str(p)] for p in (real, *real.parents) if str(p) in folders), None)
+
+    held = frame_folder_holding(out)
+    if held is not None:
+        where = "is" if os.path.realpath(out) == os.path.realpath(held.video) else "is in"
+        raise TrackerError(
+            f"--out {out} {where} the frame folder {held.video} of video {held.name}; the outputs would be written "
+            "into the input: choose another folder"
+        )
+    base = os.path.abspath(out)
+    outputs = [("the results manifest", out / RESULTS)]
+    outputs += [
+        (f"the {kind} of {job.name}", out / os.path.relpath(p, base))
+        for job in jobs
+        for kind, p in job.outputs().items()
+    ]
+    for what, path in outputs:
+        held = frame_folder_holding(path)
+        if held is not None:
+            raise TrackerError(
+                f"--out {out}: {what} {path} would be written into the frame folder {held.video} of video "
+                f"{held.name}: choose another folder"
+            )
+        if what.startswith("the masks of"):
+            given = in_masks.get(os.path.realpath(path))
+            if given is not None:
+                raise TrackerError(
+                    f"--out {out}: {what} {path} holds {given[0]} {given[1]}; writing the masks would overwrite it: "
+                    "choose another folder"
+                )
+            continue
+        same = files.get(os.path.realpath(path))
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            same = same or files.get((st.st_dev, st.st_ino))
+        if same is not None:
+            refuse_overwriting({f"{what} (from --out {out})": path}, {same[0]: same[1]})
+
+
+def _inputs_of(job: Job) -> list[tuple[str, str]]:
+    return [
+        (what, given)
+        for what, given in (("video", job.video), ("points file", job.points), ("mask", job.mask))
+        if given
+    ]
+
+
 def collect(args: argparse.Namespace, common: list[str], out: Path) -> tuple[list[Job], dict[str, str]]:
     """The jobs, and the one-line reason of those that cannot run (no points found for them)."""
     given = [o for o, v in (("--points", args.batch_points), ("--points-dir", args.points_dir)) if v]
@@ -181,8 +263,8 @@ def collect(args: argparse.Namespace, common: list[str], out: Path) -> tuple[lis
     ):
         if value and not os.path.exists(value):
             raise TrackerError(f"{option} not found: {value}")
-    manifest = Path(args.inputs)
-    if manifest.suffix.lower() in (".jsonl", ".csv") and not any(c in args.inputs for c in "*?["):
+    manifest = _manifest_of(args)
+    if manifest is not None:
         entries, errors = read_manifest(manifest)
         if errors:
             for message in errors[:20]:
@@ -224,6 +306,7 @@ def run_command(args: argparse.Namespace, common: list[str]) -> int:
     device = track_args(common).device  # the common options, checked once with a clear message
     out = Path(args.out)
     jobs, unrunnable = collect(args, common, out)
+    refuse_inputs_as_outputs(jobs, out, _manifest_of(args))
     results_path = _prepare_out(out)
     previous = read_results(results_path)
     order = [job.name for job in jobs]
