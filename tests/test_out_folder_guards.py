@@ -180,3 +180,33 @@ def test_batch_refuses_a_mask_in_the_masks_folder_it_writes(tmp_path, frames):
     manifest(tmp_path / "m.jsonl", {"video": "frames/seq", "name": "a", "mask": str(mask)})
     message = f"--out res: the masks of a res/a/masks holds the mask of a {mask}; writing the masks would overwrite it"
     refused(["batch", "m.jsonl", "--out", "res", *BATCH], tmp_path, message=message)
+
+
+LIVE = ["live", "--headless", "--every-frame", "--model", "sift", "--device", "cpu", "--camera", "clip.mp4"]
+
+
+@pytest.fixture
+def clip(tmp_path) -> Path:
+    from tracker.synthetic import moving_objects, write_video
+
+    path = tmp_path / "clip.mp4"
+    write_video(str(path), moving_objects(num_frames=6, size=(96, 128), num_objects=1, seed=0).frames, fps=25)
+    return path
+
+
+def test_live_runs_a_script_named_like_the_default_save_that_it_never_writes(tmp_path, clip):
+    # headless, no key s in the script, no --save: live_tracks.json (the default --save) is never written
+    script = tmp_path / "live_tracks.json"
+    script.write_text(json.dumps([{"frame": 0, "click": [40, 40]}, {"frame": 2, "key": "p"}]))
+    before = tree(tmp_path)
+    res = track([*LIVE, "--script", "live_tracks.json"], tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert tree(tmp_path) == before
+
+
+def test_live_refuses_a_script_named_like_the_default_save_when_it_saves(tmp_path, clip):
+    # key s in the script writes the default --save: over the script itself
+    script = tmp_path / "live_tracks.json"
+    script.write_text(json.dumps([{"frame": 0, "click": [40, 40]}, {"frame": 2, "key": "s"}]))
+    message = "the default --save live_tracks.json is the --script events file; it would be overwritten"
+    refused([*LIVE, "--script", "live_tracks.json"], tmp_path, message=message)

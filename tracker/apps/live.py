@@ -49,7 +49,8 @@ class RunOptions:
     Attributes:
         window: show an OpenCV window and take mouse and key events from it.
         script: frame-indexed events (headless runs).
-        save: where ``s`` writes the tracks; also written at the end when ``save_on_exit``.
+        save: where ``s`` writes the tracks; also written at the end when ``save_on_exit``. None where the run
+            cannot save (``track live --headless`` with no ``s`` in its script and no ``--save``).
         record: an ``.mp4`` of the rendered overlay, one frame per processed frame (written at 25 frames/s).
         snapshot: a PNG of the last rendered overlay, written at the end.
         max_frames: stop after this many processed frames.
@@ -58,7 +59,7 @@ class RunOptions:
 
     window: bool = False
     script: list[ScriptEvent] = field(default_factory=list)
-    save: Path = Path("live_tracks.json")
+    save: Path | None = Path("live_tracks.json")
     save_on_exit: bool = False
     record: Path | None = None
     snapshot: Path | None = None
@@ -248,7 +249,8 @@ def _refuse_overwriting_inputs(args: argparse.Namespace, options: RunOptions) ->
     output."""
     from tracker.apps.track_video import refuse_overwriting
 
-    outputs = {"--save": options.save, "--record": options.record, "--snapshot": options.snapshot}
+    save = "--save" if args.save else "the default --save"
+    outputs = {save: options.save, "--record": options.record, "--snapshot": options.snapshot}
     weights = [w for w in (args.weights or "").split(",") if w.strip() and w.strip() != "random"]
     inputs = {
         "the --camera video": None if args.camera.isdigit() else args.camera,
@@ -262,6 +264,13 @@ def _refuse_overwriting_inputs(args: argparse.Namespace, options: RunOptions) ->
     for i, option in enumerate(names):  # one output over another: the later write would replace the earlier
         later = {f"the {other} output": outputs[other] for other in names[i + 1 :]}
         refuse_overwriting({option: outputs[option]}, later)
+
+
+def _could_save(args: argparse.Namespace, script: list[ScriptEvent]) -> bool:
+    """Whether the run can write ``--save`` (or its default): given (written at the end), a window (key ``s``
+    can be pressed), or an ``s`` key event in the script. Only then is the path checked (writable, not an input)."""
+    keys = (e.event for e in script if isinstance(e.event, Key))
+    return args.save is not None or not args.headless or any(key.action == "save" for key in keys)
 
 
 def main(argv: list[str]) -> int:
@@ -283,10 +292,12 @@ def run_command(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     if args.max_frames is not None and args.max_frames < 1:
         raise TrackerError("--max-frames must be at least 1")
+    script = read_script(args.script) if args.script else []
+    save = Path(args.save or "live_tracks.json")
     options = RunOptions(
         window=not args.headless,
-        script=read_script(args.script) if args.script else [],
-        save=_check_output(Path(args.save or "live_tracks.json"), "--save", TRACK_SUFFIXES),
+        script=script,
+        save=_check_output(save, "--save", TRACK_SUFFIXES) if _could_save(args, script) else None,
         save_on_exit=args.save is not None,
         record=_check_output(Path(args.record), "--record", (".mp4",)) if args.record else None,
         snapshot=_check_output(Path(args.snapshot), "--snapshot", (".png",)) if args.snapshot else None,
