@@ -12,3 +12,16 @@ DIFFUSION_MODELS = ("dift", "dhf", "dhf-one-step", "dhf-sd21")
 POINT_ONLY_MODELS = ("hedlin",)  # no feature grid: `track --points` only (tracker.hedlin_tracker)
 MODEL_NAMES = ("auto", *VIT_MODELS, *DINOV3_MODELS, *DIFFUSION_MODELS, "sift", *POINT_ONLY_MODELS)  # ``--model``
 POINT_REFINE_MODES = ("lk", "none")  # ``track --refine``: tracker.tracking.REFINE_MODES; the first is the default
+
+
+def check_model_name(name: str, where: str = "") -> None:
+    """Refuse, in one line (:class:`tracker.errors.TrackerError`), a ``--model`` not in :data:`MODEL_NAMES`.
+
+    Args:
+        name: the ``--model`` value.
+        where: a prefix naming the input at fault (``manifest.jsonl line 3: ``), or empty.
+    """
+    if name not in MODEL_NAMES:
+        from tracker.errors import TrackerError  # imports nothing either
+
+        raise TrackerError(f"{where}unknown model {name!r}; choose from: {', '.join(MODEL_NAMES)}")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tracker.choices import DIFFUSION_MODELS, DINOV3_MODELS, MODEL_NAMES, VIT_MODELS  # noqa: F401 - re-exported
+from tracker.choices import DIFFUSION_MODELS, DINOV3_MODELS, MODEL_NAMES, VIT_MODELS, check_model_name  # noqa: F401 - re-exported
 from tracker.errors import TrackerError
 from tracker.geometry import GridGeometry
 from tracker.matching import MatchConfig
@@ -329,8 +329,7 @@ def resolve_model(name: str, weights: str | None) -> tuple[str, str | None]:
     """
     from tracker import weights as W
 
-    if name not in MODEL_NAMES:
-        raise TrackerError(f"unknown model {name!r}; choose from: {', '.join(MODEL_NAMES)}")
+    check_model_name(name)
     if name != "auto":
         return name, None
     if weights:

@@ -309,11 +309,10 @@ def track_args(argv: list[str], where: str = "") -> argparse.Namespace:
     if args.batch < 1:
         raise TrackerError(f"{where}--batch must be at least 1")
     # what every video would fail on, said once before any is tried (as track says it)
-    from tracker.choices import MODEL_NAMES
+    from tracker.choices import check_model_name
     from tracker.geometry import SizeSpec
 
-    if args.model not in MODEL_NAMES:
-        raise TrackerError(f"{where}unknown model {args.model!r}; choose from: {', '.join(MODEL_NAMES)}")
+    check_model_name(args.model, where)
     from tracker.backends import pick_device
 
     try:

@@ -282,7 +282,8 @@ def main(argv: list[str]) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     """``track live`` with parsed options; returns the exit code (bad input raises TrackerError)."""
-    from tracker.featurizers import MODEL_NAMES, default_match_config, resolve_model
+    from tracker.choices import check_model_name
+    from tracker.featurizers import default_match_config, resolve_model
     from tracker.io.video import open_video
     from tracker.propagation import default_propagation_config
 
@@ -306,8 +307,7 @@ def run_command(args: argparse.Namespace) -> int:
     _refuse_overwriting_inputs(args, options)
     if options.window and not has_gui():
         raise TrackerError(NO_GUI)
-    if args.model not in MODEL_NAMES:
-        raise TrackerError(f"unknown model {args.model!r}; choose from: {', '.join(MODEL_NAMES)}")
+    check_model_name(args.model)
     camera = args.camera
     video = None
     if camera.isdigit():

@@ -84,7 +84,7 @@ def track_command(args: argparse.Namespace) -> int:
 
     import torch
 
-    from tracker.featurizers import MODEL_NAMES
+    from tracker.choices import check_model_name
     from tracker.io.drawing import TrackOverlay
     from tracker.io.formats import TRACK_SUFFIXES, TrackLog, grid_points, points_argument, write_tracks
     from tracker.io.pipeline import BatchPrefetcher, Prefetcher, Sink
@@ -93,8 +93,7 @@ def track_command(args: argparse.Namespace) -> int:
 
     if args.batch < 1:
         raise TrackerError("--batch must be at least 1")
-    if args.model not in MODEL_NAMES:
-        raise TrackerError(f"unknown model {args.model!r}; choose from: {', '.join(MODEL_NAMES)}")
+    check_model_name(args.model)
     given = {
         "--points": args.points,
         "--grid": args.grid is not None,
