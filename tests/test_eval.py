@@ -53,11 +53,15 @@ def test_tapvid_eval_on_a_tiny_synthetic_pickle(tmp_path, capsys):
 
 def test_eval_bad_input_is_one_line(tmp_path, capsys):
     (tmp_path / "bad.pkl").write_bytes(b"not a pickle")
-    assert main(["eval", "tapvid", "--pkl", str(tmp_path / "bad.pkl"), "--out", str(tmp_path)]) == 2
-    assert main(["eval", "davis", "--root", str(tmp_path), "--out", str(tmp_path)]) == 2
-    assert main(["eval", "badja", "--root", str(tmp_path), "--davis-root", str(tmp_path), "--out", str(tmp_path)]) == 2
+    (tmp_path / "data").mkdir()
+    data, out = str(tmp_path / "data"), str(tmp_path / "out")
+    assert main(["eval", "tapvid", "--pkl", str(tmp_path / "bad.pkl"), "--out", out]) == 2
+    assert main(["eval", "davis", "--root", data, "--out", out]) == 2
+    assert main(["eval", "badja", "--root", data, "--davis-root", data, "--out", out]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("track: error: ") for line in err)
+    assert len(err) == 3 and all(line.startswith("track: error: ") for line in err), err
+    assert "bad.pkl" in err[0] and "no DAVIS sequences" in err[1] and "BADJA" in err[2], err
+    assert not (tmp_path / "out").exists()
 
 
 def davis_prefix(davis_root: Path, sequence: str, frames: int, into: Path) -> Path:
