@@ -170,8 +170,32 @@ def unsure_tiles(warp: Warp, grid_hw: tuple[int, int], band: int) -> tuple[Tenso
     return tiles_of(unsure > 0), torch.from_numpy(np.ascontiguousarray(grid))
 
 
-def _hwc_to_labels(probs: np.ndarray, ids: tuple[int, ...], frame_hw: tuple[int, int]) -> np.ndarray:
-    """``[h', w', K+1]`` label probabilities -> ``[H, W]`` uint8 ids (bilinear upsampling, then argmax)."""
+def _hwc_to_labels(
+    probs: np.ndarray,
+    ids: tuple[int, ...],
+    frame_hw: tuple[int, int],
+    previous: tuple[int, ...] = (),
+    keep: float | None = None,
+    floor: float = 0.0,
+) -> np.ndarray:
+    """``[h', w', K+1]`` label probabilities -> ``[H, W]`` uint8 ids (bilinear upsampling, then argmax).
+
+    With ``keep``, an object whose argmax area fell below ``keep`` times its area ``previous`` (pixels, as
+    ``ids``; the previous frame's prediction) takes back the background pixels where its probability is highest,
+    down to ``floor`` at most, until it has that area again: see :class:`tracker.propagation.PropagationConfig`.
+    """
     up = cv2.resize(probs, (frame_hw[1], frame_hw[0]), interpolation=cv2.INTER_LINEAR).reshape(*frame_hw, -1)
+    winner = up.argmax(2)
+    if keep is not None:
+        for channel, before in enumerate(previous[: len(ids)], 1):
+            need = int(keep * before) - int(np.count_nonzero(winner == channel))
+            if need <= 0:
+                continue
+            p = up[..., channel]
+            candidates = (winner == 0) & (p >= floor)
+            values = p[candidates]
+            if values.size > need:  # the `need` most likely of them
+                candidates &= p >= np.partition(values, values.size - need)[values.size - need]
+            winner[candidates] = channel
     lut = np.array((0, *ids), np.uint8)
-    return lut[up.argmax(2)]
+    return lut[winner]
