@@ -110,7 +110,7 @@ def test_fp16_variant_and_refusals(featurizer, tmp_path):
         OnnxFeaturizer(tmp_path / "junk.onnx")
 
 
-def test_export_and_track_through_the_command_line(tmp_path):
+def test_export_and_track_through_the_command_line(tmp_path, capsys):
     """`track export onnx` then `track --onnx`: the same tracks as the torch backend with the same weights."""
     import json
 
@@ -136,6 +136,15 @@ def test_export_and_track_through_the_command_line(tmp_path):
     a, b = read_tracks(tmp_path / "t.npz"), read_tracks(tmp_path / "o.npz")
     assert np.abs(a["x"] - b["x"]).max() < 0.1 and np.abs(a["y"] - b["y"]).max() < 0.1
     assert main([*common, "--backend", "onnx", "--out-tracks", str(tmp_path / "x.npz")]) == 2  # no --onnx
+    capsys.readouterr()
+    # --model naming another model than the file's was ignored (and sift's weight-free note printed)
+    assert main([*common, "--model", "sift", "--onnx", out, "--out-tracks", str(tmp_path / "y.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"track: error: --model sift, but {out} holds dinov2-s: drop --model (the file brings its model and size)"
+    ]
+    assert not (tmp_path / "y.npz").exists()
+    assert main([*common, "--model", "dinov2-s", "--onnx", out, "--out-tracks", str(tmp_path / "y.npz")]) == 0
     assert main(["export", "onnx", "--model", "sift", "--out", out]) == 2
     assert main(["export", "onnx", "--model", "dinov2-s", "--weights", "random", "--size", "100", "--out", out]) == 2
 

@@ -329,6 +329,11 @@ def _featurizer_for(args: argparse.Namespace, info, device: str):
     )
     if from_file:
         model = featurizer.name
+        if args.model not in ("auto", model):  # the file's model runs: a --model naming another one would be ignored
+            raise TrackerError(
+                f"--model {args.model}, but {options.onnx or options.engine} holds {model}: "
+                "drop --model (the file brings its model and size)"
+            )
         match, prop = _settings(args, model)
     if cache is not None:
         cache[key] = (model, featurizer, how)
