@@ -105,7 +105,6 @@ def track_command(args: argparse.Namespace) -> int:
     modes = [name for name, value in given.items() if value]
     if len(modes) != 1:
         raise TrackerError(f"give exactly one of {', '.join(given)} (got {', '.join(modes) or 'none'})")
-    _refuse_contradictions(args, modes[0])
     if args.model == "hedlin" and modes[0] != "--points":
         raise TrackerError("hedlin tracks points only; use --points")
     if args.model == "hedlin" and args.reference:
@@ -115,6 +114,7 @@ def track_command(args: argparse.Namespace) -> int:
     from tracker.apps import reference_args
 
     reference_args.check_reference_mode(args, modes[0])
+    _refuse_contradictions(args, modes[0])  # after the checks of what the mode is, which say more
     if modes[0] not in ("--points", "--grid"):
         return dense_command(args, modes[0])
     device = _pick_device(args.device)
