@@ -210,6 +210,11 @@ CASES: dict[str, Case] = {
     "no-video-and-out-video": Case(("--out-video", "--no-video"), extra=("--no-video", "--out-video", "o.mp4")),
     "sequence-without-davis-root": Case(("--sequence", "--davis-root"), extra=("--sequence", "dog")),
     "out-masks-with-points": Case(("--out-masks", "--points"), extra=("--out-masks", "om")),
+    "out-masks-with-colormap": Case(
+        ("--out-masks goes with --mask or --davis-root, not --colormap",),
+        extra=("--colormap", "--out-masks", "om"),
+        points_arg=False,
+    ),
     "out-tracks-with-mask": Case(
         ("--out-tracks", "--mask"),
         extra=("--mask", "box.png", "--out-tracks", "t.json"),

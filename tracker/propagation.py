@@ -164,7 +164,6 @@ class MaskState:
         latest: the result for frame ``next_frame - 1``.
         flow: ``refine="flow"``: the previous frame and its label probabilities at the flow resolution.
         areas: object pixels of each id (as ``ids``) in the mask it was given in (for ``MaskResult.kept``).
-        last_areas: object pixels of each id (as ``ids``) in the prediction for frame ``next_frame - 1``.
     """
 
     next_frame: int
@@ -175,7 +174,6 @@ class MaskState:
     latest: MaskResult | None = field(default=None)
     flow: FlowState | None = None
     areas: tuple[int, ...] = ()
-    last_areas: tuple[int, ...] = ()
 
 
 class MaskPropagator:
@@ -283,7 +281,9 @@ class MaskPropagator:
             if warp is not None:
                 fused = self.flow.fuse(warp, probs, self.config)
                 keep = self.config.keep_area
-                labels = _hwc_to_labels(fused, ids, frame_hw, state.last_areas, keep, self.config.keep_floor)
+                last = state.latest.labels if keep is not None and state.latest is not None else None
+                before = () if last is None else tuple(int(np.count_nonzero(last == i)) for i in state.ids)
+                labels = _hwc_to_labels(fused, ids, frame_hw, before, keep, self.config.keep_floor)
             else:
                 labels = grid_to_labels(probs, ids, frame_hw)
         else:
@@ -317,7 +317,6 @@ class MaskPropagator:
             latest=result,
             flow=flow,
             areas=areas,
-            last_areas=tuple(int(np.count_nonzero(labels == i)) for i in ids),
         )
 
 

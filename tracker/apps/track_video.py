@@ -72,7 +72,10 @@ def _refuse_contradictions(args: argparse.Namespace, mode: str) -> None:
         (args.out_video and args.no_video, "give --out-video or --no-video, not both"),
         (args.sequence and mode != "--davis-root", "--sequence goes with --davis-root"),
         (args.video and mode == "--davis-root", "give the VIDEO argument or --davis-root, not both"),
-        (args.out_masks and points, f"--out-masks goes with --mask or --davis-root; {mode} writes --out-tracks"),
+        (
+            args.out_masks and mode not in ("--mask", "--davis-root"),
+            f"--out-masks goes with --mask or --davis-root, not {mode}",
+        ),
         (args.out_tracks and not points, f"--out-tracks goes with --points or --grid; {mode} writes no tracks"),
     )
     for broken, message in rules:
@@ -368,8 +371,6 @@ def dense_command(args: argparse.Namespace, mode: str) -> int:
         source, stem = args.video, Path(args.video.rstrip("/")).name.rsplit(".", 1)[0]
     out_video = None if args.no_video else Path(args.out_video or f"{stem}_{mode.strip('-').split('-')[0]}.mp4")
     out_masks = Path(args.out_masks) if args.out_masks else None
-    if mode in ("--colormap", "--edit") and out_masks is not None:
-        raise TrackerError("--out-masks goes with --mask or --davis-root")
     if out_video is None and out_masks is None:
         raise TrackerError("nothing to write: give --out-masks or drop --no-video")
     if out_video is not None:
