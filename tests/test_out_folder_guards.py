@@ -4,17 +4,18 @@ reads, ``track batch --out`` in an input frame folder or over an input file, and
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
 
-TRACK = [sys.executable, "-c", "import sys; from tracker.apps.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
 def tree(root: Path) -> dict[str, bytes | None]:
@@ -25,8 +26,22 @@ def tree(root: Path) -> dict[str, bytes | None]:
     }
 
 
-def track(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*TRACK, *argv], cwd=cwd, capture_output=True, text=True, timeout=300)
+def track(argv: list[str], cwd: Path) -> SimpleNamespace:
+    """``track argv`` run in this process from ``cwd`` (the refusals come before any work: a subprocess each would
+    spend its time importing torch), with its exit code and what it wrote to stdout and stderr."""
+    from tracker.apps.cli import main
+
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exc:  # argparse's own errors
+                code = exc.code
+    finally:
+        os.chdir(here)
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def refused(argv: list[str], cwd: Path, message: str) -> None:
