@@ -145,6 +145,16 @@ def test_export_and_track_through_the_command_line(tmp_path, capsys):
     ]
     assert not (tmp_path / "y.npz").exists()
     assert main([*common, "--model", "dinov2-s", "--onnx", out, "--out-tracks", str(tmp_path / "y.npz")]) == 0
+    # track live too, where the featurizer is built on the first frame
+    live = ["live", "--headless", "--every-frame", "--device", "cpu", "--camera", str(tmp_path / "clip.mp4")]
+    capsys.readouterr()
+    assert main([*live, "--model", "sift", "--onnx", out]) == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert not any("Traceback" in line for line in said), said
+    message = f"--model sift, but {out} holds dinov2-s: drop --model (the file brings its model and size)"
+    assert said[-1] == f"track: error: {message}"
+    assert main([*live, "--onnx", out]) == 0
+    assert "dinov2-s" in capsys.readouterr().err
     assert main(["export", "onnx", "--model", "sift", "--out", out]) == 2
     assert main(["export", "onnx", "--model", "dinov2-s", "--weights", "random", "--size", "100", "--out", out]) == 2
 

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 
-
 def tree(root: Path) -> dict[str, bytes | None]:
     """Every path under ``root`` (symbolic links not followed), with the bytes of its files."""
     return {

@@ -25,3 +25,21 @@ def check_model_name(name: str, where: str = "") -> None:
         from tracker.errors import TrackerError  # imports nothing either
 
         raise TrackerError(f"{where}unknown model {name!r}; choose from: {', '.join(MODEL_NAMES)}")
+
+
+def check_file_model(name: str, file: str, held: str) -> None:
+    """Refuse a ``--model`` naming another model than the one an exported ``--onnx``/``--engine`` file holds.
+
+    The file's model is the one that runs, so such a ``--model`` would be ignored without a word.
+
+    Args:
+        name: the ``--model`` value (``auto`` always passes).
+        file: the exported file's path, as given.
+        held: the model the file holds.
+    """
+    if name not in ("auto", held):
+        from tracker.errors import TrackerError
+
+        raise TrackerError(
+            f"--model {name}, but {file} holds {held}: drop --model (the file brings its model and size)"
+        )

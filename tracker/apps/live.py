@@ -282,7 +282,7 @@ def main(argv: list[str]) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     """``track live`` with parsed options; returns the exit code (bad input raises TrackerError)."""
-    from tracker.choices import check_model_name
+    from tracker.choices import check_file_model, check_model_name
     from tracker.featurizers import default_match_config, resolve_model
     from tracker.io.video import open_video
     from tracker.propagation import default_propagation_config
@@ -358,6 +358,8 @@ def run_command(args: argparse.Namespace) -> int:
             weights=args.weights,
             device=device,
         )
+        if args.onnx or args.engine:
+            check_file_model(args.model, args.onnx or args.engine, featurizer.name)
         how = how.split(" (auto:")[0]
         description = f"{featurizer.name} | {how} | input {featurizer.input_hw[1]}x{featurizer.input_hw[0]}"
         meta = {

@@ -303,6 +303,7 @@ def _featurizer_for(args: argparse.Namespace, info, device: str):
     """Resolve ``--model`` (printing auto's one warning line); build the featurizer on its backend and the
     settings; say which backend runs when ``--backend auto`` chose it."""
     from tracker.backends import BackendOptions, build_featurizer
+    from tracker.choices import check_file_model
     from tracker.featurizers import resolve_model
 
     cache = getattr(args, "featurizer_cache", None)  # `track batch`: a worker builds each featurizer once
@@ -332,11 +333,7 @@ def _featurizer_for(args: argparse.Namespace, info, device: str):
     )
     if from_file:
         model = featurizer.name
-        if args.model not in ("auto", model):  # the file's model runs: a --model naming another one would be ignored
-            raise TrackerError(
-                f"--model {args.model}, but {options.onnx or options.engine} holds {model}: "
-                "drop --model (the file brings its model and size)"
-            )
+        check_file_model(args.model, options.onnx or options.engine, model)
         match, prop = _settings(args, model)
     if cache is not None:
         cache[key] = (model, featurizer, how)
