@@ -19,6 +19,7 @@ import pytest
 
 from tracker.apps import batch
 from tracker.apps.cli import main as track_main
+from tracker.errors import TrackerError
 from tracker.io.formats import read_tracks
 from tracker.synthetic import moving_objects, write_video
 
@@ -319,6 +320,12 @@ def test_masks_by_name_are_propagated_as_track_does(clips, tmp_path):
     assert [p.name for p in ours] == [f"{i:05d}.png" for i in range(8)]
     for path in ours:
         np.testing.assert_array_equal(cv2.imread(str(path)), cv2.imread(str(tmp_path / "ref" / path.name)))
+    # an option masks would ignore (the points' legend) is refused before any video runs, naming the video
+    args, common = batch.batch_parser().parse_known_args(
+        [str(video), "--mask-dir", str(tmp_path / "Annotations"), "--out", str(tmp_path / "r2"), *OPTIONS, "--legend"]
+    )
+    with pytest.raises(TrackerError, match=r"^clip0: --legend goes with --points or --grid \(it labels the tracks\)"):
+        batch.collect(args, common, tmp_path / "r2")
 
 
 @pytest.mark.parametrize(
@@ -327,6 +334,7 @@ def test_masks_by_name_are_propagated_as_track_does(clips, tmp_path):
         (("--model", "nope"), "unknown model 'nope'"),
         (("--device", "tpu"), "--device must be cpu or cuda, got 'tpu'"),
         (("--size", "abc"), "--size"),
+        (("--context", "3"), ": --context goes with --mask or --davis-root (the masks' propagation); --points does"),
     ],
 )
 def test_a_bad_shared_track_option_is_refused_once_before_any_video(clips, tmp_path, capsys, option, said):

@@ -368,6 +368,8 @@ def digest(entry: Entry, settings: dict, outputs: dict) -> str:
 
 def make_jobs(entries: list[Entry], args: argparse.Namespace, common: list[str], out: Path) -> list[Job]:
     """Jobs with their outputs under ``out`` and their digests; each entry's options are checked here."""
+    from tracker.apps.track_video import contradiction
+
     jobs = []
     out = Path(os.path.abspath(out))  # workers (Ray's above all) do not share the driver's working folder
     for entry in entries:
@@ -376,7 +378,11 @@ def make_jobs(entries: list[Entry], args: argparse.Namespace, common: list[str],
             for p in (entry.video, entry.points, entry.mask)
         )
         where = f"{entry.source}: " if entry.source else ""
-        settings = settings_of(track_args([*common, *entry.options], where))
+        parsed = track_args([*common, *entry.options], where)
+        ignored = contradiction(parsed, "--mask" if entry.mask else "--points")
+        if ignored:  # an option this video's mode would ignore: said once, before any video runs
+            raise TrackerError(f"{where}{entry.name}: {ignored}")
+        settings = settings_of(parsed)
         folder = out / entry.name
         tracks = str(folder / f"tracks.{args.format}") if not entry.mask else None
         overlay = str(folder / "overlay.mp4") if args.overlay else None

@@ -65,22 +65,58 @@ def refuse_overwriting(outputs: dict[str, Path | None], inputs: dict[str, str | 
                 raise TrackerError(f"{option} {out} is {what}; it would be overwritten: choose another name")
 
 
-def _refuse_contradictions(args: argparse.Namespace, mode: str) -> None:
-    """Refuse, in one line, an output or input option that the chosen mode would silently ignore."""
+def _flags(*dests: str) -> dict[str, str]:
+    return {dest: "--" + dest.replace("_", "-") for dest in dests}
+
+
+DENSE_OPTIONS = _flags("context", "topk", "radius", "prop_temperature", "pool")  # the masks' PropagationConfig
+MATCH_OPTIONS = _flags("window_radius", "temperature", "min_score", "search_radius")  # points, colormaps, edits
+POINT_MATCH_OPTIONS = _flags("fb_tolerance", "update")  # the point tracker's alone
+
+
+def contradiction(args: argparse.Namespace, mode: str) -> str | None:
+    """The one-line reason an output or setting given would be silently ignored by ``mode`` (None: none is).
+
+    ``mode`` is the option that says what is carried (``--points``, ``--grid``, ``--mask``, ``--davis-root``,
+    ``--colormap``, ``--edit``); ``track batch`` asks it of each video with that video's mode.
+    """
     points = mode in ("--points", "--grid")
+    masks = mode in ("--mask", "--davis-root")
+
+    def given(options: dict[str, str]) -> str | None:
+        return next((flag for dest, flag in options.items() if getattr(args, dest, None) is not None), None)
+
     rules = (
         (args.out_video and args.no_video, "give --out-video or --no-video, not both"),
         (args.sequence and mode != "--davis-root", "--sequence goes with --davis-root"),
         (args.video and mode == "--davis-root", "give the VIDEO argument or --davis-root, not both"),
-        (
-            args.out_masks and mode not in ("--mask", "--davis-root"),
-            f"--out-masks goes with --mask or --davis-root, not {mode}",
-        ),
+        (args.out_masks and not masks, f"--out-masks goes with --mask or --davis-root, not {mode}"),
         (args.out_tracks and not points, f"--out-tracks goes with --points or --grid; {mode} writes no tracks"),
+        (args.legend and not points, f"--legend goes with --points or --grid (it labels the tracks), not {mode}"),
     )
     for broken, message in rules:
         if broken:
-            raise TrackerError(message)
+            return message
+    flag = None if masks else given(DENSE_OPTIONS)
+    if flag:
+        return f"{flag} goes with --mask or --davis-root (the masks' propagation); {mode} does not use it"
+    flag = given(MATCH_OPTIONS | POINT_MATCH_OPTIONS) if masks and not getattr(args, "reference", None) else None
+    if flag:
+        return (
+            f"{flag} sets the matcher of points, colormaps, edits and --reference; {mode} masks are propagated by "
+            f"{', '.join(DENSE_OPTIONS.values())}"
+        )
+    flag = None if points or masks else given(POINT_MATCH_OPTIONS)
+    if flag:
+        return f"{flag} goes with --points or --grid (the point tracker); {mode} does not use it"
+    return None
+
+
+def _refuse_contradictions(args: argparse.Namespace, mode: str) -> None:
+    """Refuse, in one line, an output or setting that the chosen mode would silently ignore."""
+    message = contradiction(args, mode)
+    if message:
+        raise TrackerError(message)
 
 
 def track_command(args: argparse.Namespace) -> int:
