@@ -172,6 +172,12 @@ def test_synthetic_eval_lists_every_mode_the_coarse_grid_and_opencv(tmp_path, ca
         assert 0 <= m["average_jaccard"] <= m["average_pts_within_thresh"] <= 1, method
         assert 0 <= m["occlusion_accuracy"] <= 1
         assert 0 <= m["reacquired_within_3"] <= 1
+        assert m["error_px"] > 0 and (m["error_cells"] is None) == (method == "opencv-lk"), method
+    # the error in the method's own grid cells: sift's (a 240 px input at stride 4: 60 cells over the 256 px
+    # frame), the coarse grid's (18 cells)
+    assert row[ours(modes[0])]["error_cells"] == pytest.approx(row[ours(modes[0])]["error_px"] / (256 / 60))
+    coarse = row[f"ours (coarse 14px, refine={modes[0]})"]
+    assert coarse["error_cells"] == pytest.approx(coarse["error_px"] / (256 / 18))
     # 10 frames of smooth motion: LK follows most visible points within 16 px; so does ours with its default
     assert row["opencv-lk"]["pts_within_16"] > 0.5 and row[ours(modes[0])]["pts_within_16"] > 0.5
     table = (tmp_path / "synthetic_sift.md").read_text()
@@ -180,6 +186,7 @@ def test_synthetic_eval_lists_every_mode_the_coarse_grid_and_opencv(tmp_path, ca
     assert main([*args, "--no-coarse", "--frames", "6"]) == 0
     short = json.loads((tmp_path / "synthetic_sift.json").read_text())  # 6 frames: no reappearance to score
     assert short["sequences"]["seed1"]["opencv-lk"]["reacquired_within_3"] is None
+    assert short["mean"]["opencv-lk"]["reacquired_within_3"] is None  # null in the JSON, not NaN
     assert short["methods"] == [ours(m) for m in modes] + ["opencv-lk"]
 
 

@@ -16,6 +16,7 @@ from tracker.eval.metrics import (
     reacquired_share,
     region_jaccard,
     tapvid_metrics,
+    visible_error,
 )
 
 
@@ -355,3 +356,24 @@ def test_reacquired_share_by_hand():
     pred[0, 6] = np.nan
     assert reacquired_share(reappear, gt, gt_visible, pred, pred_visible) == 0.0
     assert math.isnan(reacquired_share(np.zeros((3, 8), bool), gt, gt_visible, pred, pred_visible))
+
+
+def test_visible_error_by_hand():
+    # 2 points x 4 frames, queried on frames 0 and 1: the query frames and the frames either side calls hidden
+    # are left out
+    query = np.array([0, 1])
+    gt = np.zeros((2, 4, 2))
+    pred = np.zeros((2, 4, 2))
+    gt_visible = np.ones((2, 4), bool)
+    pred_visible = np.ones((2, 4), bool)
+    pred[0, 0] = [100.0, 0]  # point 0's query frame: not scored
+    pred[0, 1] = [3.0, 4.0]  # 5 px
+    pred[0, 2] = [1.0, 0]  # 1 px
+    pred[0, 3] = [50.0, 0]
+    pred_visible[0, 3] = False  # judged hidden: not scored
+    pred[1, 0:2] = [70.0, 0]  # before and on point 1's query frame: not scored
+    pred[1, 2] = [0, 6.0]  # 6 px
+    pred[1, 3] = [9.0, 0]
+    gt_visible[1, 3] = False  # truly hidden: not scored
+    assert visible_error(query, gt, gt_visible, pred, pred_visible) == pytest.approx((5 + 1 + 6) / 3)
+    assert math.isnan(visible_error(query, gt, gt_visible, pred, np.zeros((2, 4), bool)))

@@ -239,9 +239,9 @@ def _frames(folder: Path) -> list[np.ndarray]:
         return list(video)
 
 
-def _mean(rows: list[dict], key: str) -> float:
+def _mean(rows: list[dict], key: str) -> float | None:
     values = [r[key] for r in rows if r.get(key) is not None and np.isfinite(r[key])]
-    return float(np.mean(values)) if values else float("nan")
+    return float(np.mean(values)) if values else None  # None (written as null, shown "-"): nothing to score
 
 
 def _means(per_sequence: dict, methods: list[str], keys: tuple[str, ...]) -> dict:
@@ -475,7 +475,32 @@ def coarse_sift(frame_hw: tuple[int, int], cell: float = 14.0) -> PooledFeaturiz
     return PooledFeaturizer(SiftFeaturizer((grid[0] * 16, grid[1] * 16)), 4)
 
 
-SYNTHETIC_KEYS = (*TAPVID_KEYS, "reacquired_within_3")
+SYNTHETIC_KEYS = (*TAPVID_KEYS, "reacquired_within_3", "error_px", "error_cells")
+
+
+def synthetic_scores(
+    query_frame: np.ndarray,
+    tracks: np.ndarray,
+    visible: np.ndarray,
+    reappear: np.ndarray,
+    pred_xy: np.ndarray,
+    pred_visible: np.ndarray,
+    cell: float | None,
+) -> dict:
+    """One method's scores on synthetic points (:class:`tracker.synthetic.SyntheticTracks` fields): the TAP-Vid
+    metrics, ``reacquired_within_3``, and ``error_px``, the mean error of the points judged visible where they
+    truly are (:func:`tracker.eval.metrics.visible_error`), also in grid cells of ``cell`` pixels
+    (``error_cells``; None for a method without a grid). None where there is nothing to score."""
+    from tracker.eval.metrics import reacquired_share, visible_error
+
+    gt_raster = tracks.astype(np.float64) + 0.5
+    scores = _tapvid_scores(query_frame, gt_raster, ~visible, pred_xy, pred_visible, np.ones(2))
+    share = reacquired_share(reappear, tracks, visible, pred_xy, pred_visible)
+    error = visible_error(query_frame, tracks, visible, pred_xy, pred_visible)
+    scores["reacquired_within_3"] = None if np.isnan(share) else share  # None: no reappearance to score
+    scores["error_px"] = None if np.isnan(error) else error
+    scores["error_cells"] = None if np.isnan(error) or cell is None else error / cell
+    return scores
 
 
 def eval_synthetic(
@@ -494,9 +519,9 @@ def eval_synthetic(
     what refinement buys a ViT-sized grid; ``None`` leaves it out), and OpenCV Lucas-Kanade. Besides AJ, <δ_avg
     and OA: ``reacquired_within_3``, the share of reappearances (after an occlusion or an exit) where the point
     is found again (predicted visible within 8 px) on one of the first 3 frames it is back
-    (:func:`tracker.eval.metrics.reacquired_share`).
+    (:func:`tracker.eval.metrics.reacquired_share`), and the mean error of the points judged visible, in pixels
+    and in the featurizer's grid cells (:func:`synthetic_scores`).
     """
-    from tracker.eval.metrics import reacquired_share
     from tracker.synthetic import occlusion_video
 
     if frames < 2 or not seeds:
@@ -512,20 +537,17 @@ def eval_synthetic(
         clip = occlusion_video(seed, frames=frames, size=size)
         video = list(clip.frames)
         query_t, query_xy = clip.query_frame, clip.query_xy
-        runs = {}
+        runs, cells = {}, {LK_BASELINE: None}
         for tag, make in featurizers:
             featurizer = MemoFeaturizer(make((size, size)))
+            cell = size / featurizer.geometry(size, size).grid_w  # frame pixels per grid cell
             for m in modes:
                 name = ours(m) if not tag else f"ours ({tag}refine={m})"
                 runs[name] = _track_points(featurizer, match_config, m, video, query_xy, query_t, batch)
+                cells[name] = cell
         runs[LK_BASELINE] = _track_lk(video, query_xy, query_t)
-        gt_raster = clip.tracks.astype(np.float64) + 0.5
-        row = {}
-        for m in methods:
-            scores = _tapvid_scores(query_t, gt_raster, clip.occluded, *runs[m], np.ones(2))
-            share = reacquired_share(clip.reappear, clip.tracks, clip.visible, *runs[m])
-            scores["reacquired_within_3"] = None if np.isnan(share) else share  # None: no reappearance to score
-            row[m] = scores
+        truth = (clip.query_frame, clip.tracks, clip.visible, clip.reappear)
+        row = {m: synthetic_scores(*truth, *runs[m], cells[m]) for m in methods}
         per_video[f"seed{seed}"] = {
             **row,
             "points": int(len(clip.tracks)),
@@ -535,7 +557,9 @@ def eval_synthetic(
         "benchmark": "synthetic",
         "data": f"tracker.synthetic.occlusion_video(seed, frames={frames}, size={size}), seeds {list(seeds)}",
         "protocol": "TAP-Vid first-query at 256x256: each point queried on its first visible frame; "
-        "reacquired_within_3: share of reappearances found again (visible, < 8 px) within 3 frames",
+        "reacquired_within_3: share of reappearances found again (visible, < 8 px) within 3 frames; error_px, "
+        "error_cells: mean error of the points judged visible where they are, after their query frame, in pixels "
+        "and in the method's grid cells",
         "methods": methods,
         "sequences": per_video,
         "mean": _means(per_video, methods, SYNTHETIC_KEYS),

@@ -348,3 +348,29 @@ def reacquired_share(
     if not events:
         return math.nan
     return float(np.mean([found[i, j : j + frames].any() for i, j in events]))
+
+
+def visible_error(
+    query_frame: np.ndarray,
+    gt_tracks: np.ndarray,
+    gt_visible: np.ndarray,
+    pred_tracks: np.ndarray,
+    pred_visible: np.ndarray,
+) -> float:
+    """Mean distance (pixels) between prediction and truth where both say the point is visible, query frames
+    left out (the first-query protocol scores the frames after it; the query frame is given).
+
+    Args:
+        query_frame: ``[N]`` each point's query frame.
+        gt_tracks, pred_tracks: ``[N, T, 2]`` xy; gt_visible, pred_visible: ``[N, T]`` bool.
+
+    Returns:
+        The mean distance; NaN when no point-frame is both.
+    """
+    n, t = np.asarray(gt_visible).shape
+    after = np.arange(t)[None] > np.asarray(query_frame)[:, None]
+    both = np.asarray(gt_visible, bool) & np.asarray(pred_visible, bool) & after
+    if not both.any():
+        return math.nan
+    dist = np.linalg.norm(np.asarray(pred_tracks, np.float64) - np.asarray(gt_tracks, np.float64), axis=-1)
+    return float(dist[both].mean())

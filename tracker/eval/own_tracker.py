@@ -27,6 +27,7 @@ from tracker.eval.evaluation import (
     load_badja,
     load_tapvid,
     pck,
+    synthetic_scores,
 )
 
 
@@ -134,7 +135,6 @@ def eval_synthetic_own(
 ) -> dict:
     """:func:`eval_synthetic` with a tracker of its own (``name``) in place of ours (no coarse-grid rows), on at
     most ``max_points`` points per clip."""
-    from tracker.eval.metrics import reacquired_share
     from tracker.synthetic import occlusion_video
 
     if frames < 2 or not seeds:
@@ -145,22 +145,17 @@ def eval_synthetic_own(
     for seed in seeds:
         clip = occlusion_video(seed, frames=frames, size=size)
         keep = spread(len(clip.tracks), max_points)
-        tracks, visible, occluded = clip.tracks[keep], clip.visible[keep], clip.occluded[keep]
-        reappear, query_t = clip.reappear[keep], clip.query_frame[keep]
-        query_xy = tracks[np.arange(len(keep)), query_t]
+        truth = (clip.query_frame[keep], clip.tracks[keep], clip.visible[keep], clip.reappear[keep])
+        query_t, query_xy = truth[0], truth[1][np.arange(len(keep)), truth[0]]
         video = list(clip.frames)
         runs = {own: _track_own(make_tracker((size, size)), video, query_xy, query_t)}
         runs[LK_BASELINE] = _track_lk(video, query_xy, query_t)
-        row = {}
-        for m in methods:
-            scores = _tapvid_scores(query_t, tracks.astype(np.float64) + 0.5, occluded, *runs[m], np.ones(2))
-            share = reacquired_share(reappear, tracks, visible, *runs[m])
-            scores["reacquired_within_3"] = None if np.isnan(share) else share  # None: no reappearance to score
-            row[m] = scores
-        per_video[f"seed{seed}"] = {**row, "points": int(len(keep)), "reappearances": int(reappear.sum())}
+        row = {m: synthetic_scores(*truth, *runs[m], None) for m in methods}  # error_cells: no grid of ours
+        per_video[f"seed{seed}"] = {**row, "points": int(len(keep)), "reappearances": int(truth[3].sum())}
     protocol = (
         "TAP-Vid first-query at 256x256: each point queried on its first visible frame; reacquired_within_3: "
-        "share of reappearances found again (visible, < 8 px) within 3 frames"
+        "share of reappearances found again (visible, < 8 px) within 3 frames; error_px: mean error of the points "
+        "judged visible where they are, after their query frame"
     )
     return {
         "benchmark": "synthetic",
