@@ -139,6 +139,11 @@ class Case:
         ]
 
 
+def _no_points(expect: tuple[str, ...], *extra: str) -> Case:
+    """A case without ``--points``: ``extra`` gives the mode (``box.png`` made for the one that names it)."""
+    return Case(expect, extra=extra, setup=_box_png if "box.png" in extra else None, points_arg=False)
+
+
 CASES: dict[str, Case] = {
     # videos
     "missing-video": Case(("missing.mp4", "not found"), video="missing.mp4"),
@@ -234,29 +239,22 @@ CASES: dict[str, Case] = {
         setup=_davis_root,
         points_arg=False,
     ),
-    "legend-with-mask": Case(
-        ("--legend goes with --points or --grid", "not --mask"),
-        extra=("--mask", "box.png", "--legend"),
-        setup=_box_png,
-        points_arg=False,
+    "legend-with-mask": _no_points(
+        ("--legend goes with --points or --grid", "not --mask"), "--mask", "box.png", "--legend"
     ),
     "context-with-points": Case(("--context goes with --mask or --davis-root", "--points"), extra=("--context", "3")),
-    "pool-with-edit": Case(
-        ("--pool goes with --mask", "--edit does not use it"),
-        extra=("--edit", "box.png", "--pool", "2"),
-        setup=_box_png,
-        points_arg=False,
+    "pool-with-edit": _no_points(
+        ("--pool goes with --mask", "--edit does not use it"), "--edit", "box.png", "--pool", "2"
     ),
-    "min-score-with-mask": Case(
+    "min-score-with-mask": _no_points(
         ("--min-score sets the matcher", "--mask masks are propagated by --context"),
-        extra=("--mask", "box.png", "--min-score", "0.3"),
-        setup=_box_png,
-        points_arg=False,
+        "--mask",
+        "box.png",
+        "--min-score",
+        "0.3",
     ),
-    "update-with-colormap": Case(
-        ("--update goes with --points or --grid", "--colormap does not use it"),
-        extra=("--colormap", "--update", "0.5"),
-        points_arg=False,
+    "update-with-colormap": _no_points(
+        ("--update goes with --points or --grid", "--colormap does not use it"), "--colormap", "--update", "0.5"
     ),
     "min-score-nan": Case(("--min-score", "nan"), extra=("--min-score", "nan")),
     "min-score-above-1": Case(("--min-score", "[-1, 1]"), extra=("--min-score", "5")),
