@@ -12,6 +12,15 @@ DIFFUSION_MODELS = ("dift", "dhf", "dhf-one-step", "dhf-sd21")
 POINT_ONLY_MODELS = ("hedlin",)  # no feature grid: `track --points` only (tracker.hedlin_tracker)
 MODEL_NAMES = ("auto", *VIT_MODELS, *DINOV3_MODELS, *DIFFUSION_MODELS, "sift", *POINT_ONLY_MODELS)  # ``--model``
 POINT_REFINE_MODES = ("lk", "none")  # ``track --refine``: tracker.tracking.REFINE_MODES; the first is the default
+# ``track``'s settings by what reads them (argparse dests; :func:`option_flag` names each)
+DENSE_OPTIONS = ("context", "topk", "radius", "prop_temperature", "pool")  # the masks' PropagationConfig
+MATCH_OPTIONS = ("window_radius", "temperature", "min_score", "search_radius")  # points, colormaps, edits
+POINT_MATCH_OPTIONS = ("fb_tolerance", "update")  # the point tracker's alone
+
+
+def option_flag(dest: str) -> str:
+    """The command-line flag of an argparse dest: ``min_score`` -> ``--min-score``."""
+    return "--" + dest.replace("_", "-")
 
 
 def check_model_name(name: str, where: str = "") -> None:

@@ -174,7 +174,10 @@ def _check_hedlin_eval(args: argparse.Namespace) -> None:
         raise TrackerError(
             "track eval davis needs masks, and hedlin tracks points only; use badja, tapvid or synthetic with hedlin"
         )
-    given = [f"--{k.replace('_', '-')}" for k in _MATCH_OPTIONS if getattr(args, k, None) is not None]
+    from tracker.choices import DENSE_OPTIONS, MATCH_OPTIONS, POINT_MATCH_OPTIONS, option_flag
+
+    matcher = (*DENSE_OPTIONS, *MATCH_OPTIONS, *POINT_MATCH_OPTIONS)
+    given = [option_flag(k) for k in matcher if getattr(args, k, None) is not None]
     if given:
         raise TrackerError(f"{', '.join(given)}: our matcher's settings, not hedlin's (it runs the paper's)")
     if args.max_points is not None and args.max_points < 1:
@@ -183,21 +186,6 @@ def _check_hedlin_eval(args: argparse.Namespace) -> None:
 
     input_side(args.size, args.keep_aspect)  # --size, --keep-aspect and --weights: one line before any data is read
     weights_source(args.weights)
-
-
-_MATCH_OPTIONS = (
-    "pool",
-    "context",
-    "topk",
-    "radius",
-    "prop_temperature",
-    "window_radius",
-    "temperature",
-    "min_score",
-    "fb_tolerance",
-    "search_radius",
-    "update",
-)
 
 
 def _eval_hedlin(args: argparse.Namespace, device: str) -> tuple[dict, dict, float]:

@@ -65,26 +65,19 @@ def refuse_overwriting(outputs: dict[str, Path | None], inputs: dict[str, str | 
                 raise TrackerError(f"{option} {out} is {what}; it would be overwritten: choose another name")
 
 
-def _flags(*dests: str) -> dict[str, str]:
-    return {dest: "--" + dest.replace("_", "-") for dest in dests}
-
-
-DENSE_OPTIONS = _flags("context", "topk", "radius", "prop_temperature", "pool")  # the masks' PropagationConfig
-MATCH_OPTIONS = _flags("window_radius", "temperature", "min_score", "search_radius")  # points, colormaps, edits
-POINT_MATCH_OPTIONS = _flags("fb_tolerance", "update")  # the point tracker's alone
-
-
 def contradiction(args: argparse.Namespace, mode: str) -> str | None:
     """The one-line reason an output or setting given would be silently ignored by ``mode`` (None: none is).
 
     ``mode`` is the option that says what is carried (``--points``, ``--grid``, ``--mask``, ``--davis-root``,
     ``--colormap``, ``--edit``); ``track batch`` asks it of each video with that video's mode.
     """
+    from tracker.choices import DENSE_OPTIONS, MATCH_OPTIONS, POINT_MATCH_OPTIONS, option_flag
+
     points = mode in ("--points", "--grid")
     masks = mode in ("--mask", "--davis-root")
 
-    def given(options: dict[str, str]) -> str | None:
-        return next((flag for dest, flag in options.items() if getattr(args, dest, None) is not None), None)
+    def given(dests: tuple[str, ...]) -> str | None:
+        return next((option_flag(d) for d in dests if getattr(args, d, None) is not None), None)
 
     rules = (
         (args.out_video and args.no_video, "give --out-video or --no-video, not both"),
@@ -100,11 +93,11 @@ def contradiction(args: argparse.Namespace, mode: str) -> str | None:
     flag = None if masks else given(DENSE_OPTIONS)
     if flag:
         return f"{flag} goes with --mask or --davis-root (the masks' propagation); {mode} does not use it"
-    flag = given(MATCH_OPTIONS | POINT_MATCH_OPTIONS) if masks and not getattr(args, "reference", None) else None
+    flag = given(MATCH_OPTIONS + POINT_MATCH_OPTIONS) if masks and not getattr(args, "reference", None) else None
     if flag:
         return (
             f"{flag} sets the matcher of points, colormaps, edits and --reference; {mode} masks are propagated by "
-            f"{', '.join(DENSE_OPTIONS.values())}"
+            f"{', '.join(map(option_flag, DENSE_OPTIONS))}"
         )
     flag = None if points or masks else given(POINT_MATCH_OPTIONS)
     if flag:

@@ -367,8 +367,7 @@ def visible_error(
     Returns:
         The mean distance; NaN when no point-frame is both.
     """
-    n, t = np.asarray(gt_visible).shape
-    after = np.arange(t)[None] > np.asarray(query_frame)[:, None]
+    after = np.arange(np.shape(gt_visible)[1])[None] > np.asarray(query_frame)[:, None]
     both = np.asarray(gt_visible, bool) & np.asarray(pred_visible, bool) & after
     if not both.any():
         return math.nan

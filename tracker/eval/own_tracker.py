@@ -145,13 +145,16 @@ def eval_synthetic_own(
     for seed in seeds:
         clip = occlusion_video(seed, frames=frames, size=size)
         keep = spread(len(clip.tracks), max_points)
-        truth = (clip.query_frame[keep], clip.tracks[keep], clip.visible[keep], clip.reappear[keep])
-        query_t, query_xy = truth[0], truth[1][np.arange(len(keep)), truth[0]]
+        query_t, tracks, visible, reappear = (
+            a[keep] for a in (clip.query_frame, clip.tracks, clip.visible, clip.reappear)
+        )
+        query_xy = tracks[np.arange(len(keep)), query_t]
         video = list(clip.frames)
         runs = {own: _track_own(make_tracker((size, size)), video, query_xy, query_t)}
         runs[LK_BASELINE] = _track_lk(video, query_xy, query_t)
+        truth = (query_t, tracks, visible, reappear)
         row = {m: synthetic_scores(*truth, *runs[m], None) for m in methods}  # error_cells: no grid of ours
-        per_video[f"seed{seed}"] = {**row, "points": int(len(keep)), "reappearances": int(truth[3].sum())}
+        per_video[f"seed{seed}"] = {**row, "points": int(len(keep)), "reappearances": int(reappear.sum())}
     protocol = (
         "TAP-Vid first-query at 256x256: each point queried on its first visible frame; reacquired_within_3: "
         "share of reappearances found again (visible, < 8 px) within 3 frames; error_px: mean error of the points "
