@@ -256,6 +256,9 @@ CASES: dict[str, Case] = {
     "update-with-colormap": _no_points(
         ("--update goes with --points or --grid", "--colormap does not use it"), "--colormap", "--update", "0.5"
     ),
+    "hedlin-with-temperature": Case(
+        ("--temperature is our matcher's setting, not hedlin's",), model="hedlin", extra=("--temperature", "0.1")
+    ),
     "min-score-nan": Case(("--min-score", "nan"), extra=("--min-score", "nan")),
     "min-score-above-1": Case(("--min-score", "[-1, 1]"), extra=("--min-score", "5")),
     "temperature-nan": Case(("--temperature",), extra=("--temperature", "nan")),

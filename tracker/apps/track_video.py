@@ -102,6 +102,9 @@ def contradiction(args: argparse.Namespace, mode: str) -> str | None:
     flag = None if points or masks else given(POINT_MATCH_OPTIONS)
     if flag:
         return f"{flag} goes with --points or --grid (the point tracker); {mode} does not use it"
+    flag = given(MATCH_OPTIONS + POINT_MATCH_OPTIONS) if getattr(args, "model", None) == "hedlin" else None
+    if flag:
+        return f"{flag} is our matcher's setting, not hedlin's: hedlin runs the paper's own matching"
     return None
 
 
